@@ -1,0 +1,107 @@
+"""Parquet input discovery and atomic output writes over fsspec (local paths or any fsspec URL)."""
+
+from __future__ import annotations
+
+import glob as globlib
+import json
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+METADATA_KEY = b"herolabel"
+
+
+class InputError(ValueError):
+    """The --input location cannot be read (raised before any data moves)."""
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input Parquet file: its URL, position in the job, schema, and where each row group starts."""
+
+    index: int
+    url: str
+    schema: pa.Schema
+    num_rows: int
+    row_group_starts: tuple[int, ...]
+    row_group_rows: tuple[int, ...]
+
+
+def _has_magic(path: str) -> bool:
+    return globlib.has_magic(path)
+
+
+def list_input_files(spec: str) -> list[str]:
+    """Expands a file, a directory (recursively, *.parquet) or a glob into a sorted list of file URLs."""
+    fs, path = fsspec.core.url_to_fs(spec)
+    if _has_magic(path):
+        paths = sorted(p for p in fs.glob(path) if fs.isfile(p))
+    elif fs.isdir(path):
+        paths = sorted(p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p[len(path):])
+    elif fs.isfile(path):
+        paths = [path]
+    else:
+        raise InputError(f"--input {spec!r}: no such file or directory")
+    if not paths:
+        raise InputError(f"--input {spec!r}: no Parquet files found")
+    return [fs.unstrip_protocol(p) if "://" in spec else p for p in paths]
+
+
+def inspect_inputs(spec: str) -> list[InputFile]:
+    """Reads the footer of every input file (schema, row counts; no data)."""
+    files = []
+    for index, url in enumerate(list_input_files(spec)):
+        try:
+            with fsspec.open(url, "rb") as handle:
+                metadata = pq.ParquetFile(handle).metadata
+                schema = metadata.schema.to_arrow_schema()
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise InputError(f"--input: {url} is not a readable Parquet file: {exc}") from exc
+        rows = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
+        starts, total = [], 0
+        for count in rows:
+            starts.append(total)
+            total += count
+        files.append(InputFile(index, url, schema, metadata.num_rows, tuple(starts), rows))
+    return files
+
+
+def iter_row_group(url: str, row_group: int, batch_rows: int):
+    """Yields (offset within the row group, pa.Table) batches of at most `batch_rows` rows."""
+    offset = 0
+    with fsspec.open(url, "rb") as handle:
+        for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, row_groups=[row_group]):
+            yield offset, pa.Table.from_batches([batch])
+            offset += batch.num_rows
+
+
+def write_parquet_atomic(table: pa.Table, url: str, metadata: dict | None = None) -> str:
+    """Writes `table` to a temporary name beside `url` and renames it into place.
+
+    A reader never sees a half-written file; a crashed writer leaves only a dot-prefixed temporary.
+    """
+    if metadata is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    fs, path = fsspec.core.url_to_fs(url)
+    parent, name = path.rsplit("/", 1)
+    fs.makedirs(parent, exist_ok=True)
+    temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+    with fs.open(temporary, "wb") as handle:
+        pq.write_table(table, handle, compression="zstd")
+    fs.mv(temporary, path)
+    return url
+
+
+def read_file_metadata(url: str) -> dict:
+    """The herolabel metadata stored in a written shard."""
+    with fsspec.open(url, "rb") as handle:
+        raw = pq.ParquetFile(handle).schema_arrow.metadata or {}
+    return json.loads(raw.get(METADATA_KEY, b"{}"))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/")] + [p.strip("/") for p in parts])

@@ -1,0 +1,26 @@
+"""Data contract of herolabel: input rollout columns, label columns, error records."""
+
+from schemas.rollouts import (  # noqa: F401
+    DATA_SOURCE,
+    ERROR_SCHEMA,
+    HERO_FIELDS,
+    HERO_STATUSES,
+    LABEL_COLUMNS,
+    LABEL_FIELDS,
+    ORDER,
+    PROMPT,
+    PROMPT_ID,
+    REFERENCE,
+    RESPONSE,
+    RM_FIELDS,
+    RM_STATUSES,
+    SAMPLE_INDEX,
+    VERIFIER_FIELDS,
+    VERIFIER_STATUSES,
+    InputContract,
+    SchemaError,
+    bucket_of,
+    empty_errors,
+    prompt_key,
+    validate_batch,
+)

@@ -1,0 +1,281 @@
+"""The data contract: input rollout columns, the label columns every stage adds, and the error record.
+
+Rows are "long" (one response per row). Canonical columns are typed here; every other column passes
+through untouched. Validation never raises on a bad row: it splits a batch into rows that can be
+labelled and error records that say why the others cannot (dead-letter pattern).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+PROMPT_ID = "prompt_id"
+PROMPT = "prompt"
+RESPONSE = "response"
+REFERENCE = "reference"
+DATA_SOURCE = "data_source"
+SAMPLE_INDEX = "sample_index"
+
+# Internal column: (file index << 32) | row index. Gives every row a deterministic position so outputs
+# are sorted identically whatever the engine or bundle order; dropped before writing.
+ORDER = "__herolabel_order"
+
+CHAT_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+CHAT_PROMPT = pa.list_(CHAT_MESSAGE)
+
+VERIFIER_FIELDS = [
+    pa.field("verifier_score", pa.float32()),  # 1/0; null when not judgeable (see verifier_status)
+    pa.field("verifier_status", pa.string()),
+    pa.field("extracted_answer", pa.string()),
+]
+RM_FIELDS = [
+    pa.field("rm_score", pa.float32()),  # raw reward-model score (a logit)
+    pa.field("rm_status", pa.string()),
+]
+HERO_FIELDS = [
+    pa.field("group_size", pa.int32()),
+    pa.field("group_rm_std", pa.float64()),  # sigma_u, population std of rm_score in the group
+    pa.field("hero_normalized", pa.float64()),  # r_hat
+    pa.field("difficulty_weight", pa.float64()),  # w(sigma_u)
+    pa.field("hero_reward", pa.float64()),  # w * r_hat
+    pa.field("advantage", pa.float64()),
+    pa.field("hero_status", pa.string()),
+]
+LABEL_FIELDS = VERIFIER_FIELDS + RM_FIELDS + HERO_FIELDS
+LABEL_COLUMNS = [f.name for f in LABEL_FIELDS]
+
+VERIFIER_STATUSES = ("ok", "no_answer", "no_reference", "bad_reference", "timeout", "error")
+RM_STATUSES = ("ok", "truncated", "missing", "error", "skipped")
+HERO_STATUSES = ("ok", "rm_only", "no_reference", "bad_reference", "rm_missing", "rm_disabled")
+
+ERROR_SCHEMA = pa.schema(
+    [
+        pa.field("stage", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("source_file", pa.string()),
+        pa.field("source_row", pa.int64()),
+        pa.field("prompt_id", pa.string()),
+        pa.field("record", pa.string()),  # the input row as JSON, so nothing is lost whatever its types
+    ]
+)
+
+
+class SchemaError(ValueError):
+    """The input as a whole cannot be read under the contract (raised before any data moves)."""
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_chat(t: pa.DataType) -> bool:
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return False
+    item = t.value_type
+    return pa.types.is_struct(item) and {"role", "content"} <= {item.field(i).name for i in range(item.num_fields)}
+
+
+def _is_scalar_like(t: pa.DataType) -> bool:
+    return _is_string(t) or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)
+
+
+# What each canonical column accepts, and the type it is stored with.
+def _column_problem(name: str, t: pa.DataType) -> str | None:
+    """Returns why column `name` of type `t` breaks the contract, or None when it is acceptable."""
+    if name == RESPONSE and not (_is_string(t) or pa.types.is_null(t)):
+        return f"column 'response' has type {t}, expected string"
+    if name == PROMPT and not (_is_string(t) or _is_chat(t) or pa.types.is_null(t)):
+        return f"column 'prompt' has type {t}, expected string or list<struct<role, content>>"
+    if name in (PROMPT_ID, REFERENCE, DATA_SOURCE) and not _is_scalar_like(t):
+        return f"column '{name}' has type {t}, expected string"
+    if name == SAMPLE_INDEX and not (pa.types.is_integer(t) or pa.types.is_null(t)):
+        return f"column 'sample_index' has type {t}, expected an integer"
+    return None
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """The unified schema every valid row is cast to, derived once from all input files' footers.
+
+    Canonical columns get contract types (strings as `string`, chat prompts as list<struct<role,
+    content>>); other columns keep their own type, unified across files (a column missing from a
+    file is filled with nulls).
+    """
+
+    schema: pa.Schema  # includes ORDER as its last field
+
+    @classmethod
+    def from_file_schemas(cls, schemas: list[pa.Schema]) -> "InputContract":
+        if not schemas:
+            raise SchemaError("no input files")
+        names: list[str] = []
+        for s in schemas:
+            names.extend(n for n in s.names if n not in names)
+        for required in (PROMPT, RESPONSE):
+            if required not in names:
+                raise SchemaError(
+                    f"no input file has a '{required}' column (columns found: {', '.join(names)}); "
+                    "rename the producer's columns to the contract (prompt_id, prompt, response, reference)"
+                )
+        prompt_types = {s.field(PROMPT).type for s in schemas if PROMPT in s.names}
+        chat = any(_is_chat(t) for t in prompt_types)
+        if chat and any(_is_string(t) for t in prompt_types):
+            raise SchemaError("input files mix string prompts and chat-message prompts; relabel them in separate runs")
+        canonical = {
+            PROMPT_ID: pa.string(),
+            PROMPT: CHAT_PROMPT if chat else pa.string(),
+            RESPONSE: pa.string(),
+            REFERENCE: pa.string(),
+            DATA_SOURCE: pa.string(),
+            SAMPLE_INDEX: pa.int64(),
+        }
+        fields = [pa.field(PROMPT_ID, pa.string())]
+        for name in names:
+            if name == PROMPT_ID:
+                continue
+            if name in LABEL_COLUMNS or name == ORDER:
+                raise SchemaError(
+                    f"input column '{name}' collides with an output column; drop or rename it before relabeling"
+                )
+            if name in canonical:
+                fields.append(pa.field(name, canonical[name]))
+                continue
+            types = [s.field(name).type for s in schemas if name in s.names]
+            try:
+                unified = pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise SchemaError(f"pass-through column '{name}' has incompatible types across files: {types}") from exc
+            fields.append(unified.field(name))
+        if REFERENCE not in names:
+            fields.append(pa.field(REFERENCE, pa.string()))
+        fields.append(pa.field(ORDER, pa.int64()))
+        return cls(pa.schema(fields))
+
+    def output_schema(self) -> pa.Schema:
+        """The schema of data/part-*.parquet: input columns then the label columns."""
+        return pa.schema([f for f in self.schema if f.name != ORDER] + LABEL_FIELDS)
+
+    def scored_schema(self) -> pa.Schema:
+        """Rows after verify and score, before fusion: what the group stage shuffles."""
+        return pa.schema(list(self.schema) + VERIFIER_FIELDS + RM_FIELDS)
+
+
+def prompt_key(prompt) -> str:
+    """Stable id for a prompt: first 16 hex digits of sha256 over its text (chat: canonical JSON)."""
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _json_default(value):
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _error_rows(table: pa.Table, row_positions: np.ndarray, reasons: list[str], stage: str,
+                source_file: str, row_offset: int) -> pa.Table:
+    rows = table.take(pa.array(row_positions, pa.int64())).to_pylist() if len(row_positions) else []
+    ids = []
+    for row in rows:
+        pid = row.get(PROMPT_ID)
+        ids.append(None if pid is None else str(pid))
+    return pa.table(
+        {
+            "stage": [stage] * len(rows),
+            "reason": reasons,
+            "source_file": [source_file] * len(rows),
+            "source_row": [int(row_offset + p) for p in row_positions],
+            "prompt_id": ids,
+            "record": [json.dumps({k: v for k, v in r.items() if k != ORDER}, default=_json_default,
+                                  ensure_ascii=False) for r in rows],
+        },
+        schema=ERROR_SCHEMA,
+    )
+
+
+def empty_errors() -> pa.Table:
+    return ERROR_SCHEMA.empty_table()
+
+
+def validate_batch(batch: pa.Table, contract: InputContract, *, source_file: str, file_index: int,
+                   row_offset: int) -> tuple[pa.Table, pa.Table]:
+    """Splits one input batch into (valid rows cast to the contract schema, error records).
+
+    A row goes to errors when its response or prompt is null, or when a canonical column of its file
+    has a type the contract cannot read (then every row of that batch does, with the column named).
+    A null or absent prompt_id is replaced by a stable hash of the prompt. Cost: a few vectorized
+    passes; Python-level work only for error rows and for rows whose prompt_id must be derived.
+    """
+    n = batch.num_rows
+    positions = np.arange(n, dtype=np.int64)
+    type_problems = [p for name in batch.column_names if (p := _column_problem(name, batch.schema.field(name).type))]
+    if type_problems:
+        reason = "; ".join(type_problems)
+        return contract.schema.empty_table(), _error_rows(batch, positions, [reason] * n, "validate",
+                                                          source_file, row_offset)
+    reasons = np.full(n, None, dtype=object)
+    for name in (PROMPT, RESPONSE):
+        if name not in batch.column_names:
+            reasons[:] = [f"{name} is missing" if r is None else r for r in reasons]
+            continue
+        null_mask = batch.column(name).is_null().to_numpy(zero_copy_only=False)
+        for i in np.flatnonzero(null_mask):
+            reasons[i] = f"{name} is null" if reasons[i] is None else f"{reasons[i]}; {name} is null"
+    bad = np.array([r is not None for r in reasons], dtype=bool)
+    errors = _error_rows(batch, positions[bad], list(reasons[bad]), "validate", source_file, row_offset)
+    good = batch.filter(pa.array(~bad)) if bad.any() else batch
+    good_positions = positions[~bad]
+
+    columns = {}
+    for field in contract.schema:
+        if field.name == ORDER:
+            columns[ORDER] = pa.array((file_index << 32) + row_offset + good_positions, pa.int64())
+        elif field.name in good.column_names:
+            columns[field.name] = _cast_column(good.column(field.name), field)
+        elif field.name != PROMPT_ID:
+            columns[field.name] = pa.nulls(good.num_rows, field.type)
+    columns[PROMPT_ID] = _fill_prompt_ids(good, columns.get(PROMPT_ID))
+    valid = pa.table([columns[f.name] for f in contract.schema], schema=contract.schema)
+    return valid, errors
+
+
+def _cast_column(column: pa.ChunkedArray, field: pa.Field) -> pa.ChunkedArray:
+    if column.type == field.type:
+        return column
+    if pa.types.is_floating(column.type) and pa.types.is_string(field.type):
+        # 18.0 -> "18", not "18.0": integral floats are how pandas stores integer answers with nulls.
+        values = [None if v is None else (str(int(v)) if float(v).is_integer() else repr(v)) for v in column.to_pylist()]
+        return pa.chunked_array([pa.array(values, pa.string())])
+    return column.cast(field.type)
+
+
+def _fill_prompt_ids(table: pa.Table, ids: pa.ChunkedArray | None) -> pa.ChunkedArray:
+    if ids is not None and ids.null_count == 0:
+        return ids
+    prompts = table.column(PROMPT).to_pylist()
+    current = ids.to_pylist() if ids is not None else [None] * table.num_rows
+    return pa.chunked_array([pa.array([pid if pid is not None else prompt_key(p) for pid, p in zip(current, prompts)],
+                                      pa.string())])
+
+
+def bucket_of(prompt_ids: pa.ChunkedArray | pa.Array, num_buckets: int) -> np.ndarray:
+    """Shard index of each row: crc32(prompt_id) % num_buckets, stable across runs and machines.
+
+    Hashes each distinct prompt_id once (dictionary encoding), so cost is per group, not per row.
+    """
+    import zlib
+
+    if num_buckets == 1:
+        return np.zeros(len(prompt_ids), dtype=np.int64)
+    encoded = pc.dictionary_encode(prompt_ids)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    per_key = np.array([zlib.crc32(k.encode("utf-8")) % num_buckets for k in encoded.dictionary.to_pylist()],
+                       dtype=np.int64)
+    return per_key[encoded.indices.to_numpy(zero_copy_only=False)]
