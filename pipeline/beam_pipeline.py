@@ -30,7 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import io, progress
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig, name_options
 from schemas.rollouts import ORDER, PROMPT_ID, InputContract, bucket_of, validate_batch
 from transforms.hero import fuse, sigma_partial
 from transforms.reward_models import make_reward_model
@@ -60,6 +60,19 @@ def _count(name: str, n: int):
     progress.add(name, n)
 
 
+class _StageTimer:
+    """Adds the wall time of a block to the Beam counter "<stage>_ms" (busy time per stage, in the manifest)."""
+
+    def __init__(self, stage: str):
+        self.counter = Metrics.counter(NAMESPACE, f"{stage}_ms")
+
+    def __enter__(self):
+        self.started = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.counter.inc(int(1000 * (time.perf_counter() - self.started)))
+
+
 class ReadRowGroup(beam.DoFn):
     """(file index, url, row group, first row) -> (url, file index, row offset, pa.Table) batches."""
 
@@ -68,7 +81,13 @@ class ReadRowGroup(beam.DoFn):
 
     def process(self, task):
         file_index, url, row_group, first_row = task
-        for offset, table in io.iter_row_group(url, row_group, self.batch_rows):
+        batches = io.iter_row_group(url, row_group, self.batch_rows)
+        while True:
+            with _StageTimer("read"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            offset, table = batch
             _count("read", table.num_rows)
             yield url, file_index, first_row + offset, table
 
@@ -81,8 +100,9 @@ class ValidateRows(beam.DoFn):
 
     def process(self, element):
         url, file_index, offset, table = element
-        valid, errors = validate_batch(table, self.contract, source_file=url, file_index=file_index,
-                                       row_offset=offset)
+        with _StageTimer("validate"):
+            valid, errors = validate_batch(table, self.contract, source_file=url, file_index=file_index,
+                                           row_offset=offset)
         if errors.num_rows:
             _count("errors", errors.num_rows)
             yield beam.pvalue.TaggedOutput("errors", (file_index, errors))
@@ -103,7 +123,8 @@ class VerifyAnswers(beam.DoFn):
 
     def process(self, table):
         restarts = self.pool.restarts
-        labelled = verify_table(table, self.pool)
+        with _StageTimer("verify"):
+            labelled = verify_table(table, self.pool)
         if self.pool.restarts > restarts:
             Metrics.counter(NAMESPACE, "verifier_worker_restarts").inc(self.pool.restarts - restarts)
         _count("verified", table.num_rows)
@@ -126,7 +147,8 @@ class ScoreRewards(beam.DoFn):
         self.model.load()
 
     def process(self, table):
-        scored = self.model.score_table(table)
+        with _StageTimer("score"):
+            scored = self.model.score_table(table)
         _count("scored", table.num_rows)
         yield scored
 
@@ -170,11 +192,12 @@ class SpillToBuckets(beam.DoFn):
         self._writers: dict[int, tuple[str, object, pq.ParquetWriter]] = {}
 
     def process(self, table):
-        for bucket, rows in _split_by_bucket(table, self.num_shards):
-            self._pending.setdefault(bucket, []).append(rows)
-        self._pending_rows += table.num_rows
-        if self._pending_rows >= self.flush_rows:
-            self._flush()
+        with _StageTimer("group"):
+            for bucket, rows in _split_by_bucket(table, self.num_shards):
+                self._pending.setdefault(bucket, []).append(rows)
+            self._pending_rows += table.num_rows
+            if self._pending_rows >= self.flush_rows:
+                self._flush()
 
     def _flush(self):
         import fsspec
@@ -191,10 +214,12 @@ class SpillToBuckets(beam.DoFn):
         self._pending_rows = 0
 
     def finish_bundle(self):
-        self._flush()
-        for bucket, (url, handle, writer) in sorted(self._writers.items()):
-            writer.close()
-            handle.close()
+        with _StageTimer("group"):
+            self._flush()
+            for _, handle, writer in self._writers.values():
+                writer.close()
+                handle.close()
+        for bucket, (url, _, _) in sorted(self._writers.items()):
             yield GlobalWindows.windowed_value((bucket, url))
         self._writers = {}
 
@@ -212,6 +237,11 @@ def _load_bucket(parts, columns=None) -> pa.Table:
         return pa.concat_tables(tables)
     tables = [t.select(columns) if columns else t for t in parts]
     return pa.concat_tables(tables)
+
+
+def _bucket_sigma_partial(element) -> tuple[float, int]:
+    with _StageTimer("sigma"):
+        return sigma_partial(_load_bucket(element[1], [PROMPT_ID, ORDER, "rm_score"]))
 
 
 class SigmaMean(beam.CombineFn):
@@ -244,10 +274,14 @@ class FuseAndWrite(beam.DoFn):
 
     def process(self, element, sigma_bar):
         bucket, parts = element
-        fused = fuse(_load_bucket(parts), self.hero, sigma_bar).drop_columns([ORDER])
-        fused = fused.select(self.schema.names).cast(self.schema)
+        with _StageTimer("group"):
+            table = _load_bucket(parts)
+        with _StageTimer("fuse"):
+            fused = fuse(table, self.hero, sigma_bar).drop_columns([ORDER])
+            fused = fused.select(self.schema.names).cast(self.schema)
         url = io.join(self.output_dir, f"part-{bucket:05d}-of-{self.num_shards:05d}.parquet")
-        io.write_parquet_atomic(fused, url, {**self.metadata, "sigma_bar": sigma_bar, "shard": bucket})
+        with _StageTimer("write"):
+            io.write_parquet_atomic(fused, url, {**self.metadata, "sigma_bar": sigma_bar, "shard": bucket})
         _count("written", fused.num_rows)
         yield url, fused.num_rows
 
@@ -298,7 +332,7 @@ def build(pipeline: beam.Pipeline, plan: RunPlan):
     else:
         sigma_bar = (
             groups
-            | "SigmaPartials" >> beam.Map(lambda kv: sigma_partial(_load_bucket(kv[1], [PROMPT_ID, ORDER, "rm_score"])))
+            | "SigmaPartials" >> beam.Map(_bucket_sigma_partial)
             | "SigmaBar" >> beam.CombineGlobally(SigmaMean())
         )
     written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), sigma_bar=beam.pvalue.AsSingleton(sigma_bar))
@@ -316,7 +350,10 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     contract = InputContract.from_file_schemas([f.schema for f in files])
     model = make_reward_model(config.rm)
     if hasattr(model, "check_schema"):
-        model.check_schema(contract.schema)
+        try:
+            model.check_schema(pa.schema([f for f in contract.schema if f.name != ORDER]))
+        except ValueError as exc:
+            raise ConfigError(name_options(str(exc))) from exc
     total = sum(f.num_rows for f in files)
     num_shards = max(1, math.ceil(total / config.rows_per_shard))
     metadata = {

@@ -105,7 +105,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _name_options(message: str) -> str:
+def name_options(message: str) -> str:
     """Rewrites 'rm.model' style field names in a validation message as the user's option names."""
     for name, (section, attribute) in OPTIONS.items():
         message = re.sub(rf"\b{section}\.{attribute}\b", flag(name), message)
@@ -143,4 +143,4 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
             **sections["pipeline"],
         )
     except (TypeError, ValueError) as exc:
-        raise ConfigError(_name_options(str(exc))) from exc
+        raise ConfigError(name_options(str(exc))) from exc

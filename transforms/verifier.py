@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import re
 import time
 import traceback
 from collections import OrderedDict, deque
@@ -41,12 +42,15 @@ class VerifierConfig:
     timeout_s: math-verify's own per-parse / per-comparison timeout; whole seconds (it uses signal.alarm).
     hard_timeout_s: wall-clock limit per response, enforced by killing the worker.
     task_size: responses sent to a worker per message; larger amortizes IPC, smaller balances load.
+    judge: "module:function" judging one response, (gold, response, timeout_s) -> (score, status, answer);
+    the default is math-verify (judge_response below). The worker imports it by name.
     """
 
     num_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     timeout_s: int = 5
     hard_timeout_s: float = 30.0
     task_size: int = 32
+    judge: str = "transforms.verifier:judge_response"
 
     def __post_init__(self):
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
@@ -63,13 +67,22 @@ class VerifierConfig:
             )
         if isinstance(self.task_size, bool) or not isinstance(self.task_size, int) or self.task_size < 1:
             raise ValueError(f"verifier.task_size must be an integer >= 1, got {self.task_size!r}")
+        if not isinstance(self.judge, str) or not re.fullmatch(r"[\w.]+:\w+", self.judge):
+            raise ValueError(f"verifier.judge must look like 'package.module:function', got {self.judge!r}")
+
+    def load_judge(self):
+        """The judge function named by `judge`."""
+        import importlib
+
+        module, function = self.judge.split(":")
+        return getattr(importlib.import_module(module), function)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Judging one response: runs inside a worker's main thread (or in-process when num_workers == 0).
 # ---------------------------------------------------------------------------------------------------
 
-_LATEX_MARKERS = ("$", "\\boxed", "\\(", "\\[")
+_LATEX_DELIMITED = re.compile(r"(?<!\\)\$|\\boxed|\\\(|\\\[")
 
 
 def parse_reference(reference: str, timeout_s: int):
@@ -82,7 +95,7 @@ def parse_reference(reference: str, timeout_s: int):
     from math_verify import parse
 
     text = reference.strip()
-    if any(marker in text for marker in _LATEX_MARKERS):
+    if _LATEX_DELIMITED.search(text):
         candidates = [text]
     else:
         candidates = [f"${text}$", text]
@@ -136,8 +149,9 @@ def judge_response(gold, response: str, timeout_s: int) -> tuple[float | None, s
 class _ReferenceCache:
     """Parsed references, least recently used evicted; parse failures are cached too."""
 
-    def __init__(self, timeout_s: int, size: int = _REFERENCE_CACHE_SIZE):
+    def __init__(self, timeout_s: int, judge=judge_response, size: int = _REFERENCE_CACHE_SIZE):
         self.timeout_s = timeout_s
+        self.judge = judge
         self.size = size
         self._parsed: OrderedDict[str, tuple[list, str | None]] = OrderedDict()
 
@@ -169,7 +183,7 @@ def judge_task(cache: _ReferenceCache, reference: str, responses: list[str]):
         if failure is not None:
             yield None, failure, None
         else:
-            yield judge_response(gold, response, cache.timeout_s)
+            yield cache.judge(gold, response, cache.timeout_s)
 
 
 def _quiet_math_verify_logs():
@@ -178,11 +192,11 @@ def _quiet_math_verify_logs():
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _worker_main(conn, timeout_s: int):
+def _worker_main(conn, config: VerifierConfig):
     """Worker process loop: receive (task_id, reference, [response]) and answer item by item."""
     try:
         _quiet_math_verify_logs()
-        cache = _ReferenceCache(timeout_s)
+        cache = _ReferenceCache(config.timeout_s, config.load_judge())
         list(judge_task(cache, "1", ["The answer is $\\boxed{1}$."]))  # warm up the grammar before timing starts
         conn.send(("ready",))
     except BaseException:  # noqa: BLE001 - report why the worker cannot start, then exit
@@ -248,14 +262,14 @@ class VerifierPool:
     def start(self):
         if self.config.num_workers == 0:
             _quiet_math_verify_logs()
-            self._reference_cache = _ReferenceCache(self.config.timeout_s)
+            self._reference_cache = _ReferenceCache(self.config.timeout_s, self.config.load_judge())
             return
         while len(self._workers) < self.config.num_workers:
             self._workers.append(self._spawn())
 
     def _spawn(self) -> _Worker:
         parent_conn, child_conn = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child_conn, self.config.timeout_s),
+        process = self._context.Process(target=_worker_main, args=(child_conn, self.config),
                                         daemon=True, name="herolabel-verifier")
         process.start()
         child_conn.close()

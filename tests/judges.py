@@ -1,0 +1,24 @@
+"""Judge functions for exercising the verifier pool's failure handling with real worker processes.
+
+Each is named in VerifierConfig.judge ("judges:NAME") and imported inside the spawned worker.
+"""
+
+import os
+import time
+
+from transforms.verifier import judge_response
+
+
+def hangs_on_marker(gold, response, timeout_s):
+    """Real math-verify, except a response containing HANG blocks forever (no signal alarm is armed)."""
+    if "HANG" in response:
+        while True:
+            time.sleep(60)
+    return judge_response(gold, response, timeout_s)
+
+
+def dies_on_marker(gold, response, timeout_s):
+    """Real math-verify, except a response containing CRASH kills the worker process outright."""
+    if "CRASH" in response:
+        os._exit(3)
+    return judge_response(gold, response, timeout_s)

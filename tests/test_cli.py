@@ -1,0 +1,71 @@
+"""Command line and YAML config: bad options fail before any data moves, naming the option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import shared_file
+from pipeline.config import ConfigError, build_config
+from run_pipeline import main
+
+QWEN = shared_file("qwen25_math_cot100.parquet")
+
+
+# (extra arguments, text the error must contain)
+BAD_OPTIONS = [
+    (["--alpha", "0.6", "--beta", "0.5"], "--alpha + --beta must be < 1"),  # overlapping bands
+    (["--w-min", "3", "--w-max", "1"], "--w-min"),
+    (["--verifier-timeout", "0"], "--verifier-timeout"),
+    (["--verifier-hard-timeout", "2"], "--verifier-hard-timeout"),  # must exceed the 5 s inner timeout
+    (["--rm-max-length", "0"], "--rm-max-length"),
+    (["--rows-per-shard", "0"], "--rows-per-shard"),
+    (["--bogus-flag", "1"], "unknown option(s): --bogus-flag"),  # not ours and not Beam's
+    (["--rm-score-column", "no_such_column"], "'no_such_column' is not an input column"),
+    (["--rm-score-column", "prompt"], "expected a number"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD_OPTIONS)
+def test_bad_options_fail_before_any_data_moves(tmp_path, capsys, extra, message):
+    output = tmp_path / "out"
+    args = ["--input", QWEN, "--output", str(output)]
+    if "--rm-score-column" not in extra:
+        args += ["--rm-backend", "none"]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+    assert not (output / "data").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--output", "x", "--rm-backend", "none"], "--input is required"),
+    (["--input", "/no/such/place", "--output", "x", "--rm-backend", "none"], "no such file or directory"),
+    (["--input", QWEN, "--output", "x"], "choose a reward model"),
+])
+def test_missing_or_unreadable_input(tmp_path, capsys, args, message):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_yaml_config_with_flag_override(tmp_path, capsys):
+    config = tmp_path / "job.yaml"
+    config.write_text(f"input: {QWEN}\noutput: {tmp_path / 'out'}\nrm_score_column: qwen_rm_score\n"
+                      "alpha: 0.05\nbeta: 0.05\nverifier_workers: 1\n")
+    assert main(["--config", str(config), "--beta", "0.2", "--progress", "off"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["config"]["hero"]["alpha"] == 0.05 and manifest["config"]["hero"]["beta"] == 0.2
+    assert manifest["config"]["rm"]["backend"] == "precomputed"  # inferred from rm_score_column
+    assert "labelled 800 of 800 rows" in capsys.readouterr().out
+
+
+def test_yaml_unknown_key_is_named(tmp_path, capsys):
+    config = tmp_path / "job.yaml"
+    config.write_text("input: x\nalpah: 0.1\n")
+    assert main(["--config", str(config)]) == 2
+    assert "unknown key(s): alpah" in capsys.readouterr().err
+
+
+def test_build_config_rejects_unknown_flat_option():
+    with pytest.raises(ConfigError, match="--colour"):
+        build_config({"input": "a", "output": "b", "rm_backend": "none", "colour": "red"})

@@ -1,0 +1,189 @@
+"""End-to-end runs of the real Beam pipeline on real Parquet files (shared data and generated rollouts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import shared_file
+from hero_reference import hero_reference
+from pipeline.config import build_config
+from pipeline.demo import synthetic_rollouts, write_synthetic_rollouts
+from pipeline.io import read_file_metadata
+from pipeline.run import run
+
+REPO = Path(__file__).resolve().parents[1]
+HERO_COLUMNS = ("group_size", "group_rm_std", "hero_normalized", "difficulty_weight", "hero_reward", "advantage")
+
+pytestmark = pytest.mark.slow
+
+
+def label(input_path, output, **options):
+    options = {"verifier_workers": 2, **options}
+    return run(build_config({"input": str(input_path), "output": str(output), **options}), show_progress=False)
+
+
+def read_output(output) -> pa.Table:
+    return pq.read_table(os.path.join(output, "data")).sort_by([("prompt_id", "ascending"), ("sample_index", "ascending")])
+
+
+def assert_matches_reference_hero(table: pa.Table, sigma_bar: float, tolerance: float = 1e-4):
+    rows = table.to_pylist()
+    expected, expected_sigma_bar = hero_reference(rows)
+    assert sigma_bar == pytest.approx(expected_sigma_bar, abs=tolerance)
+    for i, values in expected.items():
+        for name, value in values.items():
+            assert rows[i][name] == pytest.approx(value, abs=tolerance), (rows[i]["prompt_id"], name)
+
+
+def test_acceptance_command_on_real_rm_scores(tmp_path):
+    """The issue's acceptance command, run as a user would, on qwen25_math_cot100 with its real RM scores."""
+    output = tmp_path / "out"
+    command = [sys.executable, "run_pipeline.py", "--input", shared_file("qwen25_math_cot100.parquet"),
+               "--output", str(output), "--rm-backend", "precomputed", "--rm-score-column", "qwen_rm_score"]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert "labelled 800 of 800 rows" in finished.stdout
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert (manifest["input_rows"], manifest["output_rows"], manifest["error_rows"]) == (800, 800, 0)
+    table = read_output(output)
+    assert table.num_rows == 800
+    assert_matches_reference_hero(table, manifest["sigma_bar"])
+    # Real RM scores survive as float32 and the source's columns pass through untouched.
+    source = pq.read_table(shared_file("qwen25_math_cot100.parquet")).sort_by(
+        [("prompt_id", "ascending"), ("sample_index", "ascending")])
+    assert table.column("qwen_rm_score").to_pylist() == source.column("qwen_rm_score").to_pylist()
+    assert table.column("level").to_pylist() == source.column("level").to_pylist()
+    metadata = read_file_metadata(manifest["data_files"][0])
+    assert metadata["sigma_bar"] == pytest.approx(manifest["sigma_bar"])
+    assert metadata["reward_model"] == {"backend": "precomputed", "name": "column:qwen_rm_score"}
+    assert metadata["config"]["hero"]["alpha"] == 0.1 and metadata["herolabel_version"]
+
+
+@pytest.mark.parametrize("name,minimum", [
+    ("gsm8k_gpt3_solutions.parquet", 0.995),  # GPT-3 "A: N" solutions, OpenAI's final-answer labels
+    ("processbench_gsm8k_math.parquet", 0.985),  # 10 models' step-by-step solutions, ProcessBench labels
+])
+def test_verifier_agrees_with_source_labels(tmp_path, name, minimum):
+    manifest = label(shared_file(name), tmp_path / "out", rm_backend="none")
+    table = read_output(tmp_path / "out")
+    assert manifest["output_rows"] == table.num_rows == pq.read_metadata(shared_file(name)).num_rows
+    agree = pc.equal(pc.fill_null(table.column("verifier_score"), 0.0),
+                     pc.cast(table.column("label_correct"), pa.float32()))
+    assert pc.mean(pc.cast(agree, pa.float64())).as_py() >= minimum
+    assert set(table.column("hero_status").to_pylist()) == {"rm_disabled"}
+    assert manifest["sigma_bar"] is None
+
+
+def test_bad_rows_land_in_errors_and_the_manifest_adds_up(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    good = synthetic_rollouts(40, seed=1)
+    pq.write_table(good, inputs / "a_good.parquet")
+    mixed = synthetic_rollouts(24, seed=2).to_pylist()
+    mixed[3]["response"] = None
+    mixed[10]["prompt"] = None
+    mixed[11]["prompt_id"] = None  # derived from the prompt: not an error
+    pq.write_table(pa.Table.from_pylist(mixed, schema=good.schema), inputs / "b_mixed.parquet")
+    wrong_type = pa.table({"prompt_id": ["w", "w"], "prompt": ["q", "q"], "response": pa.array([7, 8], pa.int64()),
+                           "reference": ["7", "7"]})
+    pq.write_table(wrong_type, inputs / "c_wrong_type.parquet")
+
+    manifest = label(inputs, tmp_path / "out", rm_backend="none")
+    assert manifest["input_rows"] == 66
+    assert (manifest["output_rows"], manifest["error_rows"]) == (62, 4)
+    assert manifest["accounted"] is True
+    errors = pq.read_table(tmp_path / "out" / "errors").sort_by([("source_file", "ascending"), ("source_row", "ascending")])
+    assert errors.column("reason").to_pylist() == [
+        "response is null", "prompt is null",
+        "column 'response' has type int64, expected string", "column 'response' has type int64, expected string"]
+    assert [Path(f).name for f in errors.column("source_file").to_pylist()] == [
+        "b_mixed.parquet", "b_mixed.parquet", "c_wrong_type.parquet", "c_wrong_type.parquet"]
+    assert errors.column("source_row").to_pylist() == [3, 10, 0, 1]
+    assert json.loads(errors.column("record")[2].as_py())["response"] == 7
+    table = read_output(tmp_path / "out")
+    assert table.num_rows == 62 and table.column("verifier_status").null_count == 0
+
+
+def test_groups_split_across_files_and_shards_are_complete(tmp_path):
+    # 8 rollouts per prompt written 5 rows per file: every group straddles two files.
+    write_synthetic_rollouts(str(tmp_path / "split"), 160, rows_per_file=5, seed=4)
+    write_synthetic_rollouts(str(tmp_path / "whole.parquet"), 160, seed=4)
+    split = label(tmp_path / "split", tmp_path / "out_split", rm_backend="precomputed", rm_score_column="sample_index",
+                  rows_per_shard=40)
+    whole = label(tmp_path / "whole.parquet", tmp_path / "out_whole", rm_backend="precomputed",
+                  rm_score_column="sample_index")
+    assert split["num_shards"] == 4 and len(split["data_files"]) >= 2
+    shard_of = {}
+    for path in split["data_files"]:
+        for pid in set(pq.read_table(path, columns=["prompt_id"]).column("prompt_id").to_pylist()):
+            assert pid not in shard_of, "a prompt group was split between shards"
+            shard_of[pid] = path
+    a, b = read_output(tmp_path / "out_split"), read_output(tmp_path / "out_whole")
+    assert set(a.column("group_size").to_pylist()) == {8}
+    for name in HERO_COLUMNS + ("verifier_score", "rm_score"):
+        assert a.column(name).to_pylist() == pytest.approx(b.column(name).to_pylist(), abs=1e-12), name
+    assert split["sigma_bar"] == pytest.approx(whole["sigma_bar"], abs=1e-12)
+
+
+def test_engine_shuffle_gives_the_same_rows_as_file_shuffle(tmp_path):
+    write_synthetic_rollouts(str(tmp_path / "in"), 96, rows_per_file=30, seed=5, missing_reference_every=5)
+    common = {"rm_backend": "precomputed", "rm_score_column": "sample_index", "rows_per_shard": 30}
+    label(tmp_path / "in", tmp_path / "files", shuffle="files", **common)
+    label(tmp_path / "in", tmp_path / "engine", shuffle="engine", **common)
+    assert read_output(tmp_path / "files").equals(read_output(tmp_path / "engine"))
+
+
+def test_tiny_transformers_rm_end_to_end(tmp_path, tiny_rm_path):
+    write_synthetic_rollouts(str(tmp_path / "in.parquet"), 64, seed=6)
+    manifest = label(tmp_path / "in.parquet", tmp_path / "out", rm_model=tiny_rm_path, batch_rows=20)
+    assert manifest["status_counts"]["rm_status"] == {"ok": 64}
+    assert manifest["reward_model"]["backend"] == "transformers"
+    assert len(manifest["reward_model"]["fingerprint"]) == 16
+    table = read_output(tmp_path / "out")
+    assert len(set(table.column("rm_score").to_pylist())) > 8
+    assert_matches_reference_hero(table, manifest["sigma_bar"])
+
+
+def test_fixed_sigma_bar_is_used_and_reported(tmp_path):
+    write_synthetic_rollouts(str(tmp_path / "in.parquet"), 32, seed=8)
+    manifest = label(tmp_path / "in.parquet", tmp_path / "out", rm_score_column="sample_index", sigma_bar=0.25)
+    assert manifest["sigma_bar"] == 0.25 and manifest["sigma_bar_source"] == "fixed"
+    table = read_output(tmp_path / "out")
+    rows = [r for r in table.to_pylist() if r["hero_status"] == "ok"]
+    expected, _ = hero_reference(rows, sigma_bar=0.25)
+    for i, values in expected.items():
+        assert rows[i]["difficulty_weight"] == pytest.approx(values["difficulty_weight"], abs=1e-9)
+
+
+def test_refuses_to_overwrite_a_previous_run(tmp_path):
+    write_synthetic_rollouts(str(tmp_path / "in.parquet"), 8, seed=9)
+    label(tmp_path / "in.parquet", tmp_path / "out", rm_backend="none")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        label(tmp_path / "in.parquet", tmp_path / "out", rm_backend="none")
+    again = label(tmp_path / "in.parquet", tmp_path / "out", rm_backend="none", overwrite=True)
+    assert again["output_rows"] == 8
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(num_rows=st.integers(1, 60), per_prompt=st.integers(1, 9), bad=st.integers(0, 5), shard_rows=st.integers(5, 80))
+def test_every_input_row_is_accounted_for(tmp_path_factory, num_rows, per_prompt, bad, shard_rows):
+    base = tmp_path_factory.mktemp("accounting")
+    write_synthetic_rollouts(str(base / "in"), num_rows, rows_per_file=7, responses_per_prompt=per_prompt,
+                             bad_rows=bad, seed=num_rows)
+    manifest = label(base / "in", base / "out", rm_score_column="sample_index", rows_per_shard=shard_rows)
+    assert manifest["error_rows"] == min(bad, num_rows)
+    assert manifest["input_rows"] == num_rows == manifest["output_rows"] + manifest["error_rows"]
+    table = read_output(base / "out")
+    counts = table.group_by("prompt_id").aggregate([("prompt_id", "count"), ("group_size", "max")]).to_pylist()
+    assert all(row["prompt_id_count"] == row["group_size_max"] for row in counts)

@@ -1,0 +1,130 @@
+"""Reward-model backends, with a real (tiny, random) transformers model built offline."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from schemas.rollouts import CHAT_PROMPT
+from transforms.reward_models import RewardModelConfig, make_reward_model, plan_batches
+
+
+@pytest.mark.parametrize("lengths,max_tokens,max_batch", [
+    ([5, 1, 9, 3, 7], 20, 8),  # mixed lengths under a token budget
+    ([10] * 9, 30, 2),  # batch-size cap binds before the budget
+    ([100, 1, 1, 1], 100, 64),  # one long row fills a batch on its own
+    ([], 10, 4),  # nothing to do
+])
+def test_plan_batches_respects_budget_and_covers_every_row(lengths, max_tokens, max_batch):
+    batches = plan_batches(lengths, max_tokens, max_batch)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) <= max_batch
+        assert len(batch) * max(lengths[i] for i in batch) <= max(max_tokens, max(lengths[i] for i in batch))
+        assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tiny_rm_path):
+    model = make_reward_model(RewardModelConfig(backend="transformers", model=tiny_rm_path, max_tokens_per_batch=4096,
+                                                max_length=256))
+    model.load()
+    return model
+
+
+def rollouts(n=6):
+    from pipeline.demo import synthetic_rollouts
+
+    return synthetic_rollouts(n, seed=3)
+
+
+def test_batched_scores_equal_one_by_one_scores(tiny_rm):
+    table = rollouts(12)
+    batched = tiny_rm.score_table(table).column("rm_score").to_pylist()
+    single = [tiny_rm.score_table(table.slice(i, 1)).column("rm_score")[0].as_py() for i in range(table.num_rows)]
+    assert batched == pytest.approx(single, abs=1e-4)
+    assert len(set(round(s, 4) for s in batched)) > 1  # the model distinguishes rollouts
+
+
+def test_chat_template_frames_prompt_and_response(tiny_rm):
+    ids, truncated = tiny_rm._render("What is 2+2?", "4")
+    text = tiny_rm.tokenizer.decode(ids)
+    assert text == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+    assert not truncated
+
+
+def test_long_rollouts_are_truncated_and_reported(tiny_rm_path):
+    model = make_reward_model(RewardModelConfig(backend="transformers", model=tiny_rm_path, max_length=40,
+                                                max_tokens_per_batch=160))
+    model.load()
+    table = pa.table({"prompt": ["q", "q"], "response": ["short", "word " * 200]})
+    out = model.score_table(table)
+    assert out.column("rm_status").to_pylist() == ["ok", "truncated"]
+    assert all(math.isfinite(s) for s in out.column("rm_score").to_pylist())
+    ids, truncated = model._render("q", "word " * 200)
+    assert truncated and len(ids) == 40
+    assert model.tokenizer.decode(ids).endswith("<|im_end|>\n")  # left truncation keeps the response end
+
+
+def test_chat_message_prompts_are_scored(tiny_rm):
+    chat = pa.array([[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]], CHAT_PROMPT)
+    out = tiny_rm.score_table(pa.table({"prompt": chat, "response": ["4"]}))
+    assert out.column("rm_status").to_pylist() == ["ok"]
+    ids, _ = tiny_rm._render(chat.to_pylist()[0], "4")
+    assert tiny_rm.tokenizer.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+def test_identity_fingerprints_local_weights(tiny_rm, tiny_rm_path):
+    identity = tiny_rm.identity()
+    assert identity["backend"] == "transformers" and identity["name"] == tiny_rm_path
+    assert len(identity["fingerprint"]) == 16 and identity["fingerprint"] == tiny_rm.identity()["fingerprint"]
+
+
+def test_precomputed_scores_and_missing_values():
+    model = make_reward_model(RewardModelConfig(backend="precomputed", score_column="s"))
+    table = pa.table({"s": pa.array([1.5, None, float("nan"), -2.0])})
+    out = model.score_table(table)
+    assert out.column("rm_score").to_pylist() == [1.5, None, None, -2.0]
+    assert out.column("rm_status").to_pylist() == ["ok", "missing", "missing", "ok"]
+    assert out.schema.field("rm_score").type == pa.float32()
+
+
+@pytest.mark.parametrize("schema,message", [
+    (pa.schema([("other", pa.float64())]), "is not an input column"),
+    (pa.schema([("s", pa.string())]), "expected a number"),
+])
+def test_precomputed_column_checked_before_running(schema, message):
+    model = make_reward_model(RewardModelConfig(backend="precomputed", score_column="s"))
+    with pytest.raises(ValueError, match=message):
+        model.check_schema(schema)
+
+
+def test_backend_none_marks_rows_skipped():
+    out = make_reward_model(RewardModelConfig(backend="none")).score_table(pa.table({"x": [1, 2]}))
+    assert out.column("rm_score").to_pylist() == [None, None]
+    assert out.column("rm_status").to_pylist() == ["skipped", "skipped"]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"backend": "vllm"}, "rm.backend"),
+    ({"backend": "transformers"}, "rm.model is required"),
+    ({"backend": "precomputed"}, "rm.score_column is required"),
+    ({"backend": "none", "max_length": 0}, "rm.max_length"),
+    ({"backend": "none", "max_length": 100, "max_tokens_per_batch": 50}, "rm.max_tokens_per_batch"),
+    ({"backend": "none", "device": "tpu"}, "rm.device"),
+])
+def test_invalid_rm_config_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RewardModelConfig(**kwargs)
+
+
+def test_scores_are_deterministic_across_loads(tiny_rm_path, tiny_rm):
+    again = make_reward_model(RewardModelConfig(backend="transformers", model=tiny_rm_path, max_length=256,
+                                                max_tokens_per_batch=4096))
+    again.load()
+    table = rollouts(4)
+    np.testing.assert_allclose(again.score_table(table).column("rm_score").to_numpy(),
+                               tiny_rm.score_table(table).column("rm_score").to_numpy(), atol=1e-5)

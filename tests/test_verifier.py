@@ -1,0 +1,118 @@
+"""Verifier stage: verdicts on real model outputs, statuses, and the process pool's failure handling."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from transforms.verifier import VerifierConfig, VerifierPool, parse_reference, verify_table
+
+# (reference, response, expected score, expected status, expected extracted answer)
+CASES = [
+    # GPT-3 6B solution from GSM8K (gsm8k_gpt3_solutions): wrong final "A: 26" against gold 18.
+    ("18", "She has 13 ducks eggs and she sells 2 each day so she makes 13 * 2 = $<<13*2=26>>26\nA: 26",
+     0.0, "ok", "26"),
+    # A correct GSM8K solution in the same "A: N" form.
+    ("18", "16 - 3 - 4 = <<16-3-4=9>>9 eggs\n9 * 2 = $<<9*2=18>>18\nA: 18", 1.0, "ok", "18"),
+    # Qwen2.5-Math CoT ending (qwen25_math_cot100): \boxed inside \( \).
+    ("420", "the value ... to the nearest whole number is \\(\\boxed{420}\\).", 1.0, "ok", "420"),
+    # ProcessBench (Qwen2-7B-Instruct) wrong boxed answer.
+    ("24", "The answer is \\(\\boxed{30}\\).", 0.0, "ok", "30"),
+    # LaTeX fraction reference, decimal response: math-verify compares values (and reports 1/2 as \frac).
+    ("\\frac{1}{2}", "The final answer is $\\boxed{0.5}$.", 1.0, "ok", "\\frac{1}{2}"),
+    # Bare equation reference: needs $...$ to parse as f(x) = 2x rather than "2".
+    ("f(x)=2 x", "Therefore $\\boxed{f(x) = 2x}$.", 1.0, "ok", "f(x) = 2x"),
+    # Bare interval reference.
+    ("(1,2)", "The solution set is $\\boxed{(1, 2)}$.", 1.0, "ok", "(1, 2)"),
+    # ProcessBench gold with an escaped dollar and thin space: an escaped \$ is not a math delimiter.
+    ("\\$32,\\!348", "So the final amount is $\\boxed{32348}$.", 1.0, "ok", "32348"),
+    # MATH gold with a braced thousands separator (qwen25_math_cot100).
+    ("10{,}000", "The answer is $\\boxed{10000}$.", 1.0, "ok", "10000"),
+    # Expanded polynomial, right and with swapped coefficients.
+    ("x^2 + 7x + 12", "Expanding gives $\\boxed{x^2+7x+12}$.", 1.0, "ok", "x^2+7x+12"),
+    ("x^2 + 7x + 12", "Expanding gives $\\boxed{x^2+12x+7}$.", 0.0, "ok", "x^2+12x+7"),
+    # Multiple-choice gold written as \text{(C)}.
+    ("\\text{(C)}", "The answer is $\\boxed{C}$.", 1.0, "ok", "C"),
+    # A response with no extractable answer is judged wrong, with its own status.
+    ("18", "I cannot work this out.", 0.0, "no_answer", None),
+    # Missing and blank references cannot be judged.
+    (None, "The answer is 3", None, "no_reference", None),
+    ("  ", "The answer is 3", None, "no_reference", None),
+    # A reference math-verify cannot parse at all.
+    ("\\text{}", "The answer is $\\boxed{3}$.", None, "bad_reference", None),
+    # 9^(9^9) cannot be compared within the 1 s timeout: status timeout, never a silent 0.
+    ("5", "$\\boxed{9^{9^{9}}}$", None, "timeout", "9^{9^{9}}"),
+]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with VerifierPool(VerifierConfig(num_workers=2, timeout_s=1, hard_timeout_s=20)) as running:
+        yield running
+
+
+@pytest.mark.parametrize("reference,response,score,status,extracted", CASES)
+def test_judgement_in_process(reference, response, score, status, extracted):
+    in_process = VerifierPool(VerifierConfig(num_workers=0, timeout_s=1, hard_timeout_s=5))
+    in_process.start()
+    scores, statuses, answers = in_process.verify([reference], [response])
+    assert (scores[0], statuses[0], answers[0]) == (score, status, extracted)
+
+
+def test_worker_pool_matches_in_process_verdicts(pool):
+    scores, statuses, answers = pool.verify([c[0] for c in CASES], [c[1] for c in CASES])
+    assert list(zip(scores, statuses, answers)) == [(c[2], c[3], c[4]) for c in CASES]
+
+
+def test_verify_table_adds_typed_columns(pool):
+    table = pa.table({"reference": ["18", "18", None], "response": ["A: 18", "A: 26", "A: 1"]})
+    out = verify_table(table, pool)
+    assert out.schema.field("verifier_score").type == pa.float32()
+    assert out.column("verifier_score").to_pylist() == [1.0, 0.0, None]
+    assert out.column("verifier_status").to_pylist() == ["ok", "ok", "no_reference"]
+    assert out.column("extracted_answer").to_pylist() == ["18", "26", None]
+
+
+@pytest.mark.parametrize("reference,parsed_text", [
+    ("18", "18"),  # bare integer
+    ("f(x)=2 x", "f(x)=2 x"),  # bare equation: plain-text extraction alone would give "2"
+    ("x^2+1", "x^2+1"),  # plain-text extraction alone finds nothing
+    ("$18$", "18"),  # already delimited
+])
+def test_bare_references_parse(reference, parsed_text):
+    parsed = parse_reference(reference, timeout_s=2)
+    assert parsed and parsed[-1] == parsed_text
+
+
+def test_hung_worker_is_killed_and_only_its_row_times_out():
+    config = VerifierConfig(num_workers=2, timeout_s=1, hard_timeout_s=3, task_size=2, judge="judges:hangs_on_marker")
+    responses = ["A: 18", "A: 7", "HANG forever", "A: 18", "A: 3", "A: 18"]
+    with VerifierPool(config) as hanging_pool:
+        scores, statuses, _ = hanging_pool.verify(["18"] * len(responses), responses)
+        assert hanging_pool.restarts == 1
+        # The replacement worker keeps serving later batches.
+        assert hanging_pool.verify(["7"], ["A: 7"])[0] == [1.0]
+    assert statuses == ["ok", "ok", "timeout", "ok", "ok", "ok"]
+    assert scores == [1.0, 0.0, None, 1.0, 0.0, 1.0]
+
+
+def test_crashed_worker_marks_its_row_error_and_work_continues():
+    config = VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=10, task_size=4, judge="judges:dies_on_marker")
+    responses = ["A: 1", "CRASH now", "A: 2", "A: 1"]
+    with VerifierPool(config) as crashing_pool:
+        scores, statuses, _ = crashing_pool.verify(["1"] * 4, responses)
+    assert statuses == ["ok", "error", "ok", "ok"]
+    assert scores == [1.0, None, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"timeout_s": 1.5}, "verifier.timeout_s must be a whole number"),  # a float alarm silently fails
+    ({"timeout_s": 0}, "verifier.timeout_s"),
+    ({"num_workers": -1}, "verifier.num_workers"),
+    ({"timeout_s": 5, "hard_timeout_s": 5}, "verifier.hard_timeout_s"),  # must exceed the inner timeout
+    ({"task_size": 0}, "verifier.task_size"),
+    ({"judge": "not a path"}, "verifier.judge"),
+])
+def test_invalid_verifier_config_names_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        VerifierConfig(**kwargs)
