@@ -124,30 +124,26 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.rollouts import SchemaError
 
     try:
+        from pipeline.beam_pipeline import check_beam_args
+
+        try:
+            check_beam_args(tuple(beam_args))  # an unknown flag (ours mistyped, or not Beam's) stops here
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
         options = _options_from_yaml(args.config) if args.config else {}
         options.update({name: getattr(args, name) for name in OPTIONS if getattr(args, name, None) is not None})
         if args.demo:
-            options.setdefault("output", "demo_out")
-            options["overwrite"] = True
-        stray = [a for a in beam_args if not a.startswith("-")]
-        if stray and not any(a.startswith("--") for a in beam_args):
-            raise ConfigError(f"unexpected argument(s): {' '.join(stray)}")
-        if args.demo:
             if args.demo_rows < 1:
                 raise ConfigError(f"--demo-rows must be >= 1, got {args.demo_rows}")
+            options.setdefault("output", "demo_out")
+            options["overwrite"] = True
             # Validate the user's own options before generating anything.
-            build_config({**options, "input": "-", "rm_backend": options.get("rm_backend", "none")}, tuple(beam_args))
+            build_config({**options, "input": "-", "rm_backend": options.get("rm_backend", "none")})
             options.update(_prepare_demo(options["output"], args.demo_rows))
         for required in ("input", "output"):
             if not options.get(required):
                 raise ConfigError(f"{flag(required)} is required (or run --demo)")
         config = build_config(options, tuple(beam_args))
-        from pipeline.beam_pipeline import check_beam_args
-
-        try:
-            check_beam_args(config.beam_args)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
         from pipeline.run import run
 
         manifest = run(config)

@@ -40,7 +40,8 @@ def prepare_output(config: PipelineConfig):
                               "pass --overwrite to replace it or choose another directory")
     for name in previous:
         fs.rm(f"{path}/{name}", recursive=True)
-    fs.makedirs(path, exist_ok=True)
+    for name in ("data", "errors"):  # present even when a run writes no shard there
+        fs.makedirs(f"{path}/{name}", exist_ok=True)
 
 
 def _parquet_files(fs, directory: str) -> list[str]:

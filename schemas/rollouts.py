@@ -133,8 +133,7 @@ class InputContract:
             RESPONSE: pa.string(),
             REFERENCE: pa.string(),
             DATA_SOURCE: pa.string(),
-            SAMPLE_INDEX: pa.int64(),
-        }
+        }  # sample_index keeps its own integer type, unified across files like a pass-through column
         fields = [pa.field(PROMPT_ID, pa.string())]
         for name in names:
             if name == PROMPT_ID:

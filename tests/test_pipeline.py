@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import shared_file
@@ -175,8 +175,12 @@ def test_refuses_to_overwrite_a_previous_run(tmp_path):
     assert again["output_rows"] == 8
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Each example is a full Beam run (~2 s), so no shrinking; explicit examples pin the edge cases.
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          phases=[Phase.explicit, Phase.generate])
 @given(num_rows=st.integers(1, 60), per_prompt=st.integers(1, 9), bad=st.integers(0, 5), shard_rows=st.integers(5, 80))
+@example(num_rows=1, per_prompt=1, bad=1, shard_rows=5)  # every row bad: no data rows at all
+@example(num_rows=9, per_prompt=9, bad=0, shard_rows=5)  # one group larger than a shard's target
 def test_every_input_row_is_accounted_for(tmp_path_factory, num_rows, per_prompt, bad, shard_rows):
     base = tmp_path_factory.mktemp("accounting")
     write_synthetic_rollouts(str(base / "in"), num_rows, rows_per_file=7, responses_per_prompt=per_prompt,
@@ -184,6 +188,28 @@ def test_every_input_row_is_accounted_for(tmp_path_factory, num_rows, per_prompt
     manifest = label(base / "in", base / "out", rm_score_column="sample_index", rows_per_shard=shard_rows)
     assert manifest["error_rows"] == min(bad, num_rows)
     assert manifest["input_rows"] == num_rows == manifest["output_rows"] + manifest["error_rows"]
+    assert (base / "out" / "data").is_dir()
+    if manifest["output_rows"] == 0:
+        return
     table = read_output(base / "out")
     counts = table.group_by("prompt_id").aggregate([("prompt_id", "count"), ("group_size", "max")]).to_pylist()
     assert all(row["prompt_id_count"] == row["group_size_max"] for row in counts)
+
+
+def test_fsspec_urls_for_input_and_output():
+    """Input, spill files and output on an fsspec filesystem (memory://), not the local disk."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    table = synthetic_rollouts(24, seed=10)
+    for index in range(2):
+        with fs.open(f"/herolabel-test/in/part-{index}.parquet", "wb") as handle:
+            pq.write_table(table.slice(12 * index, 12), handle)
+    manifest = label("memory://herolabel-test/in", "memory://herolabel-test/out", rm_score_column="sample_index")
+    assert (manifest["input_rows"], manifest["output_rows"]) == (24, 24)
+    assert all(f.startswith("memory://") for f in manifest["input_files"] + manifest["data_files"])
+    with fs.open(manifest["data_files"][0], "rb") as handle:
+        out = pq.read_table(handle)
+    assert out.num_rows == 24 and out.column("hero_status").to_pylist() == ["ok"] * 24
+    assert not fs.exists("/herolabel-test/out/_shuffle")
+    fs.rm("/herolabel-test", recursive=True)

@@ -162,10 +162,13 @@ def fuse(table: pa.Table, config: HeroConfig, sigma_bar: float | None) -> pa.Tab
     table, gid = g.table, g.group_of_row
     n_groups = len(g.starts)
 
-    statuses = table.column("verifier_status").combine_chunks()
-    no_reference = _segment_sum(pc.equal(statuses, "no_reference").to_numpy(zero_copy_only=False).astype(np.int64), g.starts) > 0
-    bad_reference = _segment_sum(pc.equal(statuses, "bad_reference").to_numpy(zero_copy_only=False).astype(np.int64), g.starts) > 0
-    rm_skipped = _segment_sum(pc.equal(table.column("rm_status"), "skipped").to_numpy(zero_copy_only=False).astype(np.int64), g.starts) > 0
+    def any_in_group(column: str, value: str) -> np.ndarray:
+        hits = pc.equal(table.column(column), value).to_numpy(zero_copy_only=False).astype(np.int64)
+        return _segment_sum(hits, g.starts) > 0
+
+    no_reference = any_in_group("verifier_status", "no_reference")
+    bad_reference = any_in_group("verifier_status", "bad_reference")
+    rm_skipped = any_in_group("rm_status", "skipped")
 
     group_status = np.full(n_groups, "ok", dtype=object)
     reference_unusable = no_reference | bad_reference
@@ -193,7 +196,8 @@ def fuse(table: pa.Table, config: HeroConfig, sigma_bar: float | None) -> pa.Tab
         r_hat = np.where(rm_only, -config.alpha + (1 + config.beta + config.alpha) * whole_group, r_hat)
 
     sigma = g.sigma[gid]
-    weight = config.w_min + (config.w_max - config.w_min) * _sigmoid(config.k * (np.nan_to_num(sigma) - (sigma_bar or 0.0)))
+    spread = config.k * (np.nan_to_num(sigma) - (sigma_bar or 0.0))
+    weight = config.w_min + (config.w_max - config.w_min) * _sigmoid(spread)
     r_hat_kept = np.where(computed, r_hat, 0.0)
     sizes = np.maximum(g.sizes, 1)
     mean = (_segment_sum(r_hat_kept, g.starts) / sizes)[gid]

@@ -193,9 +193,11 @@ class TransformersRewardModel:
         try:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
+            from transformers.utils import logging as transformers_logging
         except ImportError as exc:
             raise ImportError("the transformers backend needs torch and transformers: pip install 'herolabel[rm]' "
                               "(pin torch, e.g. torch==2.13.0 for the CPU build)") from exc
+        transformers_logging.disable_progress_bar()  # per-shard loading bars would drown the run's progress line
         config = self.config
         device = config.device
         if device == "auto":
