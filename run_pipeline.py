@@ -12,7 +12,6 @@ Flags this program does not define go to Apache Beam unchanged (--runner, --proj
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -116,6 +115,21 @@ def _print_summary(manifest: dict, output: str):
     print(f"output: {output}/data/  errors: {output}/errors/  manifest: {output}/manifest.json")
 
 
+def _print_sample(path: str, rows: int = 8):
+    """The first prompt group of a shard, as an aligned table."""
+    import pyarrow.parquet as pq
+
+    columns = ["verifier_status", "verifier_score", "extracted_answer", "rm_score", "hero_normalized",
+               "difficulty_weight", "hero_reward", "advantage"]
+    table = pq.read_table(path, columns=["prompt_id", "prompt"] + columns).slice(0, rows)
+    print(f"\nfirst rows of {path}  (prompt {table.column('prompt_id')[0]}: {table.column('prompt')[0].as_py()[:70]})")
+    cells = [[("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)[:16]) for v in row.values()]
+             for row in table.select(columns).to_pylist()]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    for line in [columns] + cells:
+        print("  ".join(value.rjust(width) for value, width in zip(line, widths)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -152,12 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _print_summary(manifest, config.output)
     if args.demo:
-        import pyarrow.parquet as pq
-
-        sample = pq.read_table(manifest["data_files"][0]).slice(0, 8).select(
-            ["prompt_id", "verifier_status", "verifier_score", "rm_score", "hero_normalized", "difficulty_weight",
-             "hero_reward", "advantage"])
-        print(json.dumps(sample.to_pylist(), indent=None, default=str)[:2000])
+        _print_sample(manifest["data_files"][0])
     return 0
 
 

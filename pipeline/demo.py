@@ -35,8 +35,8 @@ def _question(rng: random.Random, index: int):
         a, b, c = rng.randint(3, 90), rng.randint(2, 40), rng.randint(2, 9)
         name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
         answer = (a + b) * c
-        prompt = (f"{name} has {a} {item} and buys {b} more. Then {name} packs them into {c} times as many "
-                  f"boxes' worth. How many {item} is that in total if each box holds the whole lot?")
+        prompt = (f"{name} has {a} {item} and buys {b} more. Each of {name}'s {c} cousins then brings exactly "
+                  f"as many {item} as {name} has. How many {item} do the {c} cousins bring altogether?")
         return prompt, str(answer), str(answer), str(answer), str(answer + rng.choice([-c, c, 1, 10]))
     if kind == 1:
         p, q, r, s = rng.randint(1, 9), rng.randint(2, 12), rng.randint(1, 9), rng.randint(2, 12)
@@ -137,6 +137,9 @@ def build_tiny_reward_model(path: str, seed: int = 0, vocab_size: int = 600) -> 
     import torch
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForSequenceClassification
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
     texts = list(synthetic_rollouts(400, seed=seed).column("response").to_pylist())
     texts += list(synthetic_rollouts(400, seed=seed).column("prompt").to_pylist())
