@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.shared import Shared
 
 from pipeline import io, progress
 from pipeline.config import ConfigError, PipelineConfig, name_options
@@ -134,16 +135,23 @@ class VerifyAnswers(beam.DoFn):
             self.pool.close()
 
 
+def _load_reward_model(config):
+    model = make_reward_model(config)
+    model.load()
+    return model
+
+
 class ScoreRewards(beam.DoFn):
-    """The reward-model stage; the model is loaded once per DoFn instance (setup), never per batch."""
+    """The reward-model stage. The model is loaded once per worker process and shared by every DoFn
+    instance (thread) there through Beam's Shared handle, as RunInference does; never per batch."""
 
     def __init__(self, config):
         self.config = config
+        self._shared = Shared()
         self.model = None
 
     def setup(self):
-        self.model = make_reward_model(self.config)
-        self.model.load()
+        self.model = self._shared.acquire(lambda: _load_reward_model(self.config), tag=repr(self.config))
 
     def process(self, table):
         with _StageTimer("score"):
