@@ -290,7 +290,7 @@ class VerifierPool:
         self._workers = []
 
     def verify(self, references: list[str | None], responses: list[str]):
-        """Returns (scores float32 with nulls, statuses, extracted answers) for aligned inputs."""
+        """Judges aligned lists; returns three lists: score (1.0, 0.0 or None), status, extracted answer."""
         n = len(responses)
         scores: list[float | None] = [None] * n
         statuses: list[str | None] = [None] * n
