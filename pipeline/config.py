@@ -10,6 +10,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+from transforms.checks import is_whole
 from transforms.hero import HeroConfig
 from transforms.reward_models import RewardModelConfig
 from transforms.verifier import VerifierConfig
@@ -53,7 +54,7 @@ class PipelineConfig:
                 raise ValueError(f"pipeline.{name} is required")
         for name in ("batch_rows", "rows_per_shard"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole(value, 1):
                 raise ValueError(f"pipeline.{name} must be an integer >= 1, got {value!r}")
         if self.shuffle not in SHUFFLE_MODES:
             raise ValueError(f"pipeline.shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}")

@@ -34,6 +34,11 @@ def _has_magic(path: str) -> bool:
     return globlib.has_magic(path)
 
 
+def as_url(fs, path: str, like: str) -> str:
+    """`path` as found by `fs`, written the way the user wrote `like`: with its protocol only if it had one."""
+    return fs.unstrip_protocol(path) if "://" in like else path
+
+
 def list_input_files(spec: str) -> list[str]:
     """Expands a file, a directory (recursively, *.parquet) or a glob into a sorted list of file URLs."""
     fs, path = fsspec.core.url_to_fs(spec)
@@ -47,7 +52,7 @@ def list_input_files(spec: str) -> list[str]:
         raise InputError(f"--input {spec!r}: no such file or directory")
     if not paths:
         raise InputError(f"--input {spec!r}: no Parquet files found")
-    return [fs.unstrip_protocol(p) if "://" in spec else p for p in paths]
+    return [as_url(fs, p, spec) for p in paths]
 
 
 def inspect_inputs(spec: str) -> list[InputFile]:

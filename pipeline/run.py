@@ -76,8 +76,8 @@ def summarize_output(output: str) -> dict:
         "sigma_bar": sigma_bar,
         "status_counts": {name: dict(sorted(c.items(), key=lambda kv: str(kv[0]))) for name, c in statuses.items()},
         "error_reasons": dict(reasons.most_common(20)),
-        "data_files": [fs.unstrip_protocol(f) if "://" in output else f for f in data_files],
-        "error_files": [fs.unstrip_protocol(f) if "://" in output else f for f in error_files],
+        "data_files": [io.as_url(fs, f, output) for f in data_files],
+        "error_files": [io.as_url(fs, f, output) for f in error_files],
     }
 
 

@@ -13,7 +13,6 @@ about 1 microsecond per row.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.rollouts import HERO_FIELDS, ORDER, PROMPT_ID
+from transforms.checks import is_finite_number
 
 TIE_PLACEMENTS = ("bottom", "middle")
 ADVANTAGE_MODES = ("grpo", "mean-only")
@@ -51,7 +51,7 @@ class HeroConfig:
     def __post_init__(self):
         for name in ("alpha", "beta", "eps", "w_min", "w_max", "k"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_finite_number(value):
                 raise ValueError(f"hero.{name} must be a finite number, got {value!r}")
         if self.alpha < 0 or self.beta < 0:
             raise ValueError(f"hero.alpha and hero.beta must be >= 0, got alpha={self.alpha}, beta={self.beta}")
@@ -66,10 +66,7 @@ class HeroConfig:
             raise ValueError(f"hero.w_min must satisfy 0 <= w_min <= w_max, got w_min={self.w_min}, w_max={self.w_max}")
         if self.k < 0:
             raise ValueError(f"hero.k must be >= 0, got {self.k}")
-        if self.sigma_bar is not None and (
-            isinstance(self.sigma_bar, bool) or not isinstance(self.sigma_bar, (int, float))
-            or not math.isfinite(self.sigma_bar) or self.sigma_bar < 0
-        ):
+        if self.sigma_bar is not None and not (is_finite_number(self.sigma_bar) and self.sigma_bar >= 0):
             raise ValueError(f"hero.sigma_bar must be a finite number >= 0 or unset, got {self.sigma_bar!r}")
         if self.tie_placement not in TIE_PLACEMENTS:
             raise ValueError(f"hero.tie_placement must be one of {TIE_PLACEMENTS}, got {self.tie_placement!r}")

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.rollouts import PROMPT, RESPONSE, RM_FIELDS
+from transforms.checks import is_whole
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class RewardModelConfig:
             raise ValueError("rm.score_column is required with rm.backend=precomputed")
         for name in ("max_length", "max_tokens_per_batch", "max_batch_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole(value, 1):
                 raise ValueError(f"rm.{name} must be an integer >= 1, got {value!r}")
         if self.max_tokens_per_batch < self.max_length:
             raise ValueError(

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.rollouts import REFERENCE, RESPONSE, VERIFIER_FIELDS
+from transforms.checks import is_finite_number, is_whole
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,19 @@ class VerifierConfig:
     judge: str = "transforms.verifier:judge_response"
 
     def __post_init__(self):
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+        if not is_whole(self.num_workers, 0):
             raise ValueError(f"verifier.num_workers must be an integer >= 0, got {self.num_workers!r}")
-        if isinstance(self.timeout_s, bool) or not isinstance(self.timeout_s, int) or self.timeout_s < 1:
+        if not is_whole(self.timeout_s, 1):
             raise ValueError(
                 f"verifier.timeout_s must be a whole number of seconds >= 1 (math-verify uses signal.alarm), "
                 f"got {self.timeout_s!r}"
             )
-        if not isinstance(self.hard_timeout_s, (int, float)) or self.hard_timeout_s <= self.timeout_s:
+        if not is_finite_number(self.hard_timeout_s) or self.hard_timeout_s <= self.timeout_s:
             raise ValueError(
                 f"verifier.hard_timeout_s must be a number greater than timeout_s ({self.timeout_s}), "
                 f"got {self.hard_timeout_s!r}"
             )
-        if isinstance(self.task_size, bool) or not isinstance(self.task_size, int) or self.task_size < 1:
+        if not is_whole(self.task_size, 1):
             raise ValueError(f"verifier.task_size must be an integer >= 1, got {self.task_size!r}")
         if not isinstance(self.judge, str) or not re.fullmatch(r"[\w.]+:\w+", self.judge):
             raise ValueError(f"verifier.judge must look like 'package.module:function', got {self.judge!r}")
