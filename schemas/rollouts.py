@@ -129,7 +129,8 @@ class InputContract:
             raise SchemaError("input files mix string prompts and chat-message prompts; relabel them in separate runs")
         canonical = {
             PROMPT_ID: pa.string(),
-            PROMPT: CHAT_PROMPT if chat else pa.string(),
+            # Chat prompts keep their message struct (extra fields such as "name" survive), unified across files.
+            PROMPT: _unified_type(PROMPT, sorted(prompt_types, key=str)) if chat else pa.string(),
             RESPONSE: pa.string(),
             REFERENCE: pa.string(),
             DATA_SOURCE: pa.string(),
@@ -145,12 +146,7 @@ class InputContract:
             if name in canonical:
                 fields.append(pa.field(name, canonical[name]))
                 continue
-            types = [s.field(name).type for s in schemas if name in s.names]
-            try:
-                unified = pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive")
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise SchemaError(f"pass-through column '{name}' has incompatible types across files: {types}") from exc
-            fields.append(unified.field(name))
+            fields.append(pa.field(name, _unified_type(name, [s.field(name).type for s in schemas if name in s.names])))
         if REFERENCE not in names:
             fields.append(pa.field(REFERENCE, pa.string()))
         fields.append(pa.field(ORDER, pa.int64()))
@@ -163,6 +159,15 @@ class InputContract:
     def scored_schema(self) -> pa.Schema:
         """Rows after verify and score, before fusion: what the group stage shuffles."""
         return pa.schema(list(self.schema) + VERIFIER_FIELDS + RM_FIELDS)
+
+
+def _unified_type(name: str, types: list[pa.DataType]) -> pa.DataType:
+    """One type that every file's `name` column converts to (e.g. int32 + int64 -> int64)."""
+    try:
+        return pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive").field(
+            name).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise SchemaError(f"column '{name}' has incompatible types across files: {types}") from exc
 
 
 def prompt_key(prompt) -> str:
@@ -236,7 +241,12 @@ def validate_batch(batch: pa.Table, contract: InputContract, *, source_file: str
         if field.name == ORDER:
             columns[ORDER] = pa.array((file_index << 32) + row_offset + good_positions, pa.int64())
         elif field.name in good.column_names:
-            columns[field.name] = _cast_column(good.column(field.name), field)
+            try:
+                columns[field.name] = _cast_column(good.column(field.name), field)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+                reason = f"column '{field.name}' cannot be read as {field.type}: {exc}"
+                return contract.schema.empty_table(), pa.concat_tables([errors, _error_rows(
+                    batch, good_positions, [reason] * good.num_rows, "validate", source_file, row_offset)])
         elif field.name != PROMPT_ID:
             columns[field.name] = pa.nulls(good.num_rows, field.type)
     columns[PROMPT_ID] = _fill_prompt_ids(good, columns.get(PROMPT_ID))

@@ -64,6 +64,7 @@ def test_acceptance_command_on_real_rm_scores(tmp_path):
         [("prompt_id", "ascending"), ("sample_index", "ascending")])
     assert table.column("qwen_rm_score").to_pylist() == source.column("qwen_rm_score").to_pylist()
     assert table.column("level").to_pylist() == source.column("level").to_pylist()
+    assert table.schema.field("sample_index").type == source.schema.field("sample_index").type == pa.int32()
     metadata = read_file_metadata(manifest["data_files"][0])
     assert metadata["sigma_bar"] == pytest.approx(manifest["sigma_bar"])
     assert metadata["reward_model"] == {"backend": "precomputed", "name": "column:qwen_rm_score"}

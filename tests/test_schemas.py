@@ -83,7 +83,7 @@ def test_chat_prompts_and_numeric_references_are_accepted():
       pa.schema([("prompt", CHAT_PROMPT), ("response", pa.string())])], "mix string prompts and chat"),
     ([pa.schema([("prompt", pa.string()), ("response", pa.string()), ("x", pa.string())]),
       pa.schema([("prompt", pa.string()), ("response", pa.string()), ("x", pa.list_(pa.int8()))])],
-     "pass-through column 'x'"),
+     "column 'x' has incompatible types across files"),
 ])
 def test_unusable_inputs_fail_before_any_data_moves(schemas, message):
     with pytest.raises(SchemaError, match=message):
@@ -104,3 +104,23 @@ def test_buckets_are_stable_and_keep_groups_together():
     assert list(buckets) == list(bucket_of(ids, 7))
     assert all(0 <= b < 7 for b in buckets)
     assert list(bucket_of(ids, 1)) == [0] * 5
+
+
+def test_value_that_cannot_take_the_unified_type_goes_to_errors():
+    # uint64 + int64 across files unify to int64; a uint64 above int64's range cannot be stored.
+    big = pa.table({"prompt": ["q", "q"], "response": ["r", None], "x": pa.array([2**63 + 5, 1], pa.uint64())})
+    small = pa.table({"prompt": ["q"], "response": ["r"], "x": pa.array([1], pa.int64())})
+    valid, errors = validate_batch(big, contract_for(big, small), source_file="big", file_index=0, row_offset=0)
+    assert valid.num_rows == 0
+    assert errors.column("source_row").to_pylist() == [1, 0]  # the null response first, then the cast failure
+    assert errors.column("reason")[1].as_py().startswith("column 'x' cannot be read as int64")
+
+
+def test_chat_messages_keep_extra_fields_and_sample_index_its_type():
+    message = pa.struct([("role", pa.string()), ("content", pa.string()), ("name", pa.string())])
+    chat = pa.array([[{"role": "user", "content": "hi", "name": "ann"}]], pa.list_(message))
+    batch = pa.table({"prompt": chat, "response": ["yo"], "sample_index": pa.array([3], pa.int16())})
+    valid, errors = validate_batch(batch, contract_for(batch), source_file="f", file_index=0, row_offset=0)
+    assert errors.num_rows == 0
+    assert valid.column("prompt").to_pylist() == [[{"role": "user", "content": "hi", "name": "ann"}]]
+    assert valid.schema.field("sample_index").type == pa.int16()
