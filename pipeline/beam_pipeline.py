@@ -337,6 +337,9 @@ def build(pipeline: beam.Pipeline, plan: RunPlan):
     elif config.hero.sigma_bar is not None:
         sigma_bar = pipeline | "FixedSigma" >> beam.Create([float(config.hero.sigma_bar)])
     else:
+        # With spill files this reads each bucket's rm_score column once more before fusion reads the whole
+        # bucket: sigma_bar must be complete before any shard is fused, and holding buckets until then would
+        # make memory grow with the job.
         sigma_bar = (
             groups
             | "SigmaPartials" >> beam.Map(_bucket_sigma_partial)
@@ -358,7 +361,7 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     model = make_reward_model(config.rm)
     if hasattr(model, "check_schema"):
         try:
-            model.check_schema(pa.schema([f for f in contract.schema if f.name != ORDER]))
+            model.check_schema(contract.input_schema())
         except ValueError as exc:
             raise ConfigError(name_options(str(exc))) from exc
     total = sum(f.num_rows for f in files)

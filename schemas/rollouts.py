@@ -66,6 +66,10 @@ ERROR_SCHEMA = pa.schema(
 )
 
 
+# What pyarrow raises when values of one type cannot be converted to another.
+_ARROW_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
 class SchemaError(ValueError):
     """The input as a whole cannot be read under the contract (raised before any data moves)."""
 
@@ -152,9 +156,13 @@ class InputContract:
         fields.append(pa.field(ORDER, pa.int64()))
         return cls(pa.schema(fields))
 
+    def input_schema(self) -> pa.Schema:
+        """The unified input columns as users see them (without the internal ORDER column)."""
+        return pa.schema([f for f in self.schema if f.name != ORDER])
+
     def output_schema(self) -> pa.Schema:
         """The schema of data/part-*.parquet: input columns then the label columns."""
-        return pa.schema([f for f in self.schema if f.name != ORDER] + LABEL_FIELDS)
+        return pa.schema(list(self.input_schema()) + LABEL_FIELDS)
 
     def scored_schema(self) -> pa.Schema:
         """Rows after verify and score, before fusion: what the group stage shuffles."""
@@ -166,7 +174,7 @@ def _unified_type(name: str, types: list[pa.DataType]) -> pa.DataType:
     try:
         return pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive").field(
             name).type
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+    except _ARROW_CONVERSION_ERRORS as exc:
         raise SchemaError(f"column '{name}' has incompatible types across files: {types}") from exc
 
 
@@ -243,7 +251,7 @@ def validate_batch(batch: pa.Table, contract: InputContract, *, source_file: str
         elif field.name in good.column_names:
             try:
                 columns[field.name] = _cast_column(good.column(field.name), field)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            except _ARROW_CONVERSION_ERRORS as exc:
                 reason = f"column '{field.name}' cannot be read as {field.type}: {exc}"
                 return contract.schema.empty_table(), pa.concat_tables([errors, _error_rows(
                     batch, good_positions, [reason] * good.num_rows, "validate", source_file, row_offset)])
