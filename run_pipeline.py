@@ -18,7 +18,7 @@ import sys
 
 import yaml
 
-from pipeline.config import OPTIONS, ConfigError, build_config, flag
+from pipeline.config import OPTIONS_BY_NAME, ConfigError, add_arguments, build_config, flag
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,52 +26,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="run_pipeline.py", allow_abbrev=False,
         description="Reward-label LLM rollouts: math-verify verdicts, reward-model scores, HERO fusion.",
         epilog="Unrecognised --flags are passed to Apache Beam (e.g. --runner DataflowRunner --project P).")
-    io_group = p.add_argument_group("input and output")
-    io_group.add_argument("--input", help="Parquet file, directory or glob; local path or fsspec URL")
-    io_group.add_argument("--output", help="output directory: data/, errors/, manifest.json")
-    io_group.add_argument("--config", help="YAML file with the same option names (rm_model: ..., alpha: ...)")
-    io_group.add_argument("--overwrite", action="store_true", default=None, help="replace a previous run in --output")
-    io_group.add_argument("--batch-rows", type=int, help="rows per Arrow batch through verify/score (default 1024)")
-    io_group.add_argument("--rows-per-shard", type=int, help="target rows per output shard (default 50000)")
-    io_group.add_argument("--shuffle", choices=("files", "engine"),
-                          help="group via spill files (default; flat memory locally) or the runner's shuffle")
-    io_group.add_argument("--progress", choices=("auto", "on", "off"), help="progress display (default auto: on a TTY)")
-
-    rm = p.add_argument_group("reward model")
-    rm.add_argument("--rm-backend", choices=("transformers", "precomputed", "none"),
-                    help="default: transformers with --rm-model, precomputed with --rm-score-column")
-    rm.add_argument("--rm-model", help="local directory or hub id of a sequence-classification reward model")
-    rm.add_argument("--rm-revision", help="hub revision (commit, tag or branch) to pin")
-    rm.add_argument("--rm-score-column", help="input column with precomputed RM scores")
-    rm.add_argument("--rm-max-length", type=int, help="tokens per rollout before truncation (default 4096)")
-    rm.add_argument("--rm-max-tokens-per-batch", type=int, help="padded tokens per forward pass (default 16384)")
-    rm.add_argument("--rm-max-batch-size", type=int, help="rollouts per forward pass (default 64)")
-    rm.add_argument("--rm-device", choices=("auto", "cpu", "cuda"), help="default auto: cuda when available")
-    rm.add_argument("--rm-dtype", choices=("auto", "float32", "bfloat16", "float16"),
-                    help="default auto: bfloat16 on GPU, float32 on CPU")
-    rm.add_argument("--rm-truncation-side", choices=("left", "right"), help="default left (keeps the response end)")
-
-    verifier = p.add_argument_group("verifier")
-    verifier.add_argument("--verifier-workers", type=int, help="math-verify worker processes (default: CPU count)")
-    verifier.add_argument("--verifier-timeout", type=int, help="math-verify timeout, whole seconds (default 5)")
-    verifier.add_argument("--verifier-hard-timeout", type=float,
-                          help="wall-clock seconds per response before its worker is killed (default 30)")
-    verifier.add_argument("--verifier-task-size", type=int, help="responses per worker message (default 32)")
-
-    hero = p.add_argument_group("HERO fusion (defaults: docs/HERO.md)")
-    hero.add_argument("--alpha", type=float, help="half-width of the incorrect band [-alpha, alpha] (default 0.1)")
-    hero.add_argument("--beta", type=float, help="half-width of the correct band [1-beta, 1+beta] (default 0.1)")
-    hero.add_argument("--eps", type=float, help="min-max and advantage epsilon (default 1e-6)")
-    hero.add_argument("--w-min", type=float, help="lowest difficulty weight (default 0.4)")
-    hero.add_argument("--w-max", type=float, help="highest difficulty weight (default 3.0)")
-    hero.add_argument("--k", type=float, help="sigmoid steepness of the weight (default 6)")
-    hero.add_argument("--sigma-bar", type=float, help="fixed sigma_bar (default: mean of sigma_u over the job)")
-    hero.add_argument("--tie-placement", choices=("bottom", "middle"),
-                      help="where a single or all-tied verifier class lands in its band (default bottom)")
-    hero.add_argument("--advantage-mode", choices=("grpo", "mean-only"), help="default grpo")
-    hero.add_argument("--on-bad-reference", choices=("null", "rm_only"),
-                      help="groups without a usable reference: null hero columns (default) or RM-only scaling")
-
+    p.add_argument("--config", help="YAML file with the same option names (rm_model: ..., alpha: ...)")
+    add_arguments(p)  # every labeling and engine option, declared once in pipeline/config.py
     demo = p.add_argument_group("demo")
     demo.add_argument("--demo", action="store_true",
                       help="generate synthetic rollouts and a tiny random RM offline, then label them")
@@ -89,7 +45,7 @@ def _options_from_yaml(path: str) -> dict:
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option names to values")
     options = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    unknown = sorted(set(options) - set(OPTIONS))
+    unknown = sorted(set(options) - set(OPTIONS_BY_NAME))
     if unknown:
         raise ConfigError(f"--config {path}: unknown key(s): {', '.join(unknown)}")
     return options
@@ -138,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.rollouts import SchemaError
 
     try:
-        from pipeline.beam_pipeline import check_beam_args
+        from pipeline.engines.beam import check_beam_args
 
         try:
             check_beam_args(tuple(beam_args))  # an unknown flag (ours mistyped, or not Beam's) stops here
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         options = _options_from_yaml(args.config) if args.config else {}
-        options.update({name: getattr(args, name) for name in OPTIONS if getattr(args, name, None) is not None})
+        options.update({name: getattr(args, name) for name in OPTIONS_BY_NAME if getattr(args, name, None) is not None})
         if args.demo:
             if args.demo_rows < 1:
                 raise ConfigError(f"--demo-rows must be >= 1, got {args.demo_rows}")

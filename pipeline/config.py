@@ -1,7 +1,10 @@
 """The run's configuration: one frozen object, validated at construction, built from flat options.
 
-Flat option names are shared by the command line (--rm-model) and YAML files (rm_model); every
-validation message names the option the user typed.
+Every option is declared once, in OPTIONS below: its flat name (YAML key `rm_model`, flag `--rm-model`),
+the config field it sets, its type, choices and help. The command line, YAML files and the README's
+option table are all generated from that list (`python -m pipeline.config` prints the table; a test
+checks the README holds exactly it). Defaults live only on the dataclasses. Every validation message
+names the option the user typed.
 """
 
 from __future__ import annotations
@@ -11,16 +14,63 @@ import re
 from dataclasses import dataclass, field
 
 from transforms.checks import is_whole
-from transforms.hero import HeroConfig
-from transforms.reward_models import RewardModelConfig
+from transforms.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
+from transforms.reward_models import DEVICES, DTYPES, TRUNCATION_SIDES, RewardModelConfig, backend_names
 from transforms.verifier import VerifierConfig
 
 SHUFFLE_MODES = ("files", "engine")
 PROGRESS_MODES = ("auto", "on", "off")
+ENGINES = ("beam", "dask")
+DEFAULT_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
 class ConfigError(ValueError):
     """An invalid option; raised before any data moves."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where and how the stages run; nothing here changes a label.
+
+    engine: "beam" (default; local FnApiRunner or any Beam runner via --runner) or "dask".
+    verify_ahead: batches verified ahead of the reward model inside a worker, so the scorer does not
+    wait for verification (0 turns the overlap off; memory grows by this many batches).
+    dask_scheduler: address of a running Dask scheduler; unset starts a LocalCluster on this machine.
+    dask_workers: CPU worker processes of that LocalCluster (one more holds the accelerator resource
+    when the reward model needs one).
+    dask_resource: worker resource the RM tasks require, "NAME=AMOUNT"; workers started with
+    `--resources NAME=AMOUNT` receive them.
+    rm_accelerator: Beam accelerator resource hint put on the RM step on remote runners ("none": no hint).
+    """
+
+    engine: str = "beam"
+    verify_ahead: int = 2
+    dask_scheduler: str | None = None
+    dask_workers: int = 1
+    dask_resource: str = "GPU=1"
+    rm_accelerator: str = DEFAULT_ACCELERATOR
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine.engine must be one of {ENGINES}, got {self.engine!r}")
+        if not is_whole(self.verify_ahead, 0):
+            raise ValueError(f"engine.verify_ahead must be an integer >= 0, got {self.verify_ahead!r}")
+        if not is_whole(self.dask_workers, 1):
+            raise ValueError(f"engine.dask_workers must be an integer >= 1, got {self.dask_workers!r}")
+        if self.dask_scheduler is not None and self.engine != "dask":
+            raise ValueError("engine.dask_scheduler needs engine.engine=dask")
+        self.resource_requirement()  # validates dask_resource
+        if self.rm_accelerator != "none" and "type:" not in self.rm_accelerator:
+            raise ValueError(f"engine.rm_accelerator must look like 'type:nvidia-l4;count:1;install-nvidia-driver' "
+                             f"or be 'none', got {self.rm_accelerator!r}")
+
+    def resource_requirement(self) -> dict[str, float]:
+        """dask_resource as Dask's resources mapping, e.g. {"GPU": 1.0}."""
+        match = re.fullmatch(r"\s*([A-Za-z_][\w.-]*)\s*=\s*([0-9]*\.?[0-9]+)\s*", str(self.dask_resource))
+        if not match or float(match.group(2)) <= 0:
+            raise ValueError(f"engine.dask_resource must look like NAME=AMOUNT with AMOUNT > 0 (e.g. GPU=1), "
+                             f"got {self.dask_resource!r}")
+        return {match.group(1): float(match.group(2))}
 
 
 @dataclass(frozen=True)
@@ -31,8 +81,8 @@ class PipelineConfig:
     rows_per_shard: target rows per output shard; the number of shards (and of group buckets) is
     ceil(input rows / rows_per_shard), so memory in the group stage stays flat as inputs grow.
     shuffle: "files" spills labelled rows to Parquet under OUTPUT/_shuffle and groups file references
-    (flat memory on the local runner); "engine" sends the Arrow batches through the runner's own shuffle
-    (the better choice on Dataflow/Flink/Spark, whose shuffle spills to disk itself).
+    (flat memory on every engine); "engine" sends the Arrow batches through Beam's own shuffle (the
+    better choice on Dataflow/Flink/Spark, whose shuffle spills to disk itself; Dask always spills).
     beam_args: flags passed to Beam unchanged (--runner, --project, --temp_location, ...).
     """
 
@@ -41,6 +91,7 @@ class PipelineConfig:
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     hero: HeroConfig = field(default_factory=HeroConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     batch_rows: int = 1024
     rows_per_shard: int = 50_000
     shuffle: str = "files"
@@ -60,56 +111,149 @@ class PipelineConfig:
             raise ValueError(f"pipeline.shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}")
         if self.progress not in PROGRESS_MODES:
             raise ValueError(f"pipeline.progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if self.beam_args and self.engine.engine != "beam":
+            raise ValueError(f"options not known to herolabel go to Apache Beam, which engine.engine="
+                             f"{self.engine.engine} does not use: {' '.join(self.beam_args)}")
 
     def to_dict(self) -> dict:
-        """JSON-ready form, stored in every output file's metadata and in the manifest."""
+        """JSON-ready form of every setting, stored in the manifest."""
         return dataclasses.asdict(self)
 
+    def labeling_dict(self) -> dict:
+        """The settings that decide the labels (stored in every shard); no paths or execution settings."""
+        verifier = dataclasses.asdict(self.verifier)
+        for execution_only in ("num_workers", "task_size"):
+            verifier.pop(execution_only)
+        return {"verifier": verifier, "rm": dataclasses.asdict(self.rm), "hero": dataclasses.asdict(self.hero)}
 
-# Flat option name -> (section, field). The CLI flag is "--" + name with "_" -> "-".
-OPTIONS: dict[str, tuple[str, str]] = {
-    "input": ("pipeline", "input"),
-    "output": ("pipeline", "output"),
-    "batch_rows": ("pipeline", "batch_rows"),
-    "rows_per_shard": ("pipeline", "rows_per_shard"),
-    "shuffle": ("pipeline", "shuffle"),
-    "overwrite": ("pipeline", "overwrite"),
-    "progress": ("pipeline", "progress"),
-    "verifier_workers": ("verifier", "num_workers"),
-    "verifier_timeout": ("verifier", "timeout_s"),
-    "verifier_hard_timeout": ("verifier", "hard_timeout_s"),
-    "verifier_task_size": ("verifier", "task_size"),
-    "rm_backend": ("rm", "backend"),
-    "rm_model": ("rm", "model"),
-    "rm_revision": ("rm", "revision"),
-    "rm_score_column": ("rm", "score_column"),
-    "rm_max_length": ("rm", "max_length"),
-    "rm_max_tokens_per_batch": ("rm", "max_tokens_per_batch"),
-    "rm_max_batch_size": ("rm", "max_batch_size"),
-    "rm_device": ("rm", "device"),
-    "rm_dtype": ("rm", "dtype"),
-    "rm_truncation_side": ("rm", "truncation_side"),
-    "alpha": ("hero", "alpha"),
-    "beta": ("hero", "beta"),
-    "eps": ("hero", "eps"),
-    "w_min": ("hero", "w_min"),
-    "w_max": ("hero", "w_max"),
-    "k": ("hero", "k"),
-    "sigma_bar": ("hero", "sigma_bar"),
-    "tie_placement": ("hero", "tie_placement"),
-    "advantage_mode": ("hero", "advantage_mode"),
-    "on_bad_reference": ("hero", "on_bad_reference"),
-}
+
+_SECTIONS = {"pipeline": PipelineConfig, "verifier": VerifierConfig, "rm": RewardModelConfig, "hero": HeroConfig,
+             "engine": EngineConfig}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One user-facing option. default_text overrides the shown default where it is not a constant."""
+
+    name: str
+    section: str
+    attribute: str
+    help: str
+    type: type = str
+    choices: tuple | None = None
+    default_text: str | None = None
+    group: str = "input and output"
+
+    @property
+    def flag(self) -> str:
+        return flag(self.name)
+
+    def default(self) -> str:
+        if self.default_text is not None:
+            return self.default_text
+        spec = {f.name: f for f in dataclasses.fields(_SECTIONS[self.section])}[self.attribute]
+        value = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        return "–" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+_IO, _RM, _VER, _HERO, _ENG = "input and output", "reward model", "verifier", "HERO fusion", "engine and placement"
+OPTIONS: tuple[Option, ...] = (
+    Option("input", "pipeline", "input", "Parquet file, directory (searched recursively) or glob; local or fsspec URL",
+           default_text="required"),
+    Option("output", "pipeline", "output", "directory to write: data/, errors/, manifest.json", default_text="required"),
+    Option("overwrite", "pipeline", "overwrite", "replace a previous run in --output", type=bool),
+    Option("batch_rows", "pipeline", "batch_rows", "rows per Arrow batch through verify and score", type=int),
+    Option("rows_per_shard", "pipeline", "rows_per_shard", "target rows per output shard; shards = ⌈rows / this⌉",
+           type=int),
+    Option("shuffle", "pipeline", "shuffle", "`files`: group via spill files under OUTPUT/_shuffle (flat memory); "
+           "`engine`: Beam's own shuffle (use on Dataflow/Flink/Spark)", choices=SHUFFLE_MODES),
+    Option("progress", "pipeline", "progress", "live counters on stderr (`auto`: when stderr is a terminal)",
+           choices=PROGRESS_MODES),
+    Option("rm_backend", "rm", "backend", "reward-model backend (`transformers` with --rm-model, `precomputed` "
+           "with --rm-score-column, `none`: verifier only)", choices=backend_names(), default_text="inferred",
+           group=_RM),
+    Option("rm_model", "rm", "model", "sequence-classification RM with one output: local path or hub id", group=_RM),
+    Option("rm_revision", "rm", "revision", "hub revision (commit, tag or branch) to pin", group=_RM),
+    Option("rm_score_column", "rm", "score_column", "input column holding precomputed scores", group=_RM),
+    Option("rm_max_length", "rm", "max_length", "tokens per rollout; longer ones are truncated "
+           "(`rm_status = truncated`)", type=int, group=_RM),
+    Option("rm_truncation_side", "rm", "truncation_side", "`left` keeps the end of the response, where the RM reads "
+           "its score", choices=TRUNCATION_SIDES, group=_RM),
+    Option("rm_max_tokens_per_batch", "rm", "max_tokens_per_batch", "padded tokens per forward pass (the RM memory "
+           "knob)", type=int, group=_RM),
+    Option("rm_max_batch_size", "rm", "max_batch_size", "rollouts per forward pass", type=int, group=_RM),
+    Option("rm_device", "rm", "device", "`auto`: cuda if the worker has one, else cpu (chosen on the worker)",
+           choices=DEVICES, group=_RM),
+    Option("rm_dtype", "rm", "dtype", "`auto`: bf16 on GPU, fp32 on CPU", choices=DTYPES, group=_RM),
+    Option("verifier_workers", "verifier", "num_workers", "math-verify processes per engine worker process",
+           type=int, default_text="host cores ÷ engine processes", group=_VER),
+    Option("verifier_timeout", "verifier", "timeout_s", "math-verify's own timeout, whole seconds (it uses "
+           "`signal.alarm`)", type=int, group=_VER),
+    Option("verifier_hard_timeout", "verifier", "hard_timeout_s", "seconds per response before its verifier process "
+           "is killed and replaced", type=float, group=_VER),
+    Option("verifier_task_size", "verifier", "task_size", "responses per message to a verifier process", type=int,
+           group=_VER),
+    Option("alpha", "hero", "alpha", "half-width of the incorrect band `[-α, α]`; α + β < 1", type=float,
+           group=_HERO),
+    Option("beta", "hero", "beta", "half-width of the correct band `[1-β, 1+β]`", type=float, group=_HERO),
+    Option("eps", "hero", "eps", "min-max and advantage epsilon", type=float, group=_HERO),
+    Option("w_min", "hero", "w_min", "lowest difficulty weight: `w = w_min + (w_max-w_min)·sigmoid(k(σ_u - σ̄))`",
+           type=float, group=_HERO),
+    Option("w_max", "hero", "w_max", "highest difficulty weight", type=float, group=_HERO),
+    Option("k", "hero", "k", "sigmoid steepness of the difficulty weight", type=float, group=_HERO),
+    Option("sigma_bar", "hero", "sigma_bar", "fixed σ̄ (stable incremental relabeling)",
+           type=float, default_text="job mean of σ_u", group=_HERO),
+    Option("tie_placement", "hero", "tie_placement", "where a single or all-tied verifier class lands in its band",
+           choices=TIE_PLACEMENTS, group=_HERO),
+    Option("advantage_mode", "hero", "advantage_mode", "`grpo`: `w·(r̂-mean)/(std+eps)`; `mean-only`: `w·(r̂-mean)`",
+           choices=ADVANTAGE_MODES, group=_HERO),
+    Option("on_bad_reference", "hero", "on_bad_reference", "groups without a usable reference: `null` hero columns, "
+           "or `rm_only` (RM min-max into `[-α, 1+β]`)", choices=BAD_REFERENCE_POLICIES, group=_HERO),
+    Option("engine", "engine", "engine", "`beam` (local FnApiRunner, or any runner via --runner) or `dask`",
+           choices=ENGINES, group=_ENG),
+    Option("verify_ahead", "engine", "verify_ahead", "batches verified ahead of the RM inside a worker, so the "
+           "scorer never waits for the verifier; 0 turns the overlap off", type=int, group=_ENG),
+    Option("dask_scheduler", "engine", "dask_scheduler", "address of a running Dask scheduler (tcp://host:8786); "
+           "unset: a LocalCluster on this machine", default_text="LocalCluster", group=_ENG),
+    Option("dask_workers", "engine", "dask_workers", "CPU worker processes of the LocalCluster (plus one holding "
+           "the RM resource when the backend needs an accelerator)", type=int, group=_ENG),
+    Option("dask_resource", "engine", "dask_resource", "worker resource every RM task requires (`NAME=AMOUNT`); "
+           "start GPU workers with `--resources GPU=1`", group=_ENG),
+    Option("rm_accelerator", "engine", "rm_accelerator", "Beam accelerator hint on the RM step on remote runners "
+           "(`none`: no hint)", group=_ENG),
+)
+OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def add_arguments(parser) -> None:
+    """Adds every option to an argparse parser, grouped as in the README; values default to None (unset)."""
+    groups = {}
+    for option in OPTIONS:
+        group = groups.get(option.group) or groups.setdefault(option.group, parser.add_argument_group(option.group))
+        help_text = f"{option.help} (default: {option.default()})".replace("%", "%%")
+        if option.type is bool:
+            group.add_argument(option.flag, action="store_true", default=None, help=help_text)
+        else:
+            group.add_argument(option.flag, type=option.type, choices=option.choices, help=help_text)
+
+
+def options_markdown() -> str:
+    """The README's option table, generated from OPTIONS."""
+    lines = ["| option | default | meaning |", "|---|---|---|"]
+    for option in OPTIONS:
+        meaning = option.help + (f"; one of {', '.join(f'`{c}`' for c in option.choices)}" if option.choices else "")
+        lines.append(f"| `{option.flag}` | {option.default()} | {meaning} |")
+    return "\n".join(lines)
+
+
 def name_options(message: str) -> str:
     """Rewrites 'rm.model' style field names in a validation message as the user's option names."""
-    for name, (section, attribute) in OPTIONS.items():
-        message = re.sub(rf"\b{section}\.{attribute}\b", flag(name), message)
+    for option in OPTIONS:
+        message = re.sub(rf"\b{option.section}\.{option.attribute}\b", option.flag, message)
     return message
 
 
@@ -118,14 +262,14 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
 
     rm_backend left unset is inferred: rm_model -> transformers, rm_score_column -> precomputed.
     """
-    unknown = sorted(set(options) - set(OPTIONS))
+    unknown = sorted(set(options) - set(OPTIONS_BY_NAME))
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(flag(u) for u in unknown)}")
-    sections: dict[str, dict] = {"pipeline": {}, "verifier": {}, "rm": {}, "hero": {}}
+    sections: dict[str, dict] = {name: {} for name in _SECTIONS}
     for name, value in options.items():
         if value is not None:
-            section, attribute = OPTIONS[name]
-            sections[section][attribute] = value
+            option = OPTIONS_BY_NAME[name]
+            sections[option.section][option.attribute] = value
     rm = sections["rm"]
     if "backend" not in rm:
         if rm.get("model"):
@@ -140,8 +284,13 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
             verifier=VerifierConfig(**sections["verifier"]),
             rm=RewardModelConfig(**rm),
             hero=HeroConfig(**sections["hero"]),
+            engine=EngineConfig(**sections["engine"]),
             beam_args=tuple(beam_args),
             **sections["pipeline"],
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(name_options(str(exc))) from exc
+
+
+if __name__ == "__main__":
+    print(options_markdown())

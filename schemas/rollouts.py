@@ -50,9 +50,47 @@ HERO_FIELDS = [
 LABEL_FIELDS = VERIFIER_FIELDS + RM_FIELDS + HERO_FIELDS
 LABEL_COLUMNS = [f.name for f in LABEL_FIELDS]
 
-VERIFIER_STATUSES = ("ok", "no_answer", "no_reference", "bad_reference", "timeout", "error")
-RM_STATUSES = ("ok", "truncated", "missing", "error", "skipped")
-HERO_STATUSES = ("ok", "rm_only", "no_reference", "bad_reference", "rm_missing", "rm_disabled")
+
+
+class _Vocabulary:
+    """A closed set of status strings; stage code names members (VerifierStatus.OK), never literals."""
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(v for k, v in vars(cls).items() if k.isupper())
+
+
+class VerifierStatus(_Vocabulary):
+    OK = "ok"  # judged: score 1 or 0
+    NO_ANSWER = "no_answer"  # nothing extractable in the response: score 0
+    NO_REFERENCE = "no_reference"  # the row has no gold answer: score null
+    BAD_REFERENCE = "bad_reference"  # the gold answer cannot be parsed: score null
+    TIMEOUT = "timeout"  # math-verify's timeout or the hard wall-clock limit: score null
+    ERROR = "error"  # math-verify raised, or its worker died: score null
+
+
+class RmStatus(_Vocabulary):
+    OK = "ok"
+    TRUNCATED = "truncated"  # scored on an input cut to max_length tokens
+    MISSING = "missing"  # precomputed score absent or not finite
+    ERROR = "error"  # this row could not be scored
+    SKIPPED = "skipped"  # backend "none"
+
+
+class HeroStatus(_Vocabulary):
+    OK = "ok"
+    RM_ONLY = "rm_only"  # no usable reference; RM-only scaling (on_bad_reference=rm_only)
+    NO_REFERENCE = "no_reference"
+    BAD_REFERENCE = "bad_reference"
+    RM_MISSING = "rm_missing"  # a rollout of the group has no RM score
+    RM_DISABLED = "rm_disabled"  # no reward model in this job
+
+
+VERIFIER_STATUSES = VerifierStatus.values()
+RM_STATUSES = RmStatus.values()
+HERO_STATUSES = HeroStatus.values()
+# Each status column of the output and the vocabulary its values come from.
+STATUS_VOCABULARIES = {"verifier_status": VERIFIER_STATUSES, "rm_status": RM_STATUSES, "hero_status": HERO_STATUSES}
 
 ERROR_SCHEMA = pa.schema(
     [

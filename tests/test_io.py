@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.beam_pipeline import check_beam_args
+from pipeline.engines.beam import check_beam_args
 from pipeline.io import InputError, inspect_inputs, list_input_files, read_file_metadata, write_parquet_atomic
 
 

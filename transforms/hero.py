@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.rollouts import HERO_FIELDS, ORDER, PROMPT_ID
+from schemas.rollouts import HERO_FIELDS, ORDER, PROMPT_ID, HeroStatus, RmStatus, VerifierStatus
 from transforms.checks import is_finite_number
 
 TIE_PLACEMENTS = ("bottom", "middle")
@@ -163,23 +163,24 @@ def fuse(table: pa.Table, config: HeroConfig, sigma_bar: float | None) -> pa.Tab
         hits = pc.equal(table.column(column), value).to_numpy(zero_copy_only=False).astype(np.int64)
         return _segment_sum(hits, g.starts) > 0
 
-    no_reference = any_in_group("verifier_status", "no_reference")
-    bad_reference = any_in_group("verifier_status", "bad_reference")
-    rm_skipped = any_in_group("rm_status", "skipped")
+    no_reference = any_in_group("verifier_status", VerifierStatus.NO_REFERENCE)
+    bad_reference = any_in_group("verifier_status", VerifierStatus.BAD_REFERENCE)
+    rm_skipped = any_in_group("rm_status", RmStatus.SKIPPED)
 
-    group_status = np.full(n_groups, "ok", dtype=object)
+    group_status = np.full(n_groups, HeroStatus.OK, dtype=object)
     reference_unusable = no_reference | bad_reference
     if config.on_bad_reference == "rm_only":
-        group_status[reference_unusable] = "rm_only"
+        group_status[reference_unusable] = HeroStatus.RM_ONLY
     else:
-        group_status[bad_reference] = "bad_reference"
-        group_status[no_reference] = "no_reference"
-    group_status[~g.complete & (group_status != "no_reference") & (group_status != "bad_reference")] = "rm_missing"
-    group_status[rm_skipped] = "rm_disabled"
+        group_status[bad_reference] = HeroStatus.BAD_REFERENCE
+        group_status[no_reference] = HeroStatus.NO_REFERENCE
+    stratifiable = (group_status != HeroStatus.NO_REFERENCE) & (group_status != HeroStatus.BAD_REFERENCE)
+    group_status[~g.complete & stratifiable] = HeroStatus.RM_MISSING
+    group_status[rm_skipped] = HeroStatus.RM_DISABLED
     if sigma_bar is None:
-        group_status[:] = "rm_disabled"
+        group_status[:] = HeroStatus.RM_DISABLED
     row_status = group_status[gid]
-    computed = (row_status == "ok") | (row_status == "rm_only")
+    computed = (row_status == HeroStatus.OK) | (row_status == HeroStatus.RM_ONLY)
 
     scores = np.where(np.isnan(g.scores), 0.0, g.scores)
     correct = pc.fill_null(table.column("verifier_score"), 0.0).to_numpy(zero_copy_only=False) == 1.0
@@ -187,7 +188,7 @@ def fuse(table: pa.Table, config: HeroConfig, sigma_bar: float | None) -> pa.Tab
     position = _band_position(scores, gid * 2 + correct, 2 * n_groups, config.eps, config.tie_placement)
     r_hat = np.where(correct, (1 - config.beta) + 2 * config.beta * position,
                      -config.alpha + 2 * config.alpha * position)
-    rm_only = row_status == "rm_only"
+    rm_only = row_status == HeroStatus.RM_ONLY
     if rm_only.any():
         whole_group = _band_position(scores, gid, n_groups, config.eps, config.tie_placement)
         r_hat = np.where(rm_only, -config.alpha + (1 + config.beta + config.alpha) * whole_group, r_hat)

@@ -18,19 +18,62 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
 
-from schemas.rollouts import PROMPT, RESPONSE, RM_FIELDS
+from schemas.rollouts import PROMPT, RESPONSE, RM_FIELDS, RmStatus
 from transforms.checks import is_whole
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("transformers", "precomputed", "none")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TRUNCATION_SIDES = ("left", "right")
+
+
+@runtime_checkable
+class RewardBackend(Protocol):
+    """What every reward-model backend provides. Engines call, in order:
+
+    - `identity()` on the driver, before any data moves (recorded in every shard's metadata);
+    - `check_schema(schema)` on the driver: raise ValueError naming the rm.* field when the input cannot
+      be scored (a backend with nothing to check returns None);
+    - `load()` once per worker process, where the model will run (device and dtype are resolved there);
+    - `score_table(table)` per Arrow batch: returns the table with rm_score (float32, raw logit, null when
+      unscored) and rm_status (schemas.RmStatus) appended, row order unchanged.
+    `needs_accelerator` tells the engine to place score_table on workers that hold an accelerator
+    resource (Dask) or carry an accelerator hint (Beam on a remote runner).
+    """
+
+    needs_accelerator: bool
+
+    def identity(self) -> dict: ...
+
+    def check_schema(self, schema: pa.Schema) -> None: ...
+
+    def load(self) -> None: ...
+
+    def score_table(self, table: pa.Table) -> pa.Table: ...
+
+
+# Backend name -> class; filled by @register_backend below. The CLI's --rm-backend choices come from here.
+REWARD_BACKENDS: dict[str, Callable[["RewardModelConfig"], RewardBackend]] = {}
+
+
+def register_backend(name: str):
+    """Class decorator adding a backend to REWARD_BACKENDS under `name`."""
+
+    def add(cls):
+        REWARD_BACKENDS[name] = cls
+        return cls
+
+    return add
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(REWARD_BACKENDS)
 
 
 @dataclass(frozen=True)
@@ -57,8 +100,8 @@ class RewardModelConfig:
     truncation_side: str = "left"
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"rm.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend not in REWARD_BACKENDS:
+            raise ValueError(f"rm.backend must be one of {backend_names()}, got {self.backend!r}")
         if self.backend == "transformers" and not self.model:
             raise ValueError("rm.model is required with rm.backend=transformers (a local path or a hub id)")
         if self.backend == "precomputed" and not self.score_column:
@@ -88,11 +131,17 @@ def _rm_columns(table: pa.Table, scores: np.ndarray, statuses: list[str]) -> pa.
     return table
 
 
+@register_backend("none")
 class NoRewardModel:
     """Backend "none": every rollout unscored, status "skipped"."""
 
+    needs_accelerator = False
+
     def __init__(self, config: RewardModelConfig):
         self.config = config
+
+    def check_schema(self, schema: pa.Schema):
+        """Any input works."""
 
     def load(self):
         """Nothing to load."""
@@ -101,11 +150,14 @@ class NoRewardModel:
         return {"backend": "none"}
 
     def score_table(self, table: pa.Table) -> pa.Table:
-        return _rm_columns(table, np.full(table.num_rows, np.nan), ["skipped"] * table.num_rows)
+        return _rm_columns(table, np.full(table.num_rows, np.nan), [RmStatus.SKIPPED] * table.num_rows)
 
 
+@register_backend("precomputed")
 class PrecomputedScores:
     """Backend "precomputed": scores read from `score_column`; null or NaN values become "missing"."""
+
+    needs_accelerator = False
 
     def __init__(self, config: RewardModelConfig):
         self.config = config
@@ -130,7 +182,7 @@ class PrecomputedScores:
         scores = column.to_numpy() if column.null_count == 0 else np.array(
             [np.nan if v is None else v for v in column.to_pylist()], dtype=np.float64)
         scores = np.where(np.isfinite(scores), scores, np.nan)
-        statuses = np.where(np.isnan(scores), "missing", "ok").tolist()
+        statuses = np.where(np.isnan(scores), RmStatus.MISSING, RmStatus.OK).tolist()
         return _rm_columns(table, scores, statuses)
 
 
@@ -169,12 +221,16 @@ def plan_batches(lengths: list[int], max_tokens: int, max_batch: int) -> list[li
     return batches
 
 
+@register_backend("transformers")
 class TransformersRewardModel:
     """Backend "transformers": a sequence-classification RM with one output, run with torch.
 
     Throughput on this project's 2-core CPU with the demo's tiny model: thousands of rows/s; with a
-    7B RM on one H100 in bf16, expect hundreds of rows/s at 1-2k tokens each.
+    7B RM on one H100 in bf16, expect hundreds of rows/s at 1-2k tokens each. Placed on accelerator
+    workers by the engines (it runs on CPU when the worker has no GPU).
     """
+
+    needs_accelerator = True
 
     def __init__(self, config: RewardModelConfig):
         self.config = config
@@ -189,6 +245,9 @@ class TransformersRewardModel:
         if os.path.isdir(name):
             identity["fingerprint"] = _fingerprint_dir(name)
         return identity
+
+    def check_schema(self, schema: pa.Schema):
+        """Scores prompt + response, which the input contract already requires."""
 
     def load(self):
         try:
@@ -271,18 +330,18 @@ class TransformersRewardModel:
         prompts = table.column(PROMPT).to_pylist()
         responses = table.column(RESPONSE).to_pylist()
         scores = np.full(n, np.nan)
-        statuses = ["ok"] * n
+        statuses = [RmStatus.OK] * n
         encoded: list[list[int]] = [[] for _ in range(n)]
         for i in range(n):
             try:
                 encoded[i], truncated = self._render(prompts[i], responses[i])
             except Exception as exc:  # noqa: BLE001 - a row the template cannot render is a bad record
                 log.warning("reward model cannot render row %d: %s", i, exc)
-                statuses[i] = "error"
+                statuses[i] = RmStatus.ERROR
                 continue
             if truncated:
-                statuses[i] = "truncated"
-        rows = [i for i in range(n) if statuses[i] != "error"]
+                statuses[i] = RmStatus.TRUNCATED
+        rows = [i for i in range(n) if statuses[i] != RmStatus.ERROR]
         lengths = [len(encoded[i]) for i in rows]
         for batch in plan_batches(lengths, self.config.max_tokens_per_batch, self.config.max_batch_size):
             indices = [rows[j] for j in batch]
@@ -291,11 +350,10 @@ class TransformersRewardModel:
                 if math.isfinite(value):
                     scores[i] = value
                 else:
-                    statuses[i] = "error"
+                    statuses[i] = RmStatus.ERROR
         return _rm_columns(table, scores, statuses)
 
 
-def make_reward_model(config: RewardModelConfig):
+def make_reward_model(config: RewardModelConfig) -> RewardBackend:
     """The backend object for `config` (not loaded: call load() in the worker that will use it)."""
-    return {"transformers": TransformersRewardModel, "precomputed": PrecomputedScores,
-            "none": NoRewardModel}[config.backend](config)
+    return REWARD_BACKENDS[config.backend](config)

@@ -1,9 +1,13 @@
 """Rule-based verification with HuggingFace math-verify, in worker processes with hard time limits.
 
 math-verify enforces its own timeouts with signal.alarm, which works only in a process's main thread,
-and a pathological answer can still hang it. So every call runs in the main thread of a spawned worker
+and a pathological answer can still hang it. So every call runs in the main thread of a worker
 process, and the parent kills and replaces any worker that has made no progress for
 `hard_timeout_s`: the stuck row gets status "timeout", the rest of its work is re-queued.
+
+Workers are plain subprocesses (a fresh interpreter talking over a socket pair), not multiprocessing
+children: Dask workers started the default way are daemonic processes, which may not start
+multiprocessing children, and the same pool must run under every engine.
 
 Speed: about 1-4 ms per response per worker on real GSM8K/MATH outputs; each distinct reference is
 parsed once per worker (LRU cache), not once per response.
@@ -12,20 +16,25 @@ parsed once per worker (LRU cache), not once per response.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import pickle
 import re
+import socket
+import subprocess
+import sys
+import threading
 import time
 import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import product
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 
 import numpy as np
 import pyarrow as pa
 
-from schemas.rollouts import REFERENCE, RESPONSE, VERIFIER_FIELDS
+from schemas.rollouts import REFERENCE, RESPONSE, VERIFIER_FIELDS, VerifierStatus
 from transforms.checks import is_finite_number, is_whole
 
 log = logging.getLogger(__name__)
@@ -39,7 +48,8 @@ _STARTUP_TIMEOUT_S = 180.0
 class VerifierConfig:
     """Settings of the verifier stage.
 
-    num_workers: worker processes (0 = run in the calling thread, which must be a main thread).
+    num_workers: worker processes (0 = run in the calling thread, which must be a main thread; None =
+    resolved where the stage runs: that host's cores divided by the engine's worker processes there).
     timeout_s: math-verify's own per-parse / per-comparison timeout; whole seconds (it uses signal.alarm).
     hard_timeout_s: wall-clock limit per response, enforced by killing the worker.
     task_size: responses sent to a worker per message; larger amortizes IPC, smaller balances load.
@@ -47,14 +57,14 @@ class VerifierConfig:
     the default is math-verify (judge_response below). The worker imports it by name.
     """
 
-    num_workers: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    num_workers: int | None = None
     timeout_s: int = 5
     hard_timeout_s: float = 30.0
     task_size: int = 32
     judge: str = "transforms.verifier:judge_response"
 
     def __post_init__(self):
-        if not is_whole(self.num_workers, 0):
+        if self.num_workers is not None and not is_whole(self.num_workers, 0):
             raise ValueError(f"verifier.num_workers must be an integer >= 0, got {self.num_workers!r}")
         if not is_whole(self.timeout_s, 1):
             raise ValueError(
@@ -71,12 +81,26 @@ class VerifierConfig:
         if not isinstance(self.judge, str) or not re.fullmatch(r"[\w.]+:\w+", self.judge):
             raise ValueError(f"verifier.judge must look like 'package.module:function', got {self.judge!r}")
 
+    def resolved_workers(self, processes_on_host: int = 1) -> int:
+        """num_workers, or (when unset) this host's usable cores divided by the engine processes on it."""
+        if self.num_workers is not None:
+            return self.num_workers
+        return max(1, usable_cores() // max(1, processes_on_host))
+
     def load_judge(self):
         """The judge function named by `judge`."""
         import importlib
 
         module, function = self.judge.split(":")
         return getattr(importlib.import_module(module), function)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (CPU affinity / cgroup cpusets), not the machine's total."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,24 +151,24 @@ def judge_response(gold, response: str, timeout_s: int) -> tuple[float | None, s
     try:
         predicted = parse(response, parsing_timeout=timeout_s, raise_on_error=True)
     except TimeoutException:
-        return None, "timeout", None
+        return None, VerifierStatus.TIMEOUT, None
     except Exception as exc:  # math-verify raises arbitrary sympy/antlr errors on odd input
-        return None, "error", f"parse error: {type(exc).__name__}"[:MAX_EXTRACTED_CHARS]
+        return None, VerifierStatus.ERROR, f"parse error: {type(exc).__name__}"[:MAX_EXTRACTED_CHARS]
     if not predicted:
-        return 0.0, "no_answer", None
+        return 0.0, VerifierStatus.NO_ANSWER, None
     extracted = _answer_text(predicted)
     timed_out = False
     for g, p in product(gold, predicted):
         try:
             if verify(g, p, timeout_seconds=timeout_s, raise_on_error=True):
-                return 1.0, "ok", extracted
+                return 1.0, VerifierStatus.OK, extracted
         except TimeoutException:
             timed_out = True
         except Exception:  # noqa: BLE001 - math-verify's own default: an erroring comparison is "not equal"
             continue
     if timed_out:
-        return None, "timeout", extracted
-    return 0.0, "ok", extracted
+        return None, VerifierStatus.TIMEOUT, extracted
+    return 0.0, VerifierStatus.OK, extracted
 
 
 class _ReferenceCache:
@@ -166,11 +190,11 @@ class _ReferenceCache:
             return hit
         try:
             parsed = parse_reference(reference, self.timeout_s)
-            entry = (parsed, None if parsed else "bad_reference")
+            entry = (parsed, None if parsed else VerifierStatus.BAD_REFERENCE)
         except TimeoutException:
-            entry = ([], "bad_reference")
+            entry = ([], VerifierStatus.BAD_REFERENCE)
         except Exception:  # noqa: BLE001 - an unparseable reference is a data problem, reported per row
-            entry = ([], "bad_reference")
+            entry = ([], VerifierStatus.BAD_REFERENCE)
         self._parsed[reference] = entry
         if len(self._parsed) > self.size:
             self._parsed.popitem(last=False)
@@ -191,6 +215,12 @@ def _quiet_math_verify_logs():
     # On timeout math-verify logs the whole input string at WARNING; statuses carry that information.
     for name in ("math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _subprocess_main(fd: int):
+    """Entry point of a worker subprocess: its socket is file descriptor `fd`; the config comes first."""
+    conn = Connection(fd)
+    _worker_main(conn, pickle.loads(conn.recv_bytes()))
 
 
 def _worker_main(conn, config: VerifierConfig):
@@ -231,8 +261,8 @@ class _Task:
 
 @dataclass
 class _Worker:
-    process: multiprocessing.Process
-    conn: object
+    process: subprocess.Popen
+    conn: Connection
     ready: bool = False
     last_progress: float = field(default_factory=time.monotonic)
     inflight: deque = field(default_factory=deque)
@@ -242,14 +272,17 @@ class VerifierPool:
     """Worker processes running math-verify; use as a context manager or call start()/close().
 
     verify(references, responses) blocks until every row has a result. Each worker holds at most two
-    tasks (one running, one queued) so a killed worker loses little and load stays balanced.
+    tasks (one running, one queued) so a killed worker loses little and load stays balanced. verify() may
+    be called from several threads (engines share one pool per worker process); calls run one at a time,
+    each using every worker. `num_workers` is the resolved worker count (see VerifierConfig).
     """
 
-    def __init__(self, config: VerifierConfig):
+    def __init__(self, config: VerifierConfig, num_workers: int | None = None):
         self.config = config
+        self.num_workers = config.resolved_workers() if num_workers is None else num_workers
         self._workers: list[_Worker] = []
         self._next_task_id = 0
-        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
         self.restarts = 0
         self._reference_cache: _ReferenceCache | None = None
 
@@ -261,20 +294,33 @@ class VerifierPool:
         self.close()
 
     def start(self):
-        if self.config.num_workers == 0:
+        if self.num_workers == 0:
             _quiet_math_verify_logs()
             self._reference_cache = _ReferenceCache(self.config.timeout_s, self.config.load_judge())
             return
-        while len(self._workers) < self.config.num_workers:
+        while len(self._workers) < self.num_workers:
             self._workers.append(self._spawn())
 
     def _spawn(self) -> _Worker:
-        parent_conn, child_conn = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child_conn, self.config),
-                                        daemon=True, name="herolabel-verifier")
-        process.start()
-        child_conn.close()
-        return _Worker(process, parent_conn)
+        parent_socket, child_socket = socket.socketpair()
+        # The child sees the parent's import path, as multiprocessing's spawn would give it.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        process = subprocess.Popen(
+            [sys.executable, "-c", f"from transforms.verifier import _subprocess_main; _subprocess_main({child_socket.fileno()})"],
+            pass_fds=[child_socket.fileno()], env=env, stdin=subprocess.DEVNULL)
+        child_socket.close()
+        conn = Connection(parent_socket.detach())
+        conn.send_bytes(pickle.dumps(self.config))
+        return _Worker(process, conn)
+
+    @staticmethod
+    def _stop(worker: _Worker, grace_s: float):
+        try:
+            worker.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
+        worker.conn.close()
 
     def close(self):
         for worker in self._workers:
@@ -283,11 +329,7 @@ class VerifierPool:
             except (BrokenPipeError, OSError):
                 pass  # already gone: nothing to tell it
         for worker in self._workers:
-            worker.process.join(timeout=5)
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join()
-            worker.conn.close()
+            self._stop(worker, grace_s=5)
         self._workers = []
 
     def verify(self, references: list[str | None], responses: list[str]):
@@ -300,15 +342,16 @@ class VerifierPool:
         for i, reference in enumerate(references):
             reference = reference.strip() if isinstance(reference, str) else None
             if not reference:
-                statuses[i] = "no_reference"
+                statuses[i] = VerifierStatus.NO_REFERENCE
                 continue
             by_reference.setdefault(reference, []).append(i)
-        if self.config.num_workers == 0:
+        if self.num_workers == 0:
             for reference, rows in by_reference.items():
                 for i, result in zip(rows, judge_task(self._reference_cache, reference, [responses[i] for i in rows])):
                     scores[i], statuses[i], extracted[i] = result
         elif by_reference:
-            self._run_tasks(by_reference, responses, scores, statuses, extracted)
+            with self._lock:
+                self._run_tasks(by_reference, responses, scores, statuses, extracted)
         return scores, statuses, extracted
 
     def _run_tasks(self, by_reference, responses, scores, statuses, extracted):
@@ -348,7 +391,9 @@ class VerifierPool:
                         else:
                             _, task_id, position, score, status, answer = message
                             task = worker.inflight[0]
-                            assert task.task_id == task_id and task.answered == position, "worker answered out of order"
+                            if task.task_id != task_id or task.answered != position:
+                                raise RuntimeError(f"verifier worker answered out of order: task {task_id} "
+                                                   f"row {position}, expected task {task.task_id} row {task.answered}")
                             i = task.rows[position]
                             scores[i], statuses[i], extracted[i] = score, status, answer
                             task.answered += 1
@@ -360,11 +405,11 @@ class VerifierPool:
                         startup_failures += 1
                         if startup_failures > 3:
                             raise RuntimeError("verifier workers keep dying during start-up") from None
-                    remaining -= self._replace(worker, queue, statuses, "error")
+                    remaining -= self._replace(worker, queue, statuses, VerifierStatus.ERROR)
             now = time.monotonic()
             for worker in list(self._workers):
                 if worker.ready and worker.inflight and now - worker.last_progress > self.config.hard_timeout_s:
-                    remaining -= self._replace(worker, queue, statuses, "timeout")
+                    remaining -= self._replace(worker, queue, statuses, VerifierStatus.TIMEOUT)
                 elif not worker.ready and now - worker.last_progress > _STARTUP_TIMEOUT_S:
                     raise RuntimeError(f"verifier worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
 
@@ -383,14 +428,13 @@ class VerifierPool:
             head.answered += 1
             settled = 1
             log.warning("verifier worker %s on a response (row %d); replacing the worker",
-                        "timed out" if stuck_status == "timeout" else "died", head.rows[head.answered - 1])
+                        "timed out" if stuck_status == VerifierStatus.TIMEOUT else "died", head.rows[head.answered - 1])
             for task in reversed(worker.inflight):
                 if task.answered < len(task.rows):
                     queue.appendleft(self._new_task(task.reference, task.rows[task.answered:],
                                                     task.responses[task.answered:]))
         worker.process.kill()
-        worker.process.join()
-        worker.conn.close()
+        self._stop(worker, grace_s=0)
         self._workers[self._workers.index(worker)] = self._spawn()
         self.restarts += 1
         return settled

@@ -1,0 +1,119 @@
+"""Grouping by prompt without an engine: bucket rows by prompt hash, spill buckets to Parquet, load them.
+
+A bucket holds whole prompt groups (bucket = crc32(prompt_id) % num_shards), so a group is complete
+even when its rows come from different files or workers. Engines move either the Arrow tables
+themselves (the runner's shuffle) or only the paths of spill files (flat memory on any engine).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Iterable, Iterator
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import io
+from schemas.rollouts import ORDER, PROMPT_ID, bucket_of
+from transforms.hero import sigma_partial
+
+
+def split_by_bucket(table: pa.Table, num_shards: int) -> Iterator[tuple[int, pa.Table]]:
+    """Yields (bucket, rows of that bucket) for the buckets present in `table`, in bucket order."""
+    buckets = bucket_of(table.column(PROMPT_ID), num_shards)
+    order = np.argsort(buckets, kind="stable")
+    sorted_buckets = buckets[order]
+    bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
+    for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(order)]):
+        if stop > start:
+            yield int(sorted_buckets[start]), table.take(pa.array(order[start:stop]))
+
+
+def spill_path(spill_dir: str, bucket: int, name: str) -> str:
+    return io.join(spill_dir, f"bucket-{bucket:05d}", f"{name}.parquet")
+
+
+class SpillWriter:
+    """Appends rows to one Parquet file per bucket, named `name` inside that bucket's directory.
+
+    Rows are buffered per bucket and flushed as row groups once `flush_rows` rows are pending, so
+    memory stays bounded whatever the input size. Each file is written under a temporary name and
+    renamed on close(): a file with its final name is complete, so a rerun of the same unit of work
+    (a retried task) can rewrite it safely. Cost: one Parquet write (lz4) per row.
+    """
+
+    def __init__(self, spill_dir: str, num_shards: int, schema: pa.Schema, name: str, flush_rows: int = 16384):
+        self.spill_dir = spill_dir
+        self.num_shards = num_shards
+        self.schema = schema
+        self.name = name
+        self.flush_rows = flush_rows
+        self._pending: dict[int, list[pa.Table]] = {}
+        self._pending_rows = 0
+        self._writers: dict[int, tuple[str, str, object, pq.ParquetWriter]] = {}
+        self._fs = None
+
+    def add(self, table: pa.Table) -> None:
+        for bucket, rows in split_by_bucket(table, self.num_shards):
+            self._pending.setdefault(bucket, []).append(rows)
+        self._pending_rows += table.num_rows
+        if self._pending_rows >= self.flush_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        for bucket, parts in self._pending.items():
+            if bucket not in self._writers:
+                url = spill_path(self.spill_dir, bucket, self.name)
+                self._fs, path = fsspec.core.url_to_fs(url)
+                parent, base = path.rsplit("/", 1)
+                self._fs.makedirs(parent, exist_ok=True)
+                temporary = f"{parent}/.{base}.{uuid.uuid4().hex}.tmp"
+                handle = self._fs.open(temporary, "wb")
+                self._writers[bucket] = (url, temporary, handle, pq.ParquetWriter(handle, self.schema, compression="lz4"))
+            self._writers[bucket][3].write_table(pa.concat_tables(parts))
+        self._pending = {}
+        self._pending_rows = 0
+
+    def close(self) -> dict[int, str]:
+        """Flushes, closes and renames every file; returns {bucket: url} in bucket order."""
+        self._flush()
+        written = {}
+        for bucket, (url, temporary, handle, writer) in sorted(self._writers.items()):
+            writer.close()
+            handle.close()
+            self._fs.mv(temporary, fsspec.core.url_to_fs(url)[1])
+            written[bucket] = url
+        self._writers = {}
+        return written
+
+
+def load_parts(parts: Iterable, columns: list[str] | None = None) -> pa.Table:
+    """One table from spill-file URLs (read in name order) or from Arrow tables (the runner's shuffle)."""
+    parts = list(parts)
+    if parts and isinstance(parts[0], str):
+        tables = []
+        for url in sorted(parts):
+            with fsspec.open(url, "rb") as handle:
+                tables.append(pq.read_table(handle, columns=columns))
+        return pa.concat_tables(tables)
+    return pa.concat_tables([t.select(columns) if columns else t for t in parts])
+
+
+def bucket_sigma_partial(parts: Iterable) -> tuple[float, int]:
+    """(sum of sigma_u, groups) of one bucket; reads only the columns sigma needs.
+
+    With spill files this reads each bucket's rm_score column once more before fusion reads the whole
+    bucket: sigma_bar must be complete before any shard is fused, and holding buckets until then would
+    make memory grow with the job.
+    """
+    return sigma_partial(load_parts(parts, [PROMPT_ID, ORDER, "rm_score"]))
+
+
+def sigma_bar_from_partials(partials: Iterable[tuple[float, int]]) -> float:
+    """The exact mean of sigma_u over all groups; math.fsum makes it independent of arrival order."""
+    partials = list(partials)
+    count = sum(c for _, c in partials)
+    return math.fsum(s for s, _ in partials) / count if count else 0.0

@@ -1,0 +1,255 @@
+"""The Dask adapter (dask.distributed): the same stages as the Beam DAG, submitted as futures.
+
+Per input row group (a WorkUnit) three tasks, each placed explicitly:
+    verify-UNIT  read + validate + verify     prefers workers without the RM resource, may run anywhere
+    score-UNIT   reward model                 requires the RM resource (default GPU=1) when the backend
+                                              needs an accelerator; none for precomputed / none
+    spill-UNIT   bucket rows into spill files prefers CPU workers
+then one sigma-BUCKET task per bucket (sigma_bar is their exact mean, computed on the client), one
+fuse-BUCKET task per shard and one errors-FILE task per input file with bad rows.
+
+Scoring unit k overlaps verification of units k+1.. naturally (separate tasks on separate workers).
+At most `window` units are in flight, so memory stays flat whatever the input size; only spill-file
+paths come back to the client. A worker that dies loses only its running tasks, which the scheduler
+reruns; spill files have deterministic names and atomic writes, so a rerun rewrites them.
+
+Resources are required through `client.submit(..., resources=...)`, never `dask.annotate` (annotations
+on dask DataFrame graphs are dropped by the query optimizer), and checked before anything is submitted:
+a task whose resource no worker has would wait forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+
+from pipeline import progress
+from pipeline.buckets import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials
+from pipeline.config import ConfigError
+from pipeline.outputs import fuse_and_write, spill_errors, write_errors
+from pipeline.plan import RunPlan, WorkUnit
+from pipeline.stages import WORKER_STAGES, CounterSink, ScoreStage, VerifyAhead, VerifyStage, WorkerContext, timed
+
+
+def _merge(*counters: dict) -> dict:
+    total: Counter = Counter()
+    for c in counters:
+        total.update(c)
+    return dict(total)
+
+
+def _worker_address() -> str | None:
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:  # not inside a worker (tests calling tasks directly)
+        return None
+
+
+def _context(verifying_per_host: dict[str, int]) -> WorkerContext:
+    address = _worker_address() or ""
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return WorkerContext(processes_on_host=verifying_per_host.get(host, 1))
+
+
+# ---- tasks (run on workers; module-level so workers import them by name) ----------------------------
+
+
+def verify_unit(plan: RunPlan, unit: WorkUnit, verifying_per_host: dict[str, int]) -> dict:
+    """Read, validate and verify one row group; error records are spilled, valid batches returned."""
+    sink = CounterSink()
+    stage = WORKER_STAGES.acquire(VerifyStage(plan.config.verifier), _context(verifying_per_host))
+    ahead = VerifyAhead(stage, plan.config.engine.verify_ahead)
+    verified, errors = [], []
+    try:
+        batches = unit.read(plan.config.batch_rows)
+        while True:
+            with timed(sink, "read"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            offset, table = batch
+            sink.count("read", table.num_rows)
+            with timed(sink, "validate"):
+                valid, bad = plan.validate(unit.url, unit.file_index, offset, table)
+            if bad.num_rows:
+                sink.count("errors", bad.num_rows)
+                errors.append(bad)
+            if valid.num_rows:
+                verified.extend(ahead.push(valid, sink))
+        verified.extend(ahead.drain(sink))
+    finally:
+        ahead.close()
+    errors_url = None
+    if errors:
+        import pyarrow as pa
+
+        errors_url = spill_errors(plan, unit.name, pa.concat_tables(errors))
+    return {"unit": unit, "tables": verified, "errors_url": errors_url, "counts": sink.counts,
+            "workers": {"verify": _worker_address()}}
+
+
+def score_unit(plan: RunPlan, verified: dict) -> dict:
+    """Reward-model scores for the unit's batches (the same batches Beam scores)."""
+    sink = CounterSink()
+    stage = WORKER_STAGES.acquire(ScoreStage(plan.config.rm), WorkerContext())
+    tables = [stage.process(table, sink) for table in verified["tables"]]
+    return {**verified, "tables": tables, "counts": _merge(verified["counts"], sink.counts),
+            "workers": {**verified["workers"], "score": _worker_address()}}
+
+
+def spill_unit(plan: RunPlan, scored: dict) -> dict:
+    """Buckets the unit's rows into spill files named after the unit; returns their paths (no rows)."""
+    sink = CounterSink()
+    with timed(sink, "group"):
+        writer = SpillWriter(plan.spill_dir, plan.num_shards, plan.contract.scored_schema(), name=scored["unit"].name)
+        for table in scored["tables"]:
+            writer.add(table)
+        buckets = writer.close()
+    return {"unit": scored["unit"], "buckets": buckets, "errors_url": scored["errors_url"],
+            "counts": _merge(scored["counts"], sink.counts),
+            "workers": {**scored["workers"], "spill": _worker_address()}}
+
+
+def sigma_task(parts: list[str]) -> tuple[tuple[float, int], dict]:
+    sink = CounterSink()
+    with timed(sink, "sigma"):
+        partial = bucket_sigma_partial(parts)
+    return partial, sink.counts
+
+
+def fuse_task(plan: RunPlan, bucket: int, parts: list[str], sigma_bar: float | None) -> tuple[tuple[str, int], dict]:
+    sink = CounterSink()
+    return fuse_and_write(plan, bucket, parts, sigma_bar, sink), sink.counts
+
+
+def errors_task(plan: RunPlan, file_index: int, parts: list[str]) -> tuple[str, int]:
+    return write_errors(plan, file_index, parts)
+
+
+def release_stages() -> None:
+    """Closes every stage this worker process set up (verifier processes, loaded models)."""
+    WORKER_STAGES.close_all()
+
+
+# ---- client side ------------------------------------------------------------------------------------
+
+
+def _has_resources(worker: dict, required: dict[str, float]) -> bool:
+    held = worker.get("resources") or {}
+    return all(held.get(name, 0) >= amount for name, amount in required.items())
+
+
+@contextmanager
+def _client(plan: RunPlan, required: dict[str, float] | None):
+    """A Client on --dask-scheduler, or on a LocalCluster sized to this machine.
+
+    The LocalCluster has `dask_workers` CPU worker processes with 2 threads each (one verifies while
+    the other reads, validates or spills) and, when the RM needs an accelerator, one more worker with
+    1 thread holding the RM resource (where the RM loads once and scores, device chosen there).
+    """
+    from distributed import Client, LocalCluster
+
+    engine = plan.config.engine
+    if engine.dask_scheduler:
+        with Client(engine.dask_scheduler, timeout="60s") as client:
+            yield client
+        return
+    cluster = LocalCluster(n_workers=engine.dask_workers, threads_per_worker=2, processes=True,
+                           dashboard_address=None, host="127.0.0.1", silence_logs=logging.WARNING)
+    try:
+        if required:
+            spec = cluster.new_spec
+            cluster.worker_spec["rm"] = {"cls": spec["cls"],
+                                         "options": {**spec["options"], "nthreads": 1, "resources": required}}
+            cluster.scale(len(cluster.worker_spec))
+        with Client(cluster) as client:
+            client.wait_for_workers(len(cluster.worker_spec), timeout=180)
+            yield client
+    finally:
+        cluster.close()
+
+
+def run(plan: RunPlan, show_progress: bool) -> dict:
+    """Runs the job on Dask; returns counters, per-stage worker placement and wall time."""
+    from distributed import as_completed
+
+    config = plan.config
+    needs_accelerator = ScoreStage(config.rm).resources.accelerator
+    required = config.engine.resource_requirement() if needs_accelerator else None
+    started = time.monotonic()
+    with _client(plan, required) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        if not workers:
+            raise ConfigError(f"--dask-scheduler {config.engine.dask_scheduler}: the scheduler has no workers")
+        rm_workers = [a for a, w in workers.items() if required and _has_resources(w, required)]
+        if required and not rm_workers:
+            seen = {a: w.get("resources") or {} for a, w in workers.items()}
+            raise ConfigError(
+                f"--dask-resource {config.engine.dask_resource}: no worker of the cluster holds it (workers and "
+                f"their resources: {seen}); start GPU workers with `dask worker ADDRESS --resources "
+                f"{config.engine.dask_resource}` or name the resource they have with --dask-resource")
+        cpu_workers = [a for a in workers if a not in rm_workers]
+        verifying = cpu_workers or list(workers)
+        per_host = Counter(workers[a]["host"] for a in verifying)
+        prefer_cpu = {"workers": cpu_workers, "allow_other_workers": True} if cpu_workers else {}
+        threads = sum(workers[a]["nthreads"] for a in verifying)
+        window = max(4, 2 * threads)
+        run_id = uuid.uuid4().hex[:8]
+        plan_future = client.scatter(plan, broadcast=True, hash=False)
+
+        def submit(unit: WorkUnit):
+            verified = client.submit(verify_unit, plan_future, unit, dict(per_host), key=f"verify-{unit.name}-{run_id}",
+                                     pure=False, **prefer_cpu)
+            scored = client.submit(score_unit, plan_future, verified, key=f"score-{unit.name}-{run_id}", pure=False,
+                                   resources=required)
+            return client.submit(spill_unit, plan_future, scored, key=f"spill-{unit.name}-{run_id}", pure=False,
+                                 **prefer_cpu)
+
+        counts: Counter = Counter()
+        placement: dict[str, Counter] = defaultdict(Counter)
+        bucket_parts: dict[int, list[str]] = defaultdict(list)
+        error_parts: dict[int, list[str]] = defaultdict(list)
+        units = iter(plan.units)
+        with progress.ProgressDisplay(plan.input_rows, enabled=show_progress):
+            in_flight = as_completed([submit(u) for u, _ in zip(units, range(window))])
+            for future in in_flight:
+                result = future.result()
+                future.release()
+                for bucket, url in result["buckets"].items():
+                    bucket_parts[bucket].append(url)
+                if result["errors_url"]:
+                    error_parts[result["unit"].file_index].append(result["errors_url"])
+                counts.update(result["counts"])
+                for name in ("read", "verified", "scored", "errors"):
+                    progress.add(name, result["counts"].get(name, 0))
+                for stage, address in result["workers"].items():
+                    placement[stage][address] += 1
+                following = next(units, None)
+                if following is not None:
+                    in_flight.add(submit(following))
+
+            sigma_bar = None
+            if config.rm.backend != "none":
+                sigma_bar = config.hero.sigma_bar
+                if sigma_bar is None:
+                    partials = client.gather([client.submit(sigma_task, parts, key=f"sigma-{b:05d}-{run_id}",
+                                                            pure=False, **prefer_cpu)
+                                              for b, parts in sorted(bucket_parts.items())])
+                    sigma_bar = sigma_bar_from_partials(p for p, _ in partials)
+                    counts.update(_merge(*(c for _, c in partials)))
+            fused = [client.submit(fuse_task, plan_future, b, parts, sigma_bar, key=f"fuse-{b:05d}-{run_id}",
+                                   pure=False, **prefer_cpu) for b, parts in sorted(bucket_parts.items())]
+            errors = [client.submit(errors_task, plan_future, f, parts, key=f"errors-{f:05d}-{run_id}", pure=False,
+                                    **prefer_cpu) for f, parts in sorted(error_parts.items())]
+            for (_, rows), written_counts in client.gather(fused):
+                counts.update(written_counts)
+                progress.add("written", rows)
+            client.gather(errors)
+        client.run(release_stages)
+    return {"name": "dask", "counters": dict(counts), "wall_s": time.monotonic() - started,
+            "workers": len(workers), "placement": {stage: dict(c) for stage, c in placement.items()}}

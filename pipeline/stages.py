@@ -1,0 +1,234 @@
+"""The stage contract both engines call, and the two stages that hold worker resources.
+
+A stage is set up once per worker process, processes one Arrow table at a time, and is closed when the
+worker is done:
+
+    stage.setup(context)                 # start verifier processes, load the reward model, ...
+    table = stage.process(table, sink)   # one batch in, the same rows with columns added out
+    stage.close()
+
+`resources` says what a stage needs so an engine can place it (a Dask worker resource, a Beam
+accelerator hint); the engine decides where, the stage never asks. Counters and busy time go to a
+`MetricsSink` passed in by the engine (Beam metrics, a per-task dict on Dask), never module globals.
+
+Pure steps (validate, bucket, fuse, write) have no set-up and are plain functions elsewhere in
+pipeline/ and transforms/.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+import pyarrow as pa
+
+from transforms.reward_models import RewardBackend, RewardModelConfig, make_reward_model
+from transforms.verifier import VerifierConfig, VerifierPool, verify_table
+
+
+class MetricsSink(Protocol):
+    """Where stages report progress: row counts by name and busy milliseconds by stage ("<stage>_ms")."""
+
+    def count(self, name: str, n: int) -> None: ...
+
+
+@contextmanager
+def timed(sink: MetricsSink, stage: str):
+    """Adds the wall time of the block, in whole milliseconds, to counter "<stage>_ms"."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        sink.count(f"{stage}_ms", int(1000 * (time.perf_counter() - started)))
+
+
+class CounterSink:
+    """A MetricsSink that adds into a dict (thread-safe); engines merge and forward its `counts`."""
+
+    def __init__(self, forward: Callable[[str, int], None] | None = None):
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._forward = forward
+
+    def count(self, name: str, n: int) -> None:
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + n
+        if self._forward is not None:
+            self._forward(name, n)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a stage needs from the worker it runs on. accelerator: place it on GPU workers."""
+
+    accelerator: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Facts about the worker a stage is set up on, supplied by the engine.
+
+    processes_on_host: how many engine worker processes share this host (machine-dependent defaults
+    such as the number of verifier processes are divided by it).
+    """
+
+    processes_on_host: int = 1
+
+
+class Stage(Protocol):
+    name: str
+    resources: Resources
+
+    def setup(self, context: WorkerContext) -> None: ...
+
+    def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table: ...
+
+    def close(self) -> None: ...
+
+
+class VerifyStage:
+    """math-verify verdicts for a batch, from a pool of worker processes owned by this stage.
+
+    Throughput: about 300-900 rows/s per verifier process on real GSM8K/MATH outputs.
+    """
+
+    name = "verify"
+    resources = Resources(accelerator=False)
+
+    def __init__(self, config: VerifierConfig):
+        self.config = config
+        self.pool: VerifierPool | None = None
+
+    def setup(self, context: WorkerContext) -> None:
+        self.pool = VerifierPool(self.config, self.config.resolved_workers(context.processes_on_host))
+        self.pool.start()
+
+    def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
+        if self.pool is None:
+            raise RuntimeError("VerifyStage.setup() must run before process()")
+        restarts = self.pool.restarts
+        with timed(sink, "verify"):
+            labelled = verify_table(table, self.pool)
+        if self.pool.restarts > restarts:
+            sink.count("verifier_worker_restarts", self.pool.restarts - restarts)
+        sink.count("verified", table.num_rows)
+        return labelled
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+class ScoreStage:
+    """Reward-model scores for a batch; the backend is loaded once in setup, on the worker."""
+
+    name = "score"
+
+    def __init__(self, config: RewardModelConfig):
+        self.config = config
+        self.backend: RewardBackend = make_reward_model(config)
+        self.resources = Resources(accelerator=self.backend.needs_accelerator)
+        self._lock = threading.Lock()
+
+    def setup(self, context: WorkerContext) -> None:
+        self.backend.load()
+
+    def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
+        with self._lock:  # one forward pass at a time on a model shared by a worker's threads
+            with timed(sink, "score"):
+                scored = self.backend.score_table(table)
+        sink.count("scored", table.num_rows)
+        return scored
+
+    def close(self) -> None:
+        self.backend = make_reward_model(self.config)  # drops the loaded model
+
+
+class SharedStages:
+    """One set-up instance of each stage per worker process, shared by the engine's threads.
+
+    acquire() sets a stage up on first use (the verifier pool starts, the model loads) and counts its
+    users; release() closes it when the last one leaves. Keys are the stage class and its config, so
+    two jobs with different settings in one process never share.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, list] = {}  # key -> [stage, users]
+
+    def acquire(self, stage: Stage, context: WorkerContext) -> Stage:
+        key = (type(stage).__name__, repr(stage.config), context)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                stage.setup(context)
+                entry = self._entries[key] = [stage, 0]
+            entry[1] += 1
+            return entry[0]
+
+    def release(self, stage: Stage) -> None:
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if entry[0] is stage:
+                    entry[1] -= 1
+                    if entry[1] == 0:
+                        del self._entries[key]
+                        stage.close()
+                    return
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries, self._entries = list(self._entries.values()), {}
+        for stage, _ in entries:
+            stage.close()
+
+
+# One registry per worker process (Beam SDK worker, Dask worker, or the driver for local runs).
+WORKER_STAGES = SharedStages()
+
+
+class VerifyAhead:
+    """Bounded look-ahead that overlaps verification with scoring inside one worker.
+
+    push(table) starts verifying `table` on a background thread and returns the batches whose
+    verification finished, oldest first, keeping at most `depth` batches in flight: while the caller
+    scores batch k, batch k+1 (up to k+depth) is being verified by the verifier processes. depth=0
+    verifies synchronously (overlap off). Time the caller spends blocked waiting for a verified batch
+    is counted as "score_wait_ms": the part of verification the scorer could not hide.
+    Memory: at most depth + 1 batches held.
+    """
+
+    def __init__(self, stage: VerifyStage, depth: int):
+        self.stage = stage
+        self.depth = depth
+        self._pending: deque[Future] = deque()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="herolabel-verify") if depth else None
+
+    def push(self, table: pa.Table, sink: MetricsSink) -> Iterator[pa.Table]:
+        if self._executor is None:
+            with timed(sink, "score_wait"):
+                verified = self.stage.process(table, sink)
+            yield verified
+            return
+        self._pending.append(self._executor.submit(self.stage.process, table, sink))
+        while len(self._pending) > self.depth:
+            yield self._wait_oldest(sink)
+
+    def drain(self, sink: MetricsSink) -> Iterator[pa.Table]:
+        while self._pending:
+            yield self._wait_oldest(sink)
+
+    def _wait_oldest(self, sink: MetricsSink) -> pa.Table:
+        with timed(sink, "score_wait"):
+            return self._pending.popleft().result()
+
+    def close(self) -> None:
+        self._pending.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
