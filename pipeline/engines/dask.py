@@ -1,10 +1,11 @@
 """The Dask adapter (dask.distributed): the same stages as the Beam DAG, submitted as futures.
 
 Per input row group (a WorkUnit) three tasks, each placed explicitly:
-    verify-UNIT  read + validate + verify     prefers workers without the RM resource, may run anywhere
+    verify-UNIT  read + validate + verify     on the workers without the RM resource while any is alive;
+                                              anywhere once none is (its chain is submitted again)
     score-UNIT   reward model                 requires the RM resource (default GPU=1) when the backend
                                               needs an accelerator; none for precomputed / none
-    spill-UNIT   bucket rows into spill files prefers CPU workers
+    spill-UNIT   bucket rows into spill files prefers CPU workers (may run anywhere)
 then one sigma-BUCKET task per bucket (sigma_bar is their exact mean, computed on the client), one
 fuse-BUCKET task per shard and one errors-FILE task per input file with bad rows.
 
@@ -25,6 +26,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from contextlib import contextmanager
+from itertools import islice
 
 from pipeline import progress
 from pipeline.buckets import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials
@@ -174,41 +176,84 @@ def _client(plan: RunPlan, required: dict[str, float] | None):
         cluster.close()
 
 
+class _Placement:
+    """Which workers verify: the live workers without the RM resource, refreshed as workers come and go.
+
+    Verification is restricted to them strictly (loose restrictions would let work stealing hand
+    verification to an idle GPU worker, which then makes the next RM task wait); when none is left it
+    may run anywhere, so the job finishes when every CPU worker is gone.
+    """
+
+    def __init__(self, client, required: dict[str, float] | None, refresh_s: float = 1.0):
+        self.client = client
+        self.required = required
+        self.refresh_s = refresh_s
+        self.refreshed = 0.0
+        self.refresh()
+
+    def refresh(self):
+        self.workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        self.rm = {a for a, w in self.workers.items() if self.required and _has_resources(w, self.required)}
+        self.cpu = sorted(set(self.workers) - self.rm)
+        self.refreshed = time.monotonic()
+
+    def maybe_refresh(self):
+        if time.monotonic() - self.refreshed >= self.refresh_s:
+            self.refresh()
+
+    def verify_restrictions(self) -> dict:
+        """Keyword arguments for submit: strict CPU workers when the cluster has both kinds, else none."""
+        return {"workers": self.cpu} if self.rm and self.cpu else {}
+
+    def prefer_cpu(self) -> dict:
+        return {"workers": self.cpu, "allow_other_workers": True} if self.rm and self.cpu else {}
+
+    def verifying_per_host(self) -> dict[str, int]:
+        verifying = self.cpu or list(self.workers)
+        return dict(Counter(self.workers[a]["host"] for a in verifying))
+
+    def stranded(self, restrictions: dict) -> bool:
+        """True when every worker a task was restricted to is gone (it would wait forever)."""
+        allowed = restrictions.get("workers")
+        return bool(allowed) and not set(allowed) & set(self.workers)
+
+
 def run(plan: RunPlan, show_progress: bool) -> dict:
     """Runs the job on Dask; returns counters, per-stage worker placement and wall time."""
-    from distributed import as_completed
+    from distributed import wait
 
     config = plan.config
     needs_accelerator = ScoreStage(config.rm).resources.accelerator
     required = config.engine.resource_requirement() if needs_accelerator else None
     started = time.monotonic()
     with _client(plan, required) as client:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
-        if not workers:
+        where = _Placement(client, required)
+        if not where.workers:
             raise ConfigError(f"--dask-scheduler {config.engine.dask_scheduler}: the scheduler has no workers")
-        rm_workers = [a for a, w in workers.items() if required and _has_resources(w, required)]
-        if required and not rm_workers:
-            seen = {a: w.get("resources") or {} for a, w in workers.items()}
+        if required and not where.rm:
+            seen = {a: w.get("resources") or {} for a, w in where.workers.items()}
             raise ConfigError(
                 f"--dask-resource {config.engine.dask_resource}: no worker of the cluster holds it (workers and "
                 f"their resources: {seen}); start GPU workers with `dask worker ADDRESS --resources "
                 f"{config.engine.dask_resource}` or name the resource they have with --dask-resource")
-        cpu_workers = [a for a in workers if a not in rm_workers]
-        verifying = cpu_workers or list(workers)
-        per_host = Counter(workers[a]["host"] for a in verifying)
-        prefer_cpu = {"workers": cpu_workers, "allow_other_workers": True} if cpu_workers else {}
-        threads = sum(workers[a]["nthreads"] for a in verifying)
+        threads = sum(where.workers[a]["nthreads"] for a in (where.cpu or where.workers))
         window = max(4, 2 * threads)
         run_id = uuid.uuid4().hex[:8]
         plan_future = client.scatter(plan, broadcast=True, hash=False)
+        attempts: Counter = Counter()
 
-        def submit(unit: WorkUnit):
-            verified = client.submit(verify_unit, plan_future, unit, dict(per_host), key=f"verify-{unit.name}-{run_id}",
-                                     pure=False, **prefer_cpu)
-            scored = client.submit(score_unit, plan_future, verified, key=f"score-{unit.name}-{run_id}", pure=False,
+        def submit(unit: WorkUnit) -> dict:
+            """The unit's verify -> score -> spill chain; returns its futures and where verify may run."""
+            attempts[unit.name] += 1
+            suffix = f"{unit.name}-{run_id}-{attempts[unit.name]}"
+            restrictions = where.verify_restrictions()
+            verified = client.submit(verify_unit, plan_future, unit, where.verifying_per_host(), key=f"verify-{suffix}",
+                                     pure=False, **restrictions)
+            scored = client.submit(score_unit, plan_future, verified, key=f"score-{suffix}", pure=False,
                                    resources=required)
-            return client.submit(spill_unit, plan_future, scored, key=f"spill-{unit.name}-{run_id}", pure=False,
-                                 **prefer_cpu)
+            spilled = client.submit(spill_unit, plan_future, scored, key=f"spill-{suffix}", pure=False,
+                                    **where.prefer_cpu())
+            return {"unit": unit, "futures": (verified, scored, spilled), "restrictions": restrictions}
 
         counts: Counter = Counter()
         placement: dict[str, Counter] = defaultdict(Counter)
@@ -216,40 +261,54 @@ def run(plan: RunPlan, show_progress: bool) -> dict:
         error_parts: dict[int, list[str]] = defaultdict(list)
         units = iter(plan.units)
         with progress.ProgressDisplay(plan.input_rows, enabled=show_progress):
-            in_flight = as_completed([submit(u) for u, _ in zip(units, range(window))])
-            for future in in_flight:
-                result = future.result()
-                future.release()
-                for bucket, url in result["buckets"].items():
-                    bucket_parts[bucket].append(url)
-                if result["errors_url"]:
-                    error_parts[result["unit"].file_index].append(result["errors_url"])
-                counts.update(result["counts"])
-                for name in ("read", "verified", "scored", "errors"):
-                    progress.add(name, result["counts"].get(name, 0))
-                for stage, address in result["workers"].items():
-                    placement[stage][address] += 1
-                following = next(units, None)
-                if following is not None:
-                    in_flight.add(submit(following))
+            pending = {chain["futures"][2]: chain for chain in map(submit, islice(units, window))}
+            while pending:
+                try:
+                    done = wait(list(pending), timeout=where.refresh_s, return_when="FIRST_COMPLETED").done
+                except TimeoutError:
+                    done = set()
+                for future in done:
+                    pending.pop(future)
+                    result = future.result()
+                    for bucket, url in result["buckets"].items():
+                        bucket_parts[bucket].append(url)
+                    if result["errors_url"]:
+                        error_parts[result["unit"].file_index].append(result["errors_url"])
+                    counts.update(result["counts"])
+                    for name in ("read", "verified", "scored", "errors"):
+                        progress.add(name, result["counts"].get(name, 0))
+                    for stage, address in result["workers"].items():
+                        placement[stage][address] += 1
+                    following = next(units, None)
+                    if following is not None:
+                        chain = submit(following)
+                        pending[chain["futures"][2]] = chain
+                where.maybe_refresh()
+                for future, chain in list(pending.items()):
+                    if where.stranded(chain["restrictions"]):  # its CPU workers died: place it again
+                        client.cancel(list(chain["futures"]))
+                        del pending[future]
+                        chain = submit(chain["unit"])
+                        pending[chain["futures"][2]] = chain
 
             sigma_bar = None
             if config.rm.backend != "none":
                 sigma_bar = config.hero.sigma_bar
                 if sigma_bar is None:
                     partials = client.gather([client.submit(sigma_task, parts, key=f"sigma-{b:05d}-{run_id}",
-                                                            pure=False, **prefer_cpu)
+                                                            pure=False, **where.prefer_cpu())
                                               for b, parts in sorted(bucket_parts.items())])
                     sigma_bar = sigma_bar_from_partials(p for p, _ in partials)
                     counts.update(_merge(*(c for _, c in partials)))
             fused = [client.submit(fuse_task, plan_future, b, parts, sigma_bar, key=f"fuse-{b:05d}-{run_id}",
-                                   pure=False, **prefer_cpu) for b, parts in sorted(bucket_parts.items())]
+                                   pure=False, **where.prefer_cpu()) for b, parts in sorted(bucket_parts.items())]
             errors = [client.submit(errors_task, plan_future, f, parts, key=f"errors-{f:05d}-{run_id}", pure=False,
-                                    **prefer_cpu) for f, parts in sorted(error_parts.items())]
+                                    **where.prefer_cpu()) for f, parts in sorted(error_parts.items())]
             for (_, rows), written_counts in client.gather(fused):
                 counts.update(written_counts)
                 progress.add("written", rows)
             client.gather(errors)
         client.run(release_stages)
     return {"name": "dask", "counters": dict(counts), "wall_s": time.monotonic() - started,
-            "workers": len(workers), "placement": {stage: dict(c) for stage, c in placement.items()}}
+            "workers": len(where.workers), "resubmitted_units": sum(attempts.values()) - len(attempts),
+            "placement": {stage: dict(c) for stage, c in placement.items()}}
