@@ -1,0 +1,199 @@
+"""The engine-neutral core on three-row tables: no engine, no cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.buckets import SpillWriter, load_parts, sigma_bar_from_partials, spill_path, split_by_bucket
+from pipeline.config import EngineConfig, build_config
+from pipeline.outputs import fuse_and_write, write_errors
+from pipeline.plan import make_plan
+from pipeline.stages import CounterSink, SharedStages, VerifyAhead, VerifyStage, WorkerContext
+from schemas.rollouts import ORDER, STATUS_VOCABULARIES, InputContract, bucket_of, validate_batch
+from transforms.verifier import VerifierConfig
+
+THREE_ROWS = pa.table({
+    "prompt_id": ["p1", "p1", "p2"],
+    "prompt": ["What is 1+1?", "What is 1+1?", "What is 2+2?"],
+    "response": ["The answer is $\\boxed{2}$.", "It is \\boxed{3}", "\\boxed{4}"],
+    "reference": ["2", "2", "4"],
+    "score": [0.5, -1.0, 2.0],
+})
+
+
+def contract() -> InputContract:
+    return InputContract.from_file_schemas([THREE_ROWS.schema])
+
+
+def scored_rows() -> pa.Table:
+    """The three rows as the group stage sees them: validated, verified and scored."""
+    valid, _ = validate_batch(THREE_ROWS, contract(), source_file="f", file_index=0, row_offset=0)
+    return (valid.append_column("verifier_score", pa.array([1.0, 0.0, 1.0], pa.float32()))
+            .append_column("verifier_status", pa.array(["ok", "ok", "ok"]))
+            .append_column("extracted_answer", pa.array(["2", "3", "4"]))
+            .append_column("rm_score", pa.array([0.5, -1.0, 2.0], pa.float32()))
+            .append_column("rm_status", pa.array(["ok", "ok", "ok"])))
+
+
+def test_split_by_bucket_keeps_groups_whole_and_rows_once():
+    table = scored_rows()
+    pieces = list(split_by_bucket(table, 7))
+    assert sorted(sum((p.column("prompt_id").to_pylist() for _, p in pieces), [])) == ["p1", "p1", "p2"]
+    for bucket, piece in pieces:
+        assert set(bucket_of(piece.column("prompt_id"), 7)) == {bucket}
+    assert [b for b, _ in pieces] == sorted(b for b, _ in pieces)
+
+
+def test_spill_files_round_trip_under_deterministic_names(tmp_path):
+    table = scored_rows()
+    writer = SpillWriter(str(tmp_path), 2, table.schema, name="unit-a", flush_rows=1)
+    writer.add(table.slice(0, 2))
+    writer.add(table.slice(2))
+    written = writer.close()
+    assert written == {b: spill_path(str(tmp_path), b, "unit-a") for b in written}
+    assert not list(tmp_path.rglob("*.tmp"))  # temporaries renamed into place
+    back = load_parts(written.values()).sort_by([("prompt_id", "ascending"), (ORDER, "ascending")])
+    assert back.equals(table.sort_by([("prompt_id", "ascending"), (ORDER, "ascending")]))
+    # Rewriting the same unit (a retried task) replaces its files instead of adding rows.
+    again = SpillWriter(str(tmp_path), 2, table.schema, name="unit-a")
+    again.add(table)
+    assert again.close() == written
+    assert load_parts(written.values()).num_rows == 3
+
+
+def test_sigma_bar_does_not_depend_on_partial_order():
+    partials = [(0.1, 1), (1e16, 1), (-1e16, 1), (0.2, 2)]
+    assert sigma_bar_from_partials(partials) == sigma_bar_from_partials(reversed(partials)) == pytest.approx(0.3 / 5)
+    assert sigma_bar_from_partials([]) == 0.0
+
+
+def test_fuse_and_write_writes_one_sorted_shard_and_counts(tmp_path):
+    rows = tmp_path / "in.parquet"
+    pq.write_table(THREE_ROWS, rows)
+    plan = make_plan(build_config({"input": str(rows), "output": str(tmp_path / "out"), "rm_score_column": "score"}),
+                     "test")
+    table = scored_rows()
+    sink = CounterSink()
+    # Parts in reverse arrival order give the same shard: rows are sorted by (prompt_id, input order).
+    url, count = fuse_and_write(plan, 0, [table.slice(2), table.slice(0, 2)], 0.5, sink)
+    shard = pq.read_table(url)
+    assert count == 3 and sink.counts["written"] == 3 and "fuse_ms" in sink.counts
+    assert shard.column("prompt_id").to_pylist() == ["p1", "p1", "p2"]
+    assert shard.column("hero_normalized").to_pylist() == pytest.approx([0.9, -0.1, 0.9])
+    assert ORDER not in shard.column_names
+    metadata = json.loads(shard.schema.metadata[b"herolabel"])
+    assert metadata["sigma_bar"] == 0.5 and metadata["shard"] == 0
+    assert set(metadata["config"]) == {"verifier", "rm", "hero"}  # labeling settings only, no paths
+
+
+def test_write_errors_sorts_by_source_row(tmp_path):
+    rows = tmp_path / "in.parquet"
+    pq.write_table(THREE_ROWS, rows)
+    plan = make_plan(build_config({"input": str(rows), "output": str(tmp_path / "out"), "rm_backend": "none"}), "t")
+    bad = THREE_ROWS.set_column(2, "response", pa.array([None, None, None], pa.string()))
+    _, late = validate_batch(bad.slice(2), contract(), source_file="f", file_index=0, row_offset=2)
+    _, early = validate_batch(bad.slice(0, 2), contract(), source_file="f", file_index=0, row_offset=0)
+    url, count = write_errors(plan, 0, [late, early])
+    assert count == 3
+    assert pq.read_table(url).column("source_row").to_pylist() == [0, 1, 2]
+
+
+def test_verify_ahead_keeps_order_and_bounds_the_look_ahead():
+    stage = VerifyStage(VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=20))
+    stage.setup(WorkerContext())
+    valid, _ = validate_batch(THREE_ROWS, contract(), source_file="f", file_index=0, row_offset=0)
+    try:
+        for depth in (0, 2):
+            sink = CounterSink()
+            ahead = VerifyAhead(stage, depth)
+            out = []
+            for i in range(3):
+                released = list(ahead.push(valid.slice(i, 1), sink))
+                # depth 0 returns each batch at once; depth 2 holds back at most two
+                assert len(released) == (1 if depth == 0 else int(i >= 2))
+                out.extend(released)
+            out.extend(ahead.drain(sink))
+            ahead.close()
+            assert [t.column("prompt_id")[0].as_py() for t in out] == ["p1", "p1", "p2"]
+            assert [t.column("verifier_score")[0].as_py() for t in out] == [1.0, 0.0, 1.0]
+            assert sink.counts["verified"] == 3 and "score_wait_ms" in sink.counts
+    finally:
+        stage.close()
+
+
+def test_shared_stages_set_up_once_and_close_with_the_last_user():
+    class Probe:
+        name = "probe"
+
+        def __init__(self, config):
+            self.config = config
+            self.setups = self.closes = 0
+
+        def setup(self, context):
+            self.setups += 1
+
+        def close(self):
+            self.closes += 1
+
+    shared = SharedStages()
+    first = shared.acquire(Probe("a"), WorkerContext())
+    second = shared.acquire(Probe("a"), WorkerContext())
+    other = shared.acquire(Probe("b"), WorkerContext())  # another config: its own instance
+    assert first is second and other is not first and first.setups == 1
+    shared.release(first)
+    assert first.closes == 0
+    shared.release(second)
+    assert first.closes == 1 and other.closes == 0
+    shared.close_all()
+    assert other.closes == 1
+
+
+def test_verifier_workers_divide_the_host_cores():
+    config = VerifierConfig()  # num_workers unset: resolved where the stage runs
+    assert config.resolved_workers(processes_on_host=10_000) == 1
+    assert config.resolved_workers(1) >= config.resolved_workers(2) >= 1
+    assert VerifierConfig(num_workers=3).resolved_workers(8) == 3
+
+
+@pytest.mark.parametrize("value,parsed", [
+    ("GPU=1", {"GPU": 1.0}),  # the default
+    (" gpu = 0.5 ", {"gpu": 0.5}),  # fractional amounts let several tasks share one device
+    ("nvidia.com-a100=2", {"nvidia.com-a100": 2.0}),
+])
+def test_dask_resource_parses(value, parsed):
+    assert EngineConfig(dask_resource=value).resource_requirement() == parsed
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"dask_resource": "GPU"}, "--dask-resource must look like NAME=AMOUNT"),  # no amount
+    ({"dask_resource": "GPU=0"}, "--dask-resource must look like NAME=AMOUNT"),  # nothing required
+    ({"dask_scheduler": "tcp://h:8786"}, "--dask-scheduler needs --engine=dask"),  # default engine is beam
+    ({"engine": "spark"}, "--engine must be one of"),
+    ({"verify_ahead": -1}, "--verify-ahead must be an integer >= 0"),
+    ({"rm_accelerator": "nvidia-l4"}, "--rm-accelerator must look like"),
+])
+def test_engine_options_are_validated_by_name(options, message):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        build_config({"input": "a", "output": "b", "rm_backend": "none", **options})
+
+
+def test_beam_flags_are_refused_with_the_dask_engine():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--runner DataflowRunner"):
+        build_config({"input": "a", "output": "b", "rm_backend": "none", "engine": "dask"},
+                     ("--runner", "DataflowRunner"))
+
+
+def test_status_vocabularies_are_the_contract():
+    assert STATUS_VOCABULARIES["verifier_status"] == ("ok", "no_answer", "no_reference", "bad_reference", "timeout",
+                                                      "error")
+    assert STATUS_VOCABULARIES["rm_status"] == ("ok", "truncated", "missing", "error", "skipped")
+    assert STATUS_VOCABULARIES["hero_status"] == ("ok", "rm_only", "no_reference", "bad_reference", "rm_missing",
+                                                  "rm_disabled")

@@ -1,0 +1,216 @@
+"""Both engines wire the same stages: identical output on real data, Beam placement on remote runners,
+Beam's local multi-process mode, cluster recipes that build, and one declaration of every option."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import shared_file
+from pipeline.config import build_config, options_markdown
+from pipeline.demo import write_synthetic_rollouts
+from pipeline.run import run
+from schemas.rollouts import STATUS_VOCABULARIES
+
+REPO = Path(__file__).resolve().parents[1]
+VALUE_COLUMNS = ("verifier_score", "rm_score", "group_rm_std", "hero_normalized", "difficulty_weight", "hero_reward",
+                 "advantage")
+
+
+def label(input_path, output, **options):
+    options = {"verifier_workers": 2, "progress": "off", **options}
+    return run(build_config({"input": str(input_path), "output": str(output), **options}), show_progress=False)
+
+
+def keyed_rows(output) -> dict:
+    table = pq.read_table(Path(output) / "data")
+    return {(r["prompt_id"], r["sample_index"]): r for r in table.to_pylist()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,options", [
+    ("qwen25_math_cot100.parquet", {"rm_score_column": "qwen_rm_score"}),  # a real RM's scores
+    ("gsm8k_gpt3_solutions.parquet", {"rm_score_column": "sample_index"}),  # 1,319 groups of 4
+    ("processbench_gsm8k_math.parquet", {"rm_backend": "none"}),  # verifier only
+])
+def test_engines_agree_on_the_shared_files(tmp_path, name, options):
+    beam = label(shared_file(name), tmp_path / "beam", **options)
+    dask = label(shared_file(name), tmp_path / "dask", engine="dask", **options)
+    assert beam["engine"]["name"] == "beam" and dask["engine"]["name"] == "dask"
+    for key in ("input_rows", "output_rows", "error_rows", "status_counts", "num_shards"):
+        assert beam[key] == dask[key], key
+    if beam["sigma_bar"] is None:
+        assert dask["sigma_bar"] is None
+    else:
+        assert abs(beam["sigma_bar"] - dask["sigma_bar"]) <= 1e-9
+    a, b = keyed_rows(tmp_path / "beam"), keyed_rows(tmp_path / "dask")
+    assert a.keys() == b.keys() and len(a) == beam["output_rows"]
+    for key, row in a.items():
+        other = b[key]
+        for column, value in row.items():
+            if column in VALUE_COLUMNS and value is not None:
+                assert other[column] == pytest.approx(value, abs=1e-9), (key, column)
+            else:
+                assert other[column] == value, (key, column)
+        for column, vocabulary in STATUS_VOCABULARIES.items():
+            assert row[column] in vocabulary
+    # Same shards, same rows in each, same order.
+    for path in beam["data_files"]:
+        shard = Path(path).name
+        assert pq.read_table(path, columns=["prompt_id"]).equals(
+            pq.read_table(tmp_path / "dask" / "data" / shard, columns=["prompt_id"]))
+
+
+@pytest.mark.slow
+def test_beam_multi_process_mode_gives_identical_output(tmp_path):
+    write_synthetic_rollouts(str(tmp_path / "in"), 300, rows_per_file=70, seed=11, missing_reference_every=7,
+                             bad_rows=2)
+    common = {"rm_score_column": "sample_index", "rows_per_shard": 100, "verifier_workers": 1}
+    in_process = label(tmp_path / "in", tmp_path / "one", **common)
+    command = [sys.executable, "run_pipeline.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "multi"),
+               "--rm-score-column", "sample_index", "--rows-per-shard", "100", "--verifier-workers", "1",
+               "--progress", "off", "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "labelled 298 of 300 rows (2 in errors/)" in finished.stdout
+    for path in in_process["data_files"] + in_process["error_files"]:
+        relative = Path(path).relative_to(tmp_path / "one")
+        assert pq.read_table(path).equals(pq.read_table(tmp_path / "multi" / relative)), relative
+
+
+def _accelerator_transforms(pipeline) -> dict[str, bytes]:
+    """unique name -> accelerator hint of every transform whose environment carries one (runner API proto)."""
+    proto = pipeline.to_runner_api()
+    hinted = {env_id: env.resource_hints.get("beam:resources:accelerator:v1")
+              for env_id, env in proto.components.environments.items()}
+    return {t.unique_name: hinted[t.environment_id] for t in proto.components.transforms.values()
+            if t.environment_id and hinted.get(t.environment_id)}
+
+
+def _transform_names(pipeline) -> set[str]:
+    return {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+
+
+def test_accelerator_hint_sits_on_the_rm_step_only_on_remote_runners(tmp_path, tiny_rm_path):
+    import apache_beam as beam
+
+    from pipeline.engines.beam import build, check_beam_args
+    from pipeline.plan import make_plan
+
+    write_synthetic_rollouts(str(tmp_path / "in.parquet"), 16, seed=2)
+    dataflow = ("--runner", "DataflowRunner", "--project", "my-project-123", "--region", "us-central1",
+                "--temp_location", "gs://my-bucket/tmp", "--experiments=no_use_multiple_sdk_containers")
+    config = build_config({"input": str(tmp_path / "in.parquet"), "output": "gs://my-bucket/out",
+                           "rm_model": tiny_rm_path, "rm_accelerator": "type:nvidia-l4;count:1;install-nvidia-driver"},
+                          dataflow)
+    plan = make_plan(config, "test")
+    options = check_beam_args(config.beam_args)
+    remote = beam.Pipeline(options=options)  # a DataflowRunner pipeline, built, never run
+    build(remote, plan, options)
+    hinted = _accelerator_transforms(remote)
+    assert hinted and all(name == "Score" or name.startswith("Score/") for name in hinted), hinted
+    assert set(hinted.values()) == {b"type:nvidia-l4;count:1;install-nvidia-driver"}
+    assert "SeparateScoring" in _transform_names(remote)  # the Reshuffle between verification and the RM
+
+    local_options = check_beam_args(())
+    local = beam.Pipeline(runner="FnApiRunner", options=local_options)
+    build(local, plan, local_options)
+    assert _accelerator_transforms(local) == {}
+    assert "SeparateScoring" not in _transform_names(local)  # the in-process runner would hold it in memory
+
+    # A backend that needs no accelerator gets neither, on any runner.
+    precomputed = make_plan(build_config({"input": str(tmp_path / "in.parquet"), "output": "gs://my-bucket/out",
+                                          "rm_score_column": "sample_index"}, dataflow), "test")
+    remote = beam.Pipeline(options=options)
+    build(remote, precomputed, options)
+    assert _accelerator_transforms(remote) == {} and "SeparateScoring" not in _transform_names(remote)
+
+
+def test_slurm_recipes_build_with_the_documented_settings():
+    from pipeline.deploy import slurm_cpu_cluster, slurm_gpu_job_script
+
+    cluster = slurm_cpu_cluster(cores=32, memory="64GB", walltime="04:00:00",
+                                scheduler_options={"dashboard_address": None})
+    try:
+        cpu_script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH --cpus-per-task=32" in cpu_script and "--nthreads 32" in cpu_script
+    assert "--nanny" in cpu_script and "--resources" not in cpu_script
+    gpu_script = slurm_gpu_job_script("tcp://10.0.0.1:8786", cores=8, memory="64GB", walltime="04:00:00")
+    assert "#SBATCH --gres=gpu:1" in gpu_script
+    assert re.search(r"distributed\.cli\.dask_worker tcp://10\.0\.0\.1:8786 .*--nanny .*--resources GPU=1", gpu_script)
+
+
+def test_kubernetes_specs_build_with_the_documented_settings():
+    from pipeline.deploy import kubernetes_specs
+
+    cluster, gpu_group = kubernetes_specs("herolabel", image="registry.example/herolabel:1", cpu_workers=8,
+                                          gpu_workers=2)
+    assert cluster["kind"] == "DaskCluster" and cluster["spec"]["worker"]["replicas"] == 8
+    worker = gpu_group["spec"]["worker"]
+    container = worker["spec"]["containers"][0]
+    assert gpu_group["kind"] == "DaskWorkerGroup" and gpu_group["spec"]["cluster"] == "herolabel"
+    assert worker["replicas"] == 2 and container["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert container["args"][:3] == ["dask-worker", "--resources", "GPU=1"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_verification_runs_in_a_worker_started_by_the_slurm_job_script(tmp_path):
+    """The worker command dask-jobqueue writes into its job script (nanny, daemonic worker process),
+    run here against a scheduler, verifies a real file exactly as the Beam engine does."""
+    import os
+    import shlex
+    import signal
+
+    from distributed import Client
+
+    from pipeline.deploy import slurm_cpu_cluster
+
+    cluster = slurm_cpu_cluster(cores=2, memory="4GB", walltime="00:10:00",
+                                scheduler_options={"dashboard_address": None})
+    try:
+        command_line = cluster.job_script().strip().splitlines()[-1]
+        address = cluster.scheduler_address
+        worker = subprocess.Popen(shlex.split(command_line), start_new_session=True, cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with Client(address) as client:
+                client.wait_for_workers(1, timeout=120)
+            data = shared_file("qwen25_math_cot100.parquet")
+            dask = label(data, tmp_path / "dask", engine="dask", dask_scheduler=address, rm_backend="none",
+                         verifier_workers=None)
+            beam = label(data, tmp_path / "beam", rm_backend="none")
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=60)
+    finally:
+        cluster.close()
+    assert dask["status_counts"] == beam["status_counts"]
+    assert pq.read_table(tmp_path / "dask" / "data").equals(pq.read_table(tmp_path / "beam" / "data"))
+
+
+def test_readme_option_table_is_generated_from_the_declarations():
+    readme = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- options:begin -->\n(.*?)\n<!-- options:end -->", readme, re.S)
+    assert match, "README.md lacks the generated option table markers"
+    assert match.group(1) == options_markdown(), "regenerate it: python -m pipeline.config"
+
+
+def test_every_option_reaches_the_command_line():
+    from run_pipeline import _parser
+
+    from pipeline.config import OPTIONS
+
+    flags = {a for action in _parser()._actions for a in action.option_strings}  # noqa: SLF001
+    assert {o.flag for o in OPTIONS} <= flags
+    backend = next(a for a in _parser()._actions if "--rm-backend" in a.option_strings)  # noqa: SLF001
+    from transforms.reward_models import REWARD_BACKENDS
+
+    assert tuple(backend.choices) == tuple(REWARD_BACKENDS)  # the CLI's choices come from the registry
