@@ -214,3 +214,37 @@ def test_every_option_reaches_the_command_line():
     from transforms.reward_models import REWARD_BACKENDS
 
     assert tuple(backend.choices) == tuple(REWARD_BACKENDS)  # the CLI's choices come from the registry
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every `python run_pipeline.py ...` command in the README's bash blocks, as argument lists."""
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #")[0].strip()
+            if line.startswith("python run_pipeline.py"):
+                commands.append(shlex.split(line)[2:])
+    return commands
+
+
+def test_readme_commands_parse_into_valid_configs():
+    from run_pipeline import _parser
+
+    from pipeline.engines.beam import check_beam_args
+
+    commands = _readme_commands()
+    assert len(commands) >= 8
+    runners = set()
+    for argv in commands:
+        args, beam_args = _parser().parse_known_args(argv)
+        check_beam_args(tuple(beam_args))  # every Beam flag is one Beam knows
+        options = {name: getattr(args, name) for name in vars(args) if getattr(args, name) is not None}
+        for cli_only in ("demo", "demo_rows", "verbose", "config"):
+            options.pop(cli_only, None)
+        if "input" in options:
+            config = build_config(options, tuple(beam_args))
+            runners.add(config.engine.engine + ":" + next((a.split("=")[-1] for a in beam_args if "Runner" in a), ""))
+    assert {"beam:DataflowRunner", "beam:FlinkRunner", "beam:SparkRunner", "dask:"} <= runners, runners
