@@ -201,6 +201,8 @@ class VerifyAhead:
     scores batch k, batch k+1 (up to k+depth) is being verified by the verifier processes. depth=0
     verifies synchronously (overlap off). Time the caller spends blocked waiting for a verified batch
     is counted as "score_wait_ms": the part of verification the scorer could not hide.
+    The background thread reports nothing itself: its counts reach `sink` on the caller's thread when
+    the batch is handed over (Beam drops metric updates made outside a bundle's thread).
     Memory: at most depth + 1 batches held.
     """
 
@@ -216,9 +218,13 @@ class VerifyAhead:
                 verified = self.stage.process(table, sink)
             yield verified
             return
-        self._pending.append(self._executor.submit(self.stage.process, table, sink))
+        self._pending.append(self._executor.submit(self._verify, table))
         while len(self._pending) > self.depth:
             yield self._wait_oldest(sink)
+
+    def _verify(self, table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+        counts = CounterSink()
+        return self.stage.process(table, counts), counts.counts
 
     def drain(self, sink: MetricsSink) -> Iterator[pa.Table]:
         while self._pending:
@@ -226,7 +232,10 @@ class VerifyAhead:
 
     def _wait_oldest(self, sink: MetricsSink) -> pa.Table:
         with timed(sink, "score_wait"):
-            return self._pending.popleft().result()
+            verified, counts = self._pending.popleft().result()
+        for name, n in counts.items():
+            sink.count(name, n)
+        return verified
 
     def close(self) -> None:
         self._pending.clear()
