@@ -132,7 +132,7 @@ class ScoreStage:
 
     def __init__(self, config: RewardModelConfig):
         self.config = config
-        self.backend: RewardBackend = make_reward_model(config)
+        self.backend: RewardBackend | None = make_reward_model(config)
         self.resources = Resources(accelerator=self.backend.needs_accelerator)
         self._lock = threading.Lock()
 
@@ -140,6 +140,8 @@ class ScoreStage:
         self.backend.load()
 
     def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
+        if self.backend is None:
+            raise RuntimeError("ScoreStage was closed")
         with self._lock:  # one forward pass at a time on a model shared by a worker's threads
             with timed(sink, "score"):
                 scored = self.backend.score_table(table)
@@ -147,7 +149,7 @@ class ScoreStage:
         return scored
 
     def close(self) -> None:
-        self.backend = make_reward_model(self.config)  # drops the loaded model
+        self.backend = None  # drops the loaded model; this instance cannot score again
 
 
 class SharedStages:

@@ -88,7 +88,8 @@ def test_verifier_agrees_with_source_labels(tmp_path, name, minimum):
     assert manifest["sigma_bar"] is None
 
 
-def test_bad_rows_land_in_errors_and_the_manifest_adds_up(tmp_path):
+@pytest.mark.parametrize("engine", ["beam", "dask"])
+def test_bad_rows_land_in_errors_and_the_manifest_adds_up(tmp_path, engine):
     inputs = tmp_path / "in"
     inputs.mkdir()
     good = synthetic_rollouts(40, seed=1)
@@ -102,7 +103,7 @@ def test_bad_rows_land_in_errors_and_the_manifest_adds_up(tmp_path):
                            "reference": ["7", "7"]})
     pq.write_table(wrong_type, inputs / "c_wrong_type.parquet")
 
-    manifest = label(inputs, tmp_path / "out", rm_backend="none")
+    manifest = label(inputs, tmp_path / "out", rm_backend="none", engine=engine)
     assert manifest["input_rows"] == 66
     assert (manifest["output_rows"], manifest["error_rows"]) == (62, 4)
     assert manifest["accounted"] is True
@@ -118,12 +119,13 @@ def test_bad_rows_land_in_errors_and_the_manifest_adds_up(tmp_path):
     assert table.num_rows == 62 and table.column("verifier_status").null_count == 0
 
 
-def test_groups_split_across_files_and_shards_are_complete(tmp_path):
+@pytest.mark.parametrize("engine", ["beam", "dask"])
+def test_groups_split_across_files_and_shards_are_complete(tmp_path, engine):
     # 8 rollouts per prompt written 5 rows per file: every group straddles two files.
     write_synthetic_rollouts(str(tmp_path / "split"), 160, rows_per_file=5, seed=4)
     write_synthetic_rollouts(str(tmp_path / "whole.parquet"), 160, seed=4)
     split = label(tmp_path / "split", tmp_path / "out_split", rm_backend="precomputed", rm_score_column="sample_index",
-                  rows_per_shard=40)
+                  rows_per_shard=40, engine=engine)
     whole = label(tmp_path / "whole.parquet", tmp_path / "out_whole", rm_backend="precomputed",
                   rm_score_column="sample_index")
     assert split["num_shards"] == 4 and len(split["data_files"]) >= 2
@@ -147,9 +149,10 @@ def test_engine_shuffle_gives_the_same_rows_as_file_shuffle(tmp_path):
     assert read_output(tmp_path / "files").equals(read_output(tmp_path / "engine"))
 
 
-def test_tiny_transformers_rm_end_to_end(tmp_path, tiny_rm_path):
+@pytest.mark.parametrize("engine", ["beam", "dask"])
+def test_tiny_transformers_rm_end_to_end(tmp_path, tiny_rm_path, engine):
     write_synthetic_rollouts(str(tmp_path / "in.parquet"), 64, seed=6)
-    manifest = label(tmp_path / "in.parquet", tmp_path / "out", rm_model=tiny_rm_path, batch_rows=20)
+    manifest = label(tmp_path / "in.parquet", tmp_path / "out", rm_model=tiny_rm_path, batch_rows=20, engine=engine)
     assert manifest["status_counts"]["rm_status"] == {"ok": 64}
     assert manifest["reward_model"]["backend"] == "transformers"
     assert len(manifest["reward_model"]["fingerprint"]) == 16
