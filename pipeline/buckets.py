@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import io
+from pipeline.stages import MetricsSink, timed
 from schemas.rollouts import ORDER, PROMPT_ID, bucket_of
 from transforms.hero import sigma_partial
 
@@ -57,6 +58,7 @@ class SpillWriter:
         self._fs = None
 
     def add(self, table: pa.Table) -> None:
+        """Buffers `table`'s rows by bucket (flushing to the files every `flush_rows` rows)."""
         for bucket, rows in split_by_bucket(table, self.num_shards):
             self._pending.setdefault(bucket, []).append(rows)
         self._pending_rows += table.num_rows
@@ -102,14 +104,15 @@ def load_parts(parts: Iterable, columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables([t.select(columns) if columns else t for t in parts])
 
 
-def bucket_sigma_partial(parts: Iterable) -> tuple[float, int]:
+def bucket_sigma_partial(parts: Iterable, sink: MetricsSink) -> tuple[float, int]:
     """(sum of sigma_u, groups) of one bucket; reads only the columns sigma needs.
 
     With spill files this reads each bucket's rm_score column once more before fusion reads the whole
     bucket: sigma_bar must be complete before any shard is fused, and holding buckets until then would
     make memory grow with the job.
     """
-    return sigma_partial(load_parts(parts, [PROMPT_ID, ORDER, "rm_score"]))
+    with timed(sink, "sigma"):
+        return sigma_partial(load_parts(parts, [PROMPT_ID, ORDER, "rm_score"]))
 
 
 def sigma_bar_from_partials(partials: Iterable[tuple[float, int]]) -> float:

@@ -36,8 +36,9 @@ class EngineConfig:
     verify_ahead: batches verified ahead of the reward model inside a worker, so the scorer does not
     wait for verification (0 turns the overlap off; memory grows by this many batches).
     dask_scheduler: address of a running Dask scheduler; unset starts a LocalCluster on this machine.
-    dask_workers: CPU worker processes of that LocalCluster (one more holds the accelerator resource
-    when the reward model needs one).
+    dask_workers: CPU worker processes of that LocalCluster, 2 threads each; each worker's verifier pool
+    takes its share of the machine's cores, so the default (1) already uses every core. One more worker
+    holds the accelerator resource when the reward model needs one.
     dask_resource: worker resource the RM tasks require, "NAME=AMOUNT"; workers started with
     `--resources NAME=AMOUNT` receive them.
     rm_accelerator: Beam accelerator resource hint put on the RM step on remote runners ("none": no hint).
@@ -111,6 +112,10 @@ class PipelineConfig:
             raise ValueError(f"pipeline.shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}")
         if self.progress not in PROGRESS_MODES:
             raise ValueError(f"pipeline.progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if self.verifier.num_workers == 0:
+            raise ValueError("verifier.num_workers must be >= 1 in a pipeline run (0 runs math-verify in the calling "
+                             "thread, whose signal-based timeouts only work in a main thread; engines verify in "
+                             "worker threads)")
         if self.beam_args and self.engine.engine != "beam":
             raise ValueError(f"options not known to herolabel go to Apache Beam, which engine.engine="
                              f"{self.engine.engine} does not use: {' '.join(self.beam_args)}")

@@ -12,8 +12,7 @@ Slurm (pip install 'herolabel[slurm]'):
 Kubernetes with the dask-kubernetes operator (pip install 'herolabel[kubernetes]'):
     cluster_spec, gpu_group = kubernetes_specs("herolabel", image="REGISTRY/herolabel:TAG", cpu_workers=8,
                                                gpu_workers=2)
-    # kubectl apply both (as YAML), or KubeCluster(custom_cluster_spec=cluster_spec) and
-    # cluster.add_worker_group(**gpu_group_arguments(...)).
+    # kubectl apply both (as YAML); run_pipeline.py --engine dask --dask-scheduler tcp://herolabel-scheduler:8786
 """
 
 from __future__ import annotations

@@ -128,7 +128,8 @@ def summarize_output(output: str) -> dict:
 def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
     """Reads the output back, removes spill files, writes manifest.json (atomically) and returns it.
 
-    Raises AccountingError (after writing the manifest) if any input row is neither in data nor errors.
+    Raises AccountingError (after writing the manifest) if any input row is neither in data nor errors;
+    a status outside the vocabularies in schemas/ raises before the manifest is written.
     """
     config = plan.config
     summary = summarize_output(config.output)
@@ -139,8 +140,8 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "input_rows": plan.input_rows,
         **{k: summary[k] for k in ("output_rows", "error_rows", "sigma_bar")},
         "accounted": plan.input_rows == summary["output_rows"] + summary["error_rows"],
-        "sigma_bar_source": ("none (rm backend none)" if config.rm.backend == "none" else
-                             "fixed" if config.hero.sigma_bar is not None else "mean of sigma_u over the job's groups"),
+        "sigma_bar_source": {"none": "none (rm backend none)", "fixed": "fixed",
+                             "job_mean": "mean of sigma_u over the job's groups"}[plan.sigma_mode],
         **{k: summary[k] for k in ("status_counts", "error_reasons")},
         "input_files": [f.url for f in plan.files],
         "data_files": summary["data_files"],

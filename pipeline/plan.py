@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from pipeline import io
 from pipeline.config import ConfigError, PipelineConfig, name_options
+from pipeline.stages import MetricsSink, timed
 from schemas.rollouts import InputContract, validate_batch
 from transforms.reward_models import make_reward_model
 
@@ -44,6 +45,7 @@ class RunPlan:
     contract: InputContract
     num_shards: int
     metadata: dict  # stored in every output file (sigma_bar is added per run)
+    rm_needs_accelerator: bool  # place scoring on accelerator workers (RewardBackend.needs_accelerator)
 
     @property
     def input_rows(self) -> int:
@@ -58,9 +60,34 @@ class RunPlan:
     def spill_dir(self) -> str:
         return io.join(self.config.output, "_shuffle")
 
-    def validate(self, unit_url: str, file_index: int, offset: int, table: pa.Table) -> tuple[pa.Table, pa.Table]:
-        """(valid rows cast to the contract, error records) of one batch read at `offset` of a file."""
-        return validate_batch(table, self.contract, source_file=unit_url, file_index=file_index, row_offset=offset)
+    def read_and_validate(self, unit: WorkUnit, sink: MetricsSink) -> Iterator[tuple[pa.Table, pa.Table]]:
+        """(valid rows cast to the contract, error records) per batch of `unit`, timed and counted."""
+        batches = unit.read(self.config.batch_rows)
+        while True:
+            with timed(sink, "read"):
+                batch = next(batches, None)
+            if batch is None:
+                return
+            offset, table = batch
+            sink.count("read", table.num_rows)
+            with timed(sink, "validate"):
+                valid, errors = validate_batch(table, self.contract, source_file=unit.url, file_index=unit.file_index,
+                                               row_offset=offset)
+            if errors.num_rows:
+                sink.count("errors", errors.num_rows)
+            yield valid, errors
+
+    @property
+    def sigma_mode(self) -> str:
+        """"none" (no RM scores), "fixed" (--sigma-bar) or "job_mean" (computed from every group)."""
+        if self.config.rm.backend == "none":
+            return "none"
+        return "fixed" if self.config.hero.sigma_bar is not None else "job_mean"
+
+    @property
+    def fixed_sigma_bar(self) -> float | None:
+        """sigma_bar known before any data moves (None for "none"; for "job_mean" engines compute it)."""
+        return float(self.config.hero.sigma_bar) if self.sigma_mode == "fixed" else None
 
 
 def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
@@ -79,4 +106,4 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         "config": config.labeling_dict(),
         "reward_model": model.identity(),
     }
-    return RunPlan(config, files, contract, num_shards, metadata)
+    return RunPlan(config, files, contract, num_shards, metadata, model.needs_accelerator)

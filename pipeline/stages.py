@@ -28,7 +28,7 @@ from typing import Callable, Iterator, Protocol
 import pyarrow as pa
 
 from transforms.reward_models import RewardBackend, RewardModelConfig, make_reward_model
-from transforms.verifier import VerifierConfig, VerifierPool, verify_table
+from transforms.verifier import VerifierConfig, VerifierPool, usable_cores, verify_table
 
 
 class MetricsSink(Protocol):
@@ -74,10 +74,16 @@ class WorkerContext:
     """Facts about the worker a stage is set up on, supplied by the engine.
 
     processes_on_host: how many engine worker processes share this host (machine-dependent defaults
-    such as the number of verifier processes are divided by it).
+    such as the number of verifier processes are divided by it); ONE_PER_CORE when the runner starts
+    one process per core (Dataflow's default SDK containers).
     """
 
     processes_on_host: int = 1
+
+    ONE_PER_CORE = 0
+
+    def host_processes(self, cores: int) -> int:
+        return cores if self.processes_on_host == self.ONE_PER_CORE else self.processes_on_host
 
 
 class Stage(Protocol):
@@ -105,17 +111,20 @@ class VerifyStage:
         self.pool: VerifierPool | None = None
 
     def setup(self, context: WorkerContext) -> None:
-        self.pool = VerifierPool(self.config, self.config.resolved_workers(context.processes_on_host))
+        self.pool = VerifierPool(self.config, self.config.resolved_workers(context.host_processes(usable_cores())))
         self.pool.start()
+        self._lock = threading.Lock()
 
     def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
         if self.pool is None:
             raise RuntimeError("VerifyStage.setup() must run before process()")
-        restarts = self.pool.restarts
-        with timed(sink, "verify"):
+        # One call at a time (the pool serializes them anyway), so the restart count is this call's own.
+        with self._lock, timed(sink, "verify"):
+            restarts = self.pool.restarts
             labelled = verify_table(table, self.pool)
-        if self.pool.restarts > restarts:
-            sink.count("verifier_worker_restarts", self.pool.restarts - restarts)
+            restarted = self.pool.restarts - restarts
+        if restarted:
+            sink.count("verifier_worker_restarts", restarted)
         sink.count("verified", table.num_rows)
         return labelled
 
@@ -156,8 +165,9 @@ class SharedStages:
     """One set-up instance of each stage per worker process, shared by the engine's threads.
 
     acquire() sets a stage up on first use (the verifier pool starts, the model loads) and counts its
-    users; release() closes it when the last one leaves. Keys are the stage class and its config, so
-    two jobs with different settings in one process never share.
+    users; release() closes it when the last one leaves (Beam: DoFn teardown). Dask tasks only acquire;
+    the Dask engine calls close_all() on every worker when a job ends. Keys are the stage class, its
+    config and the worker context, so two jobs with different settings in one process never share.
     """
 
     def __init__(self):
@@ -202,7 +212,9 @@ class VerifyAhead:
     verification finished, oldest first, keeping at most `depth` batches in flight: while the caller
     scores batch k, batch k+1 (up to k+depth) is being verified by the verifier processes. depth=0
     verifies synchronously (overlap off). Time the caller spends blocked waiting for a verified batch
-    is counted as "score_wait_ms": the part of verification the scorer could not hide.
+    is counted as "score_wait_ms": the part of verification the scorer could not hide (on Beam, where
+    verify and score are fused locally, it is the scorer's wait; inside a Dask verify task it is only
+    the task's own wait, the scorer being a separate task).
     The background thread reports nothing itself: its counts reach `sink` on the caller's thread when
     the batch is handed over (Beam drops metric updates made outside a bundle's thread).
     Memory: at most depth + 1 batches held.

@@ -197,3 +197,28 @@ def test_status_vocabularies_are_the_contract():
     assert STATUS_VOCABULARIES["rm_status"] == ("ok", "truncated", "missing", "error", "skipped")
     assert STATUS_VOCABULARIES["hero_status"] == ("ok", "rm_only", "no_reference", "bad_reference", "rm_missing",
                                                   "rm_disabled")
+
+
+@pytest.mark.parametrize("flags,processes", [
+    ([], 1),  # in-process FnApiRunner: one process, its threads share one pool
+    (["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"], 2),  # two local SDK processes
+    (["--runner", "DataflowRunner", "--project", "p-123456", "--region", "r", "--temp_location", "gs://b/t"],
+     WorkerContext.ONE_PER_CORE),  # Dataflow starts one SDK process per vCPU by default
+    (["--runner", "DataflowRunner", "--project", "p-123456", "--region", "r", "--temp_location", "gs://b/t",
+      "--experiments=no_use_multiple_sdk_containers"], 1),  # one SDK process per VM
+    (["--runner", "FlinkRunner", "--sdk_worker_parallelism", "4"], 4),  # portable runner, 4 SDK workers per host
+    (["--runner", "SparkRunner"], 1),
+])
+def test_beam_tells_stages_how_many_processes_share_a_host(flags, processes):
+    from pipeline.engines.beam import check_beam_args, worker_context
+
+    context = worker_context(check_beam_args(tuple(flags)))
+    assert context.processes_on_host == processes
+    assert context.host_processes(cores=16) == (16 if processes == WorkerContext.ONE_PER_CORE else processes)
+
+
+def test_pipeline_runs_refuse_in_thread_verification():
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--verifier-workers must be >= 1 in a pipeline run"):
+        build_config({"input": "a", "output": "b", "rm_backend": "none", "verifier_workers": 0})

@@ -116,3 +116,15 @@ def test_crashed_worker_marks_its_row_error_and_work_continues():
 def test_invalid_verifier_config_names_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VerifierConfig(**kwargs)
+
+
+def test_a_worker_that_died_while_idle_is_replaced_without_blaming_a_row():
+    config = VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=20)
+    with VerifierPool(config) as idle_pool:
+        assert idle_pool.verify(["2"], ["\\boxed{2}"])[1] == ["ok"]
+        worker = idle_pool._workers[0]  # noqa: SLF001 - the test kills the real process
+        worker.process.kill()
+        worker.process.wait()
+        scores, statuses, _ = idle_pool.verify(["2", "3"], ["\\boxed{2}", "\\boxed{4}"])
+        assert (scores, statuses) == ([1.0, 0.0], ["ok", "ok"])
+        assert idle_pool.restarts == 1

@@ -48,8 +48,9 @@ _STARTUP_TIMEOUT_S = 180.0
 class VerifierConfig:
     """Settings of the verifier stage.
 
-    num_workers: worker processes (0 = run in the calling thread, which must be a main thread; None =
-    resolved where the stage runs: that host's cores divided by the engine's worker processes there).
+    num_workers: worker processes (None = resolved where the stage runs: that host's cores divided by
+    the engine's worker processes there; 0 = run in the calling thread, which must be a main thread, so
+    only for direct use of the pool, never in a pipeline run).
     timeout_s: math-verify's own per-parse / per-comparison timeout; whole seconds (it uses signal.alarm).
     hard_timeout_s: wall-clock limit per response, enforced by killing the worker.
     task_size: responses sent to a worker per message; larger amortizes IPC, smaller balances load.
@@ -323,13 +324,19 @@ class VerifierPool:
         worker.conn.close()
 
     def close(self):
+        """Stops every worker; waits for a verify() in progress on another thread to finish first.
+        A later verify() starts fresh workers."""
+        with self._lock:
+            self._shutdown(grace_s=5)
+
+    def _shutdown(self, grace_s: float):
         for worker in self._workers:
             try:
                 worker.conn.send(None)
             except (BrokenPipeError, OSError):
                 pass  # already gone: nothing to tell it
         for worker in self._workers:
-            self._stop(worker, grace_s=5)
+            self._stop(worker, grace_s=grace_s)
         self._workers = []
 
     def verify(self, references: list[str | None], responses: list[str]):
@@ -351,7 +358,13 @@ class VerifierPool:
                     scores[i], statuses[i], extracted[i] = result
         elif by_reference:
             with self._lock:
-                self._run_tasks(by_reference, responses, scores, statuses, extracted)
+                try:
+                    self._run_tasks(by_reference, responses, scores, statuses, extracted)
+                except BaseException:
+                    # Workers may still hold this call's tasks or unread answers; the next call must not
+                    # read them as its own, so it starts from fresh workers.
+                    self._shutdown(grace_s=0)
+                    raise
         return scores, statuses, extracted
 
     def _run_tasks(self, by_reference, responses, scores, statuses, extracted):
@@ -367,12 +380,21 @@ class VerifierPool:
         startup_failures = 0
         while remaining:
             for worker in self._workers:
+                if worker.ready and not worker.inflight and worker.process.poll() is not None:
+                    self._replace(worker, queue, statuses, VerifierStatus.ERROR)  # died idle: nothing to blame
+                    continue
                 while worker.ready and len(worker.inflight) < 2 and queue:
                     task = queue.popleft()
                     if not worker.inflight:
                         worker.last_progress = time.monotonic()
-                    worker.conn.send((task.task_id, task.reference, task.responses))
                     worker.inflight.append(task)
+                    try:
+                        worker.conn.send((task.task_id, task.reference, task.responses))
+                    except (BrokenPipeError, OSError):  # it died while idle or queued: replace it, keep its work
+                        worker.inflight.pop()
+                        queue.appendleft(task)
+                        remaining -= self._replace(worker, queue, statuses, VerifierStatus.ERROR)
+                        break
             now = time.monotonic()
             deadlines = [w.last_progress + (self.config.hard_timeout_s if w.ready else _STARTUP_TIMEOUT_S)
                          for w in self._workers if w.inflight or not w.ready]

@@ -21,7 +21,13 @@ import uuid
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    PipelineOptions,
+    PortableOptions,
+    StandardOptions,
+)
 from apache_beam.transforms.window import GlobalWindows
 
 from pipeline import progress
@@ -54,18 +60,8 @@ class ReadAndValidate(beam.DoFn):
         self.plan = plan
 
     def process(self, unit):
-        batches = unit.read(self.plan.config.batch_rows)
-        while True:
-            with timed(SINK, "read"):
-                batch = next(batches, None)
-            if batch is None:
-                return
-            offset, table = batch
-            SINK.count("read", table.num_rows)
-            with timed(SINK, "validate"):
-                valid, errors = self.plan.validate(unit.url, unit.file_index, offset, table)
+        for valid, errors in self.plan.read_and_validate(unit, SINK):
             if errors.num_rows:
-                SINK.count("errors", errors.num_rows)
                 yield beam.pvalue.TaggedOutput("errors", (unit.file_index, errors))
             if valid.num_rows:
                 yield valid
@@ -161,8 +157,7 @@ class SigmaMean(beam.CombineFn):
 
 
 def _sigma_partial(element):
-    with timed(SINK, "sigma"):
-        return bucket_sigma_partial(element[1])
+    return bucket_sigma_partial(element[1], SINK)
 
 
 class FuseAndWrite(beam.DoFn):
@@ -187,12 +182,21 @@ def is_remote(options: PipelineOptions) -> bool:
 
 
 def worker_context(options: PipelineOptions) -> WorkerContext:
-    """Local multi-process mode runs direct_num_workers SDK processes on this host; otherwise one per host
-    (remote runners: run one SDK process per VM with --experiments=no_use_multiple_sdk_containers)."""
-    direct = options.view_as(DirectOptions)
-    if not is_remote(options) and direct.direct_running_mode == "multi_processing":
-        return WorkerContext(processes_on_host=max(1, direct.direct_num_workers or 1))
-    return WorkerContext()
+    """How many SDK processes share a worker host, as far as the options tell; the cores are counted on
+    the worker itself. Local multi-process mode: direct_num_workers. Dataflow: one SDK process per vCPU
+    unless --experiments=no_use_multiple_sdk_containers (then one). Portable runners (Flink, Spark):
+    --sdk_worker_parallelism when set. Otherwise one."""
+    if not is_remote(options):
+        direct = options.view_as(DirectOptions)
+        if direct.direct_running_mode == "multi_processing":
+            return WorkerContext(processes_on_host=max(1, direct.direct_num_workers or 1))
+        return WorkerContext()
+    if str(options.view_as(StandardOptions).runner).split(".")[-1] == "DataflowRunner":
+        experiments = options.view_as(DebugOptions).experiments or []
+        single = "no_use_multiple_sdk_containers" in experiments
+        return WorkerContext(processes_on_host=1 if single else WorkerContext.ONE_PER_CORE)
+    parallelism = options.view_as(PortableOptions).sdk_worker_parallelism or 0
+    return WorkerContext(processes_on_host=parallelism if parallelism > 0 else 1)
 
 
 def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions):
@@ -206,7 +210,7 @@ def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions):
     )
     verified = batches.valid | "Verify" >> beam.ParDo(Verify(plan, worker_context(options)))
     score = beam.ParDo(Score(plan))
-    if is_remote(options) and ScoreStage(config.rm).resources.accelerator:
+    if is_remote(options) and plan.rm_needs_accelerator:
         verified = verified | "SeparateScoring" >> beam.Reshuffle()
         if config.engine.rm_accelerator != "none":
             score = score.with_resource_hints(accelerator=config.engine.rm_accelerator)
@@ -217,10 +221,8 @@ def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions):
         keyed = labelled | "Bucket" >> beam.ParDo(BucketInMemory(plan.num_shards))
     groups = keyed | "GroupByPrompt" >> beam.GroupByKey()
 
-    if config.rm.backend == "none":
-        sigma_bar = pipeline | "NoSigma" >> beam.Create([None])
-    elif config.hero.sigma_bar is not None:
-        sigma_bar = pipeline | "FixedSigma" >> beam.Create([float(config.hero.sigma_bar)])
+    if plan.sigma_mode != "job_mean":
+        sigma_bar = pipeline | "KnownSigma" >> beam.Create([plan.fixed_sigma_bar])
     else:
         sigma_bar = groups | "SigmaPartials" >> beam.Map(_sigma_partial) | "SigmaBar" >> beam.CombineGlobally(SigmaMean())
     written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), sigma_bar=beam.pvalue.AsSingleton(sigma_bar))

@@ -11,8 +11,10 @@ fuse-BUCKET task per shard and one errors-FILE task per input file with bad rows
 
 Scoring unit k overlaps verification of units k+1.. naturally (separate tasks on separate workers).
 At most `window` units are in flight, so memory stays flat whatever the input size; only spill-file
-paths come back to the client. A worker that dies loses only its running tasks, which the scheduler
-reruns; spill files have deterministic names and atomic writes, so a rerun rewrites them.
+paths come back to the client. A worker that dies loses its running tasks and the results it held,
+which the scheduler recomputes; spill files have deterministic names and atomic writes, so a rerun
+rewrites them. Spill files number units x buckets (each fuse task reads one per unit that had rows of
+its bucket).
 
 Resources are required through `client.submit(..., resources=...)`, never `dask.annotate` (annotations
 on dask DataFrame graphs are dropped by the query optimizer), and checked before anything is submitted:
@@ -35,6 +37,8 @@ from pipeline.outputs import fuse_and_write, spill_errors, write_errors
 from pipeline.plan import RunPlan, WorkUnit
 from pipeline.stages import WORKER_STAGES, CounterSink, ScoreStage, VerifyAhead, VerifyStage, WorkerContext, timed
 
+log = logging.getLogger(__name__)
+
 
 def _merge(*counters: dict) -> dict:
     total: Counter = Counter()
@@ -53,8 +57,10 @@ def _worker_address() -> str | None:
 
 
 def _context(verifying_per_host: dict[str, int]) -> WorkerContext:
-    address = _worker_address() or ""
-    host = address.split("://")[-1].rsplit(":", 1)[0]
+    from distributed.comm import get_address_host
+
+    address = _worker_address()
+    host = get_address_host(address) if address else ""
     return WorkerContext(processes_on_host=verifying_per_host.get(host, 1))
 
 
@@ -68,18 +74,8 @@ def verify_unit(plan: RunPlan, unit: WorkUnit, verifying_per_host: dict[str, int
     ahead = VerifyAhead(stage, plan.config.engine.verify_ahead)
     verified, errors = [], []
     try:
-        batches = unit.read(plan.config.batch_rows)
-        while True:
-            with timed(sink, "read"):
-                batch = next(batches, None)
-            if batch is None:
-                break
-            offset, table = batch
-            sink.count("read", table.num_rows)
-            with timed(sink, "validate"):
-                valid, bad = plan.validate(unit.url, unit.file_index, offset, table)
+        for valid, bad in plan.read_and_validate(unit, sink):
             if bad.num_rows:
-                sink.count("errors", bad.num_rows)
                 errors.append(bad)
             if valid.num_rows:
                 verified.extend(ahead.push(valid, sink))
@@ -119,9 +115,7 @@ def spill_unit(plan: RunPlan, scored: dict) -> dict:
 
 def sigma_task(parts: list[str]) -> tuple[tuple[float, int], dict]:
     sink = CounterSink()
-    with timed(sink, "sigma"):
-        partial = bucket_sigma_partial(parts)
-    return partial, sink.counts
+    return bucket_sigma_partial(parts, sink), sink.counts
 
 
 def fuse_task(plan: RunPlan, bucket: int, parts: list[str], sigma_bar: float | None) -> tuple[tuple[str, int], dict]:
@@ -141,6 +135,14 @@ def release_stages() -> None:
 # ---- client side ------------------------------------------------------------------------------------
 
 
+def _release_worker_stages(client) -> None:
+    """Closes the verifier pools and models of this job on every live worker, also after a failure."""
+    try:
+        client.run(release_stages)
+    except (OSError, TimeoutError) as exc:  # the cluster itself is gone: nothing left to release
+        log.warning("could not release worker stages: %s", exc)
+
+
 def _has_resources(worker: dict, required: dict[str, float]) -> bool:
     held = worker.get("resources") or {}
     return all(held.get(name, 0) >= amount for name, amount in required.items())
@@ -150,8 +152,9 @@ def _has_resources(worker: dict, required: dict[str, float]) -> bool:
 def _client(plan: RunPlan, required: dict[str, float] | None):
     """A Client on --dask-scheduler, or on a LocalCluster sized to this machine.
 
-    The LocalCluster has `dask_workers` CPU worker processes with 2 threads each (one verifies while
-    the other reads, validates or spills) and, when the RM needs an accelerator, one more worker with
+    The LocalCluster has `dask_workers` CPU worker processes with 2 threads each (two units in
+    progress per worker, so one unit's reading, validation and spilling overlap another's verification;
+    the verifier pool serves them in turn) and, when the RM needs an accelerator, one more worker with
     1 thread holding the RM resource (where the RM loads once and scores, device chosen there).
     """
     from distributed import Client, LocalCluster
@@ -185,11 +188,16 @@ class _Placement:
     """
 
     def __init__(self, client, required: dict[str, float] | None, refresh_s: float = 1.0):
+        from distributed.comm import get_address_host
+
         self.client = client
         self.required = required
         self.refresh_s = refresh_s
         self.refreshed = 0.0
         self.refresh()
+        # Fixed for the job: it is part of each worker's stage key, so changing it would start new pools.
+        verifying = self.cpu or list(self.workers)
+        self.per_host = dict(Counter(get_address_host(a) for a in verifying))
 
     def refresh(self):
         self.workers = self.client.scheduler_info(n_workers=-1)["workers"]
@@ -208,9 +216,6 @@ class _Placement:
     def prefer_cpu(self) -> dict:
         return {"workers": self.cpu, "allow_other_workers": True} if self.rm and self.cpu else {}
 
-    def verifying_per_host(self) -> dict[str, int]:
-        verifying = self.cpu or list(self.workers)
-        return dict(Counter(self.workers[a]["host"] for a in verifying))
 
     def stranded(self, restrictions: dict) -> bool:
         """True when every worker a task was restricted to is gone (it would wait forever)."""
@@ -218,97 +223,129 @@ class _Placement:
         return bool(allowed) and not set(allowed) & set(self.workers)
 
 
+class _Job:
+    """One run on a connected client: label every unit (bounded window), then sigma_bar, then shards."""
+
+    def __init__(self, plan: RunPlan, client, where: _Placement, required: dict[str, float] | None):
+        self.plan = plan
+        self.client = client
+        self.where = where
+        self.required = required
+        self.run_id = uuid.uuid4().hex[:8]
+        self.plan_future = client.scatter(plan, broadcast=True, hash=False)
+        self.attempts: Counter = Counter()
+        self.counts: Counter = Counter()
+        self.placement: dict[str, Counter] = defaultdict(Counter)
+        self.bucket_parts: dict[int, list[str]] = defaultdict(list)
+        self.error_parts: dict[int, list[str]] = defaultdict(list)
+
+    def submit_unit(self, unit: WorkUnit) -> dict:
+        """The unit's verify -> score -> spill chain; returns its futures and where verify may run."""
+        self.attempts[unit.name] += 1
+        suffix = f"{unit.name}-{self.run_id}-{self.attempts[unit.name]}"
+        restrictions = self.where.verify_restrictions()
+        verified = self.client.submit(verify_unit, self.plan_future, unit, self.where.per_host,
+                                      key=f"verify-{suffix}", pure=False, **restrictions)
+        scored = self.client.submit(score_unit, self.plan_future, verified, key=f"score-{suffix}", pure=False,
+                                    resources=self.required)
+        spilled = self.client.submit(spill_unit, self.plan_future, scored, key=f"spill-{suffix}", pure=False,
+                                     **self.where.prefer_cpu())
+        return {"unit": unit, "futures": (verified, scored, spilled), "restrictions": restrictions}
+
+    def collect(self, result: dict) -> None:
+        """Records a finished unit: its spill files, error file, counters and where each stage ran."""
+        for bucket, url in result["buckets"].items():
+            self.bucket_parts[bucket].append(url)
+        if result["errors_url"]:
+            self.error_parts[result["unit"].file_index].append(result["errors_url"])
+        self.counts.update(result["counts"])
+        for name in ("read", "verified", "scored", "errors"):
+            progress.add(name, result["counts"].get(name, 0))
+        for stage, address in result["workers"].items():
+            self.placement[stage][address] += 1
+
+    def label_units(self, window: int) -> None:
+        """Keeps `window` units in flight until every unit is spilled; re-places units whose verifying
+        workers all died; fails when no worker holding the RM resource is left."""
+        from distributed import wait
+
+        units = iter(self.plan.units)
+        chains = [self.submit_unit(u) for u in islice(units, window)]
+        pending = {chain["futures"][2]: chain for chain in chains}
+        while pending:
+            try:
+                done = wait(list(pending), timeout=self.where.refresh_s, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                done = set()
+            for future in done:
+                pending.pop(future)
+                self.collect(future.result())
+                following = next(units, None)
+                if following is not None:
+                    chain = self.submit_unit(following)
+                    pending[chain["futures"][2]] = chain
+            self.where.maybe_refresh()
+            if self.required and not self.where.rm:
+                raise RuntimeError(f"every worker holding {self.plan.config.engine.dask_resource} (--dask-resource) "
+                                   "left the cluster; the remaining reward-model tasks cannot run anywhere")
+            for future, chain in list(pending.items()):
+                if self.where.stranded(chain["restrictions"]):  # its CPU workers died: place it again
+                    self.client.cancel(list(chain["futures"]))
+                    del pending[future]
+                    chain = self.submit_unit(chain["unit"])
+                    pending[chain["futures"][2]] = chain
+
+    def sigma_bar(self) -> float | None:
+        if self.plan.sigma_mode != "job_mean":
+            return self.plan.fixed_sigma_bar
+        partials = self.client.gather([
+            self.client.submit(sigma_task, parts, key=f"sigma-{b:05d}-{self.run_id}", pure=False,
+                               **self.where.prefer_cpu())
+            for b, parts in sorted(self.bucket_parts.items())])
+        self.counts.update(_merge(*(c for _, c in partials)))
+        return sigma_bar_from_partials(p for p, _ in partials)
+
+    def write(self, sigma_bar: float | None) -> None:
+        """One fuse-and-write task per shard, one errors task per input file with bad rows."""
+        submit, prefer = self.client.submit, self.where.prefer_cpu()
+        fused = [submit(fuse_task, self.plan_future, b, parts, sigma_bar, key=f"fuse-{b:05d}-{self.run_id}",
+                        pure=False, **prefer) for b, parts in sorted(self.bucket_parts.items())]
+        errors = [submit(errors_task, self.plan_future, f, parts, key=f"errors-{f:05d}-{self.run_id}", pure=False,
+                         **prefer) for f, parts in sorted(self.error_parts.items())]
+        for (_, rows), written_counts in self.client.gather(fused):
+            self.counts.update(written_counts)
+            progress.add("written", rows)
+        self.client.gather(errors)
+
+
+def _check_cluster(plan: RunPlan, where: _Placement, required: dict[str, float] | None) -> None:
+    """Fails before anything is submitted when no worker could run a stage (it would wait forever)."""
+    engine = plan.config.engine
+    if not where.workers:
+        raise ConfigError(f"--dask-scheduler {engine.dask_scheduler}: the scheduler has no workers")
+    if required and not where.rm:
+        seen = {a: w.get("resources") or {} for a, w in where.workers.items()}
+        raise ConfigError(
+            f"--dask-resource {engine.dask_resource}: no worker of the cluster holds it (workers and their "
+            f"resources: {seen}); start GPU workers with `dask worker ADDRESS --resources {engine.dask_resource}` "
+            "or name the resource they have with --dask-resource")
+
+
 def run(plan: RunPlan, show_progress: bool) -> dict:
     """Runs the job on Dask; returns counters, per-stage worker placement and wall time."""
-    from distributed import wait
-
-    config = plan.config
-    needs_accelerator = ScoreStage(config.rm).resources.accelerator
-    required = config.engine.resource_requirement() if needs_accelerator else None
+    required = plan.config.engine.resource_requirement() if plan.rm_needs_accelerator else None
     started = time.monotonic()
     with _client(plan, required) as client:
-        where = _Placement(client, required)
-        if not where.workers:
-            raise ConfigError(f"--dask-scheduler {config.engine.dask_scheduler}: the scheduler has no workers")
-        if required and not where.rm:
-            seen = {a: w.get("resources") or {} for a, w in where.workers.items()}
-            raise ConfigError(
-                f"--dask-resource {config.engine.dask_resource}: no worker of the cluster holds it (workers and "
-                f"their resources: {seen}); start GPU workers with `dask worker ADDRESS --resources "
-                f"{config.engine.dask_resource}` or name the resource they have with --dask-resource")
-        threads = sum(where.workers[a]["nthreads"] for a in (where.cpu or where.workers))
-        window = max(4, 2 * threads)
-        run_id = uuid.uuid4().hex[:8]
-        plan_future = client.scatter(plan, broadcast=True, hash=False)
-        attempts: Counter = Counter()
-
-        def submit(unit: WorkUnit) -> dict:
-            """The unit's verify -> score -> spill chain; returns its futures and where verify may run."""
-            attempts[unit.name] += 1
-            suffix = f"{unit.name}-{run_id}-{attempts[unit.name]}"
-            restrictions = where.verify_restrictions()
-            verified = client.submit(verify_unit, plan_future, unit, where.verifying_per_host(), key=f"verify-{suffix}",
-                                     pure=False, **restrictions)
-            scored = client.submit(score_unit, plan_future, verified, key=f"score-{suffix}", pure=False,
-                                   resources=required)
-            spilled = client.submit(spill_unit, plan_future, scored, key=f"spill-{suffix}", pure=False,
-                                    **where.prefer_cpu())
-            return {"unit": unit, "futures": (verified, scored, spilled), "restrictions": restrictions}
-
-        counts: Counter = Counter()
-        placement: dict[str, Counter] = defaultdict(Counter)
-        bucket_parts: dict[int, list[str]] = defaultdict(list)
-        error_parts: dict[int, list[str]] = defaultdict(list)
-        units = iter(plan.units)
-        with progress.ProgressDisplay(plan.input_rows, enabled=show_progress):
-            pending = {chain["futures"][2]: chain for chain in map(submit, islice(units, window))}
-            while pending:
-                try:
-                    done = wait(list(pending), timeout=where.refresh_s, return_when="FIRST_COMPLETED").done
-                except TimeoutError:
-                    done = set()
-                for future in done:
-                    pending.pop(future)
-                    result = future.result()
-                    for bucket, url in result["buckets"].items():
-                        bucket_parts[bucket].append(url)
-                    if result["errors_url"]:
-                        error_parts[result["unit"].file_index].append(result["errors_url"])
-                    counts.update(result["counts"])
-                    for name in ("read", "verified", "scored", "errors"):
-                        progress.add(name, result["counts"].get(name, 0))
-                    for stage, address in result["workers"].items():
-                        placement[stage][address] += 1
-                    following = next(units, None)
-                    if following is not None:
-                        chain = submit(following)
-                        pending[chain["futures"][2]] = chain
-                where.maybe_refresh()
-                for future, chain in list(pending.items()):
-                    if where.stranded(chain["restrictions"]):  # its CPU workers died: place it again
-                        client.cancel(list(chain["futures"]))
-                        del pending[future]
-                        chain = submit(chain["unit"])
-                        pending[chain["futures"][2]] = chain
-
-            sigma_bar = None
-            if config.rm.backend != "none":
-                sigma_bar = config.hero.sigma_bar
-                if sigma_bar is None:
-                    partials = client.gather([client.submit(sigma_task, parts, key=f"sigma-{b:05d}-{run_id}",
-                                                            pure=False, **where.prefer_cpu())
-                                              for b, parts in sorted(bucket_parts.items())])
-                    sigma_bar = sigma_bar_from_partials(p for p, _ in partials)
-                    counts.update(_merge(*(c for _, c in partials)))
-            fused = [client.submit(fuse_task, plan_future, b, parts, sigma_bar, key=f"fuse-{b:05d}-{run_id}",
-                                   pure=False, **where.prefer_cpu()) for b, parts in sorted(bucket_parts.items())]
-            errors = [client.submit(errors_task, plan_future, f, parts, key=f"errors-{f:05d}-{run_id}", pure=False,
-                                    **where.prefer_cpu()) for f, parts in sorted(error_parts.items())]
-            for (_, rows), written_counts in client.gather(fused):
-                counts.update(written_counts)
-                progress.add("written", rows)
-            client.gather(errors)
-        client.run(release_stages)
-    return {"name": "dask", "counters": dict(counts), "wall_s": time.monotonic() - started,
-            "workers": len(where.workers), "resubmitted_units": sum(attempts.values()) - len(attempts),
-            "placement": {stage: dict(c) for stage, c in placement.items()}}
+        try:
+            where = _Placement(client, required)
+            _check_cluster(plan, where, required)
+            job = _Job(plan, client, where, required)
+            threads = sum(where.workers[a]["nthreads"] for a in (where.cpu or where.workers))
+            with progress.ProgressDisplay(plan.input_rows, enabled=show_progress):
+                job.label_units(window=max(4, 2 * threads))
+                job.write(job.sigma_bar())
+        finally:
+            _release_worker_stages(client)
+    return {"name": "dask", "counters": dict(job.counts), "wall_s": time.monotonic() - started,
+            "workers": len(where.workers), "resubmitted_units": sum(job.attempts.values()) - len(job.attempts),
+            "placement": {stage: dict(c) for stage, c in job.placement.items()}}
