@@ -195,7 +195,7 @@ def worker_context(options: PipelineOptions) -> WorkerContext:
         experiments = options.view_as(DebugOptions).experiments or []
         single = "no_use_multiple_sdk_containers" in experiments
         return WorkerContext(processes_on_host=1 if single else WorkerContext.ONE_PER_CORE)
-    parallelism = options.view_as(PortableOptions).sdk_worker_parallelism or 0
+    parallelism = int(options.view_as(PortableOptions).sdk_worker_parallelism or 0)  # Beam parses it as text
     return WorkerContext(processes_on_host=parallelism if parallelism > 0 else 1)
 
 
