@@ -68,10 +68,10 @@ def sample_peak_rss(process: psutil.Process, stop: threading.Event, result: dict
     result.update(peak_driver_rss_mb=round(peak_driver / 2**20, 1), peak_rss_mb=round(peak_tree / 2**20, 1))
 
 
-def run_pipeline(input_dir: str, output_dir: str, engine: str, workers: int) -> tuple[float, dict, dict]:
+def run_pipeline(input_dir: str, output_dir: str, engine: str, workers: int, extra: list[str]) -> tuple[float, dict, dict]:
     command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", input_dir, "--output", output_dir,
                "--rm-backend", "precomputed", "--rm-score-column", "bench_rm_score", "--progress", "off",
-               "--engine", engine, "--verifier-workers", str(workers), "--overwrite"]
+               "--engine", engine, "--verifier-workers", str(workers), "--overwrite", *extra]
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     memory: dict = {}
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--baseline-rows", type=int, default=20_000,
                         help="judge only the first N rows in the baseline (default 20000; 0 = all rows)")
     parser.add_argument("--workdir", default=None, help="keep inputs/outputs here (default: a temporary directory)")
-    args = parser.parse_args()
+    args, extra = parser.parse_known_args()  # anything else goes to run_pipeline.py (e.g. --batch-rows 4096)
     worker_counts = [int(w) for w in args.workers.split(",")]
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="herolabel-bench-")
@@ -128,7 +128,7 @@ def main() -> None:
         write_inputs(input_dir, args.rows, args.per_prompt)
         runs = []
         for workers in worker_counts:
-            wall, memory, manifest = run_pipeline(input_dir, output_dir, args.engine, workers)
+            wall, memory, manifest = run_pipeline(input_dir, output_dir, args.engine, workers, extra)
             counters = manifest["engine"]["counters"]
             runs.append({"verifier_workers": workers, "wall_s": round(wall, 2), "rows_per_s": round(args.rows / wall, 1),
                          "stage_s": {k[:-3]: round(v / 1000, 2) for k, v in counters.items() if k.endswith("_ms")},
@@ -146,6 +146,7 @@ def main() -> None:
     best = max(r["rows_per_s"] for r in runs)
     print(json.dumps({
         "engine": args.engine,
+        "pipeline_flags": extra,
         "rows": args.rows,
         "runs": runs,
         "scaling": round(runs[-1]["rows_per_s"] / runs[0]["rows_per_s"], 3),

@@ -93,7 +93,7 @@ class PipelineConfig:
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     hero: HeroConfig = field(default_factory=HeroConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    batch_rows: int = 1024
+    batch_rows: int = 4096
     rows_per_shard: int = 50_000
     shuffle: str = "files"
     overwrite: bool = False
