@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Does the reward model wait for the verifier? Wall time and the scorer's waiting share, overlap on and off.
 
-    python benchmarks/overlap.py [--rows 4000] [--engines beam,dask]
+    python benchmarks/overlap.py [--rows 8000] [--batch-rows 500] [--engines beam,dask]
 
-Generates the demo's synthetic rollouts and its tiny random reward model (offline), then labels them with
-1 torch thread (OMP_NUM_THREADS=1) and 1 verifier process, so verification and scoring each have one
-core of their own when they overlap:
+Generates the demo's synthetic rollouts (row groups of 2 x --batch-rows rows, so there are many batches
+and Dask units to overlap) and its tiny random reward model (offline), then labels them with 1 torch
+thread (OMP_NUM_THREADS=1) and 1 verifier process, so verification and scoring each have one core of
+their own when they overlap:
 - beam, --verify-ahead 2 (overlap on: batch k+1.. verified while batch k is scored) and --verify-ahead 0
   (off: verify, then score, in turn). waited_fraction = score_wait / (score_wait + score), from the
   engine's counters: the share of the scoring loop spent waiting for a verified batch.
@@ -26,16 +27,18 @@ import sys
 import tempfile
 import time
 
+import pyarrow.parquet as pq
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from pipeline.demo import build_tiny_reward_model, write_synthetic_rollouts  # noqa: E402
 
 
-def label(input_path: str, model: str, output: str, engine: str, verify_ahead: int) -> dict:
+def label(input_path: str, model: str, output: str, engine: str, verify_ahead: int, batch_rows: int) -> dict:
     command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", input_path, "--output", output,
                "--rm-model", model, "--verifier-workers", "1", "--engine", engine, "--verify-ahead", str(verify_ahead),
-               "--progress", "off", "--overwrite"]
+               "--batch-rows", str(batch_rows), "--progress", "off", "--overwrite"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     started = time.perf_counter()
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -58,7 +61,8 @@ def label(input_path: str, model: str, output: str, engine: str, verify_ahead: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=4000)
+    parser.add_argument("--rows", type=int, default=8000)
+    parser.add_argument("--batch-rows", type=int, default=500)
     parser.add_argument("--engines", default="beam,dask")
     parser.add_argument("--workdir", default=None, help="keep inputs/outputs here (default: a temporary directory)")
     args = parser.parse_args()
@@ -66,11 +70,13 @@ def main() -> None:
     try:
         rollouts = os.path.join(workdir, "rollouts.parquet")
         write_synthetic_rollouts(rollouts, args.rows, seed=7)
+        pq.write_table(pq.read_table(rollouts), rollouts, row_group_size=2 * args.batch_rows)
         model = build_tiny_reward_model(os.path.join(workdir, "tiny_rm"))
         results = []
         for engine in args.engines.split(","):
             for verify_ahead in ((2, 0) if engine == "beam" else (2,)):
-                results.append(label(rollouts, model, os.path.join(workdir, "out"), engine, verify_ahead))
+                results.append(label(rollouts, model, os.path.join(workdir, "out"), engine, verify_ahead,
+                                     args.batch_rows))
                 print(json.dumps(results[-1]), flush=True)
     finally:
         if not args.workdir:
