@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     args, beam_args = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # Beam warns on import that optional GCP clients are absent
+        handler.addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
     from pipeline.io import InputError
     from schemas.rollouts import SchemaError
 
