@@ -168,6 +168,8 @@ def _client(plan: RunPlan, required: dict[str, float] | None):
         with Client(engine.dask_scheduler, timeout="60s") as client:
             yield client
         return
+    if not log.isEnabledFor(logging.INFO):  # distributed logs its start-up at INFO through its own handler
+        logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = LocalCluster(n_workers=engine.dask_workers, threads_per_worker=2, processes=False,
                            dashboard_address=None, silence_logs=logging.WARNING)
     try:
