@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # Beam warns on import that optional GCP clients are absent
         handler.addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
     from pipeline.io import InputError
+    from pipeline.outputs import RunFailed
     from schemas.rollouts import SchemaError
 
     try:
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError, SchemaError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # the output is written, and its manifest says "failed"
+        print(f"run failed: {exc}", file=sys.stderr)
+        return 1
     _print_summary(manifest, config.output)
     if args.demo:
         _print_sample(manifest["data_files"][0])

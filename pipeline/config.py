@@ -13,7 +13,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from transforms.checks import is_whole
+from transforms.checks import is_finite_number, is_whole
 from transforms.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
 from transforms.reward_models import DEVICES, DTYPES, TRUNCATION_SIDES, RewardModelConfig, backend_names
 from transforms.verifier import VerifierConfig
@@ -84,6 +84,9 @@ class PipelineConfig:
     shuffle: "files" spills labelled rows to Parquet under OUTPUT/_shuffle and groups file references
     (flat memory on every engine); "engine" sends the Arrow batches through Beam's own shuffle (the
     better choice on Dataflow/Flink/Spark, whose shuffle spills to disk itself; Dask always spills).
+    max_error_rate: the run fails (manifest status "failed", non-zero exit, everything still written)
+    when more than this fraction of input rows went to errors/ or came out with verifier status timeout,
+    error or bad_reference or RM status error. no_reference is a choice of the data, not an error.
     beam_args: flags passed to Beam unchanged (--runner, --project, --temp_location, ...).
     """
 
@@ -98,6 +101,7 @@ class PipelineConfig:
     shuffle: str = "files"
     overwrite: bool = False
     progress: str = "auto"
+    max_error_rate: float = 0.01
     beam_args: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -112,6 +116,8 @@ class PipelineConfig:
             raise ValueError(f"pipeline.shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}")
         if self.progress not in PROGRESS_MODES:
             raise ValueError(f"pipeline.progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
+        if not (is_finite_number(self.max_error_rate) and 0 <= self.max_error_rate <= 1):
+            raise ValueError(f"pipeline.max_error_rate must be a number in [0, 1], got {self.max_error_rate!r}")
         if self.verifier.num_workers == 0:
             raise ValueError("verifier.num_workers must be >= 1 in a pipeline run (0 runs math-verify in the calling "
                              "thread, whose signal-based timeouts only work in a main thread; engines verify in "
@@ -174,6 +180,9 @@ OPTIONS: tuple[Option, ...] = (
            "`engine`: Beam's own shuffle (use on Dataflow/Flink/Spark)", choices=SHUFFLE_MODES),
     Option("progress", "pipeline", "progress", "live counters on stderr (`auto`: when stderr is a terminal)",
            choices=PROGRESS_MODES),
+    Option("max_error_rate", "pipeline", "max_error_rate", "error budget: the run fails (manifest `failed`, exit 1, "
+           "everything written) when more than this fraction of input rows went to errors/ or has verifier status "
+           "`timeout`/`error`/`bad_reference` or RM status `error`", type=float),
     Option("rm_backend", "rm", "backend", "reward-model backend (`transformers` with --rm-model, `precomputed` "
            "with --rm-score-column, `none`: verifier only)", choices=backend_names(), default_text="inferred",
            group=_RM),
@@ -297,5 +306,23 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
         raise ConfigError(name_options(str(exc))) from exc
 
 
+def write_readme_table(path: str) -> None:
+    """Replaces the table between the README's option markers with options_markdown()."""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    pattern = r"(<!-- options:begin -->\n).*?(\n<!-- options:end -->)"
+    if not re.search(pattern, text, re.S):
+        raise SystemExit(f"{path} has no <!-- options:begin --> / <!-- options:end --> markers")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(re.sub(pattern, lambda m: m.group(1) + options_markdown() + m.group(2), text, flags=re.S))
+
+
 if __name__ == "__main__":
-    print(options_markdown())
+    import sys
+
+    # python -m pipeline.config            prints the table
+    # python -m pipeline.config README.md  rewrites it in place
+    if len(sys.argv) > 1:
+        write_readme_table(sys.argv[1])
+    else:
+        print(options_markdown())

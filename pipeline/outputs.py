@@ -17,6 +17,7 @@ from typing import Iterable
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import io
@@ -24,14 +25,44 @@ from pipeline.buckets import load_parts
 from pipeline.config import PipelineConfig
 from pipeline.plan import RunPlan
 from pipeline.stages import MetricsSink, timed
-from schemas.rollouts import ORDER, STATUS_VOCABULARIES
+from schemas.rollouts import ORDER, STATUS_VOCABULARIES, RmStatus, VerifierStatus
 from transforms.hero import fuse
 
 RUN_ENTRIES = ("data", "errors", "_shuffle", "manifest.json")
 
 
-class AccountingError(RuntimeError):
+class RunFailed(RuntimeError):
+    """The run finished but must not be used; manifest.json (status "failed") says why."""
+
+
+class AccountingError(RunFailed):
     """Rows went missing or were duplicated: input_rows != output_rows + error_rows."""
+
+
+class ErrorBudgetExceeded(RunFailed):
+    """More input rows failed than --max-error-rate allows."""
+
+
+# Row outcomes that count against the error budget (no_reference is the data's choice, not a failure).
+BUDGET_STATUSES = {
+    "verifier_status": (VerifierStatus.TIMEOUT, VerifierStatus.ERROR, VerifierStatus.BAD_REFERENCE),
+    "rm_status": (RmStatus.ERROR,),
+}
+
+
+def error_budget(plan: RunPlan, summary: dict) -> dict:
+    """How many input rows failed (errors/ rows + failed statuses), the rate, and the dominant reasons."""
+    reasons = Counter(summary["error_reasons_all"])
+    for column, statuses in BUDGET_STATUSES.items():
+        for status in statuses:
+            count = summary["status_counts"][column].get(status, 0)
+            if count:
+                reasons[f"{column}: {status}"] += count
+    # A row with both a failed verifier status and a failed RM status counts once.
+    failed = summary["error_rows"] + summary["budget_rows"]
+    rate = failed / plan.input_rows if plan.input_rows else 0.0
+    return {"max_error_rate": plan.config.max_error_rate, "failed_rows": failed, "error_rate": round(rate, 6),
+            "exceeded": rate > plan.config.max_error_rate, "dominant_reasons": dict(reasons.most_common(5))}
 
 
 def prepare_output(config: PipelineConfig) -> None:
@@ -94,7 +125,7 @@ def summarize_output(output: str) -> dict:
     data_files = _parquet_files(fs, f"{path}/data")
     error_files = _parquet_files(fs, f"{path}/errors")
     statuses = {name: Counter() for name in STATUS_VOCABULARIES}
-    output_rows = 0
+    output_rows = budget_rows = 0
     for file in data_files:
         with fs.open(file, "rb") as handle:
             table = pq.read_table(handle, columns=list(statuses))
@@ -102,6 +133,11 @@ def summarize_output(output: str) -> dict:
         for name in statuses:
             for entry in table.column(name).value_counts().to_pylist():
                 statuses[name][entry["values"]] += entry["counts"]
+        failed = None
+        for name, values in BUDGET_STATUSES.items():
+            hit = pc.is_in(table.column(name), value_set=pa.array(values))
+            failed = hit if failed is None else pc.or_(failed, hit)
+        budget_rows += pc.sum(pc.cast(pc.fill_null(failed, False), pa.int64())).as_py() or 0
     error_rows, reasons = 0, Counter()
     for file in error_files:
         with fs.open(file, "rb") as handle:
@@ -120,26 +156,44 @@ def summarize_output(output: str) -> dict:
         "sigma_bar": sigma_bar,
         "status_counts": {name: dict(sorted(c.items(), key=lambda kv: str(kv[0]))) for name, c in statuses.items()},
         "error_reasons": dict(reasons.most_common(20)),
+        "error_reasons_all": dict(reasons),
+        "budget_rows": budget_rows,
         "data_files": [io.as_url(fs, f, output) for f in data_files],
         "error_files": [io.as_url(fs, f, output) for f in error_files],
     }
 
 
 def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
-    """Reads the output back, removes spill files, writes manifest.json (atomically) and returns it.
+    """Reads the output back, removes spill files, writes manifest.json last (atomically) and returns it.
 
-    Raises AccountingError (after writing the manifest) if any input row is neither in data nor errors;
-    a status outside the vocabularies in schemas/ raises before the manifest is written.
+    The manifest's status is "complete", or "failed" with the reason; for a failed run this raises
+    AccountingError (an input row is neither in data nor errors) or ErrorBudgetExceeded after writing
+    it. A status outside the vocabularies in schemas/ raises before the manifest is written.
     """
     config = plan.config
     summary = summarize_output(config.output)
     fs, path = fsspec.core.url_to_fs(config.output)
     if fs.exists(f"{path}/_shuffle"):
         fs.rm(f"{path}/_shuffle", recursive=True)
+    accounted = plan.input_rows == summary["output_rows"] + summary["error_rows"]
+    budget = error_budget(plan, summary)
+    failure = None
+    if not accounted:
+        failure = AccountingError(f"input_rows {plan.input_rows} != output_rows {summary['output_rows']} + "
+                                  f"error_rows {summary['error_rows']}; see {config.output}/manifest.json")
+    elif budget["exceeded"]:
+        reasons = "; ".join(f"{reason} ({count})" for reason, count in budget["dominant_reasons"].items())
+        failure = ErrorBudgetExceeded(
+            f"{budget['failed_rows']} of {plan.input_rows} input rows failed ({budget['error_rate']:.2%}), more than "
+            f"--max-error-rate {plan.config.max_error_rate} allows; everything is written under {config.output} "
+            f"(data/, errors/, manifest.json). Most common: {reasons}")
     manifest = {
+        "status": "failed" if failure else "complete",
+        "failure": str(failure) if failure else None,
         "input_rows": plan.input_rows,
         **{k: summary[k] for k in ("output_rows", "error_rows", "sigma_bar")},
-        "accounted": plan.input_rows == summary["output_rows"] + summary["error_rows"],
+        "accounted": accounted,
+        "error_budget": budget,
         "sigma_bar_source": {"none": "none (rm backend none)", "fixed": "fixed",
                              "job_mean": "mean of sigma_u over the job's groups"}[plan.sigma_mode],
         **{k: summary[k] for k in ("status_counts", "error_reasons")},
@@ -156,7 +210,6 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
     with fs.open(f"{path}/.manifest.json.tmp", "w") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=False, default=str)
     fs.mv(f"{path}/.manifest.json.tmp", f"{path}/manifest.json")
-    if not manifest["accounted"]:
-        raise AccountingError(f"input_rows {plan.input_rows} != output_rows {summary['output_rows']} + "
-                              f"error_rows {summary['error_rows']}; see {config.output}/manifest.json")
+    if failure is not None:
+        raise failure
     return manifest

@@ -22,3 +22,10 @@ def dies_on_marker(gold, response, timeout_s):
     if "CRASH" in response:
         os._exit(3)
     return judge_response(gold, response, timeout_s)
+
+
+def errors_on_marker(gold, response, timeout_s):
+    """Real math-verify, except a response containing ERRMARK is reported as a verifier error."""
+    if "ERRMARK" in response:
+        return None, "error", None
+    return judge_response(gold, response, timeout_s)

@@ -200,7 +200,7 @@ def test_readme_option_table_is_generated_from_the_declarations():
     readme = (REPO / "README.md").read_text()
     match = re.search(r"<!-- options:begin -->\n(.*?)\n<!-- options:end -->", readme, re.S)
     assert match, "README.md lacks the generated option table markers"
-    assert match.group(1) == options_markdown(), "regenerate it: python -m pipeline.config"
+    assert match.group(1) == options_markdown(), "regenerate it: python -m pipeline.config README.md"
 
 
 def test_every_option_reaches_the_command_line():

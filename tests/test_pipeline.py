@@ -103,7 +103,8 @@ def test_bad_rows_land_in_errors_and_the_manifest_adds_up(tmp_path, engine):
                            "reference": ["7", "7"]})
     pq.write_table(wrong_type, inputs / "c_wrong_type.parquet")
 
-    manifest = label(inputs, tmp_path / "out", rm_backend="none", engine=engine)
+    # 4 of 66 rows is over the default 1 % error budget; this test is about where bad rows go.
+    manifest = label(inputs, tmp_path / "out", rm_backend="none", engine=engine, max_error_rate=0.1)
     assert manifest["input_rows"] == 66
     assert (manifest["output_rows"], manifest["error_rows"]) == (62, 4)
     assert manifest["accounted"] is True
@@ -191,7 +192,8 @@ def test_every_input_row_is_accounted_for(tmp_path_factory, num_rows, per_prompt
     base = tmp_path_factory.mktemp("accounting")
     write_synthetic_rollouts(str(base / "in"), num_rows, rows_per_file=7, responses_per_prompt=per_prompt,
                              bad_rows=bad, seed=num_rows)
-    manifest = label(base / "in", base / "out", rm_score_column="sample_index", rows_per_shard=shard_rows)
+    manifest = label(base / "in", base / "out", rm_score_column="sample_index", rows_per_shard=shard_rows,
+                     max_error_rate=1.0)  # any share of bad rows: this property is about accounting
     assert manifest["error_rows"] == min(bad, num_rows)
     assert manifest["input_rows"] == num_rows == manifest["output_rows"] + manifest["error_rows"]
     assert (base / "out" / "data").is_dir()
@@ -219,3 +221,55 @@ def test_fsspec_urls_for_input_and_output():
     assert out.num_rows == 24 and out.column("hero_status").to_pylist() == ["ok"] * 24
     assert not fs.exists("/herolabel-test/out/_shuffle")
     fs.rm("/herolabel-test", recursive=True)
+
+
+@pytest.mark.parametrize("engine", ["beam", "dask"])
+def test_a_run_over_its_error_budget_writes_everything_and_fails(tmp_path, engine):
+    """60 % broken rows: the run still writes data + errors, marks the manifest failed and exits 1."""
+    rows = synthetic_rollouts(50, seed=12).to_pylist()
+    for i in range(30):
+        rows[i]["response"] = None
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    command = [sys.executable, "run_pipeline.py", "--input", str(tmp_path / "in.parquet"), "--output",
+               str(tmp_path / "out"), "--rm-score-column", "sample_index", "--engine", engine, "--progress", "off"]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 1, finished.stderr[-2000:]
+    assert "30 of 50 input rows failed (60.00%), more than --max-error-rate 0.01" in finished.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "--max-error-rate" in manifest["failure"]
+    assert (manifest["output_rows"], manifest["error_rows"]) == (20, 30)
+    assert manifest["error_budget"]["dominant_reasons"] == {"validate: response is null": 30}
+    assert pq.read_table(tmp_path / "out" / "data").num_rows + pq.read_table(tmp_path / "out" / "errors").num_rows == 50
+    # The same input within a budget that allows it completes.
+    finished = subprocess.run(command + ["--max-error-rate", "0.6", "--overwrite"], cwd=REPO, capture_output=True,
+                              text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_failed_verdicts_count_against_the_budget_but_missing_references_do_not(tmp_path):
+    import dataclasses
+
+    from transforms.verifier import VerifierConfig
+
+    rows = synthetic_rollouts(40, seed=13).to_pylist()
+    for i in range(0, 40, 10):
+        rows[i]["response"] += " ERRMARK"  # the test judge reports these 4 as verifier errors
+    for i in range(1, 40, 10):
+        rows[i]["reference"] = None  # 4 rows without a reference: no_reference, not a failure
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
+    config = build_config({"input": str(tmp_path / "in.parquet"), "output": str(tmp_path / "out"),
+                           "rm_score_column": "sample_index", "verifier_workers": 1, "max_error_rate": 0.05})
+    config = dataclasses.replace(config, verifier=dataclasses.replace(
+        config.verifier, judge="judges:errors_on_marker"))
+    from pipeline.outputs import ErrorBudgetExceeded
+
+    with pytest.raises(ErrorBudgetExceeded, match="4 of 40 input rows failed"):
+        run(config, show_progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error_rows"] == 0
+    assert manifest["status_counts"]["verifier_status"]["error"] == 4
+    assert manifest["status_counts"]["verifier_status"]["no_reference"] == 4
+    assert manifest["error_budget"]["dominant_reasons"] == {"verifier_status: error": 4}
+    again = run(dataclasses.replace(config, max_error_rate=0.1, overwrite=True), show_progress=False)
+    assert again["status"] == "complete" and again["error_budget"]["failed_rows"] == 4
