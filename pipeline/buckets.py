@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline import io
 from pipeline.stages import MetricsSink, timed
-from schemas.rollouts import ORDER, PROMPT_ID, bucket_of
+from schemas.rollouts import ORDER, PROMPT_ID, SAMPLE_INDEX, bucket_of, split_duplicates
 from transforms.hero import sigma_partial
 
 
@@ -104,15 +104,18 @@ def load_parts(parts: Iterable, columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables([t.select(columns) if columns else t for t in parts])
 
 
-def bucket_sigma_partial(parts: Iterable, sink: MetricsSink) -> tuple[float, int]:
-    """(sum of sigma_u, groups) of one bucket; reads only the columns sigma needs.
+def bucket_sigma_partial(parts: Iterable, sink: MetricsSink, has_sample_index: bool) -> tuple[float, int]:
+    """(sum of sigma_u, groups) of one bucket, over the rows fusion will keep (later copies of a
+    (prompt_id, sample_index) dropped); reads only the columns sigma needs.
 
     With spill files this reads each bucket's rm_score column once more before fusion reads the whole
     bucket: sigma_bar must be complete before any shard is fused, and holding buckets until then would
     make memory grow with the job.
     """
+    columns = [PROMPT_ID, ORDER, "rm_score"] + ([SAMPLE_INDEX] if has_sample_index else [])
     with timed(sink, "sigma"):
-        return sigma_partial(load_parts(parts, [PROMPT_ID, ORDER, "rm_score"]))
+        kept, _, _ = split_duplicates(load_parts(parts, columns))
+        return sigma_partial(kept)
 
 
 def sigma_bar_from_partials(partials: Iterable[tuple[float, int]]) -> float:

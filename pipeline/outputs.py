@@ -25,7 +25,7 @@ from pipeline.buckets import load_parts
 from pipeline.config import PipelineConfig
 from pipeline.plan import RunPlan
 from pipeline.stages import MetricsSink, timed
-from schemas.rollouts import ORDER, STATUS_VOCABULARIES, RmStatus, VerifierStatus
+from schemas.rollouts import ORDER, STATUS_VOCABULARIES, RmStatus, VerifierStatus, error_records, split_duplicates
 from transforms.hero import fuse
 
 RUN_ENTRIES = ("data", "errors", "_shuffle", "manifest.json")
@@ -92,6 +92,7 @@ def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float
     schema = plan.contract.output_schema()
     with timed(sink, "group"):
         table = load_parts(parts)
+        table = _drop_duplicates(plan, bucket, table, sink)
     with timed(sink, "fuse"):
         fused = fuse(table, plan.config.hero, sigma_bar).drop_columns([ORDER])
         fused = fused.select(schema.names).cast(schema)
@@ -100,6 +101,27 @@ def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float
         io.write_parquet_atomic(fused, url, {**plan.metadata, "sigma_bar": sigma_bar, "shard": bucket})
     sink.count("written", fused.num_rows)
     return url, fused.num_rows
+
+
+def _drop_duplicates(plan: RunPlan, bucket: int, table: pa.Table, sink: MetricsSink) -> pa.Table:
+    """Later copies of a (prompt_id, sample_index) go to errors/part-dup-BBBBB.parquet; the first is kept."""
+    kept, duplicates, originals = split_duplicates(table)
+    if not len(duplicates):
+        return kept
+    orders = table.column(ORDER).to_numpy()
+    urls = [f.url for f in plan.files]
+
+    def source(position: int) -> tuple[str, int]:
+        order = int(orders[position])
+        return urls[order >> 32], order & 0xFFFFFFFF
+
+    sources = [source(p) for p in duplicates]
+    reasons = ["duplicate (prompt_id, sample_index) of {} row {}".format(*source(p)) for p in originals]
+    errors = error_records(table, duplicates, reasons, "group", [f for f, _ in sources], [r for _, r in sources])
+    io.write_parquet_atomic(errors.sort_by([("source_file", "ascending"), ("source_row", "ascending")]),
+                            io.join(plan.config.output, "errors", f"part-dup-{bucket:05d}.parquet"))
+    sink.count("errors", errors.num_rows)
+    return kept
 
 
 def spill_errors(plan: RunPlan, unit_name: str, errors: pa.Table) -> str:

@@ -11,7 +11,7 @@ import pyarrow as pa
 from pipeline import io
 from pipeline.config import ConfigError, PipelineConfig, name_options
 from pipeline.stages import MetricsSink, timed
-from schemas.rollouts import InputContract, validate_batch
+from schemas.rollouts import SAMPLE_INDEX, InputContract, validate_batch
 from transforms.reward_models import make_reward_model
 
 
@@ -76,6 +76,11 @@ class RunPlan:
             if errors.num_rows:
                 sink.count("errors", errors.num_rows)
             yield valid, errors
+
+    @property
+    def has_sample_index(self) -> bool:
+        """Whether rows carry sample_index, which makes (prompt_id, sample_index) a row's identity."""
+        return SAMPLE_INDEX in self.contract.schema.names
 
     @property
     def sigma_mode(self) -> str:

@@ -228,8 +228,9 @@ def _json_default(value):
     return str(value)
 
 
-def _error_rows(table: pa.Table, row_positions: np.ndarray, reasons: list[str], stage: str,
-                source_file: str, row_offset: int) -> pa.Table:
+def error_records(table: pa.Table, row_positions, reasons: list[str], stage: str, source_files: list[str],
+                  source_rows: list[int]) -> pa.Table:
+    """Error records (ERROR_SCHEMA) for the rows of `table` at `row_positions`, one reason and source each."""
     rows = table.take(pa.array(row_positions, pa.int64())).to_pylist() if len(row_positions) else []
     ids = []
     for row in rows:
@@ -239,14 +240,46 @@ def _error_rows(table: pa.Table, row_positions: np.ndarray, reasons: list[str], 
         {
             "stage": [stage] * len(rows),
             "reason": reasons,
-            "source_file": [source_file] * len(rows),
-            "source_row": [int(row_offset + p) for p in row_positions],
+            "source_file": source_files,
+            "source_row": [int(r) for r in source_rows],
             "prompt_id": ids,
-            "record": [json.dumps({k: v for k, v in r.items() if k != ORDER}, default=_json_default,
-                                  ensure_ascii=False) for r in rows],
+            "record": [json.dumps({k: v for k, v in r.items() if k != ORDER and k not in LABEL_COLUMNS},
+                                  default=_json_default, ensure_ascii=False) for r in rows],
         },
         schema=ERROR_SCHEMA,
     )
+
+
+def _error_rows(table: pa.Table, row_positions: np.ndarray, reasons: list[str], stage: str,
+                source_file: str, row_offset: int) -> pa.Table:
+    return error_records(table, row_positions, reasons, stage, [source_file] * len(row_positions),
+                         [row_offset + p for p in row_positions])
+
+
+def split_duplicates(table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(rows to keep, positions of later copies, position of the copy each one repeats).
+
+    A later copy repeats an earlier row's (prompt_id, sample_index), earlier meaning a smaller ORDER
+    (file, then row). Rows without sample_index are never duplicates. Vectorized: one sort.
+    """
+    none = np.zeros(0, dtype=np.int64)
+    if SAMPLE_INDEX not in table.column_names or table.num_rows < 2:
+        return table, none, none
+    order = pc.sort_indices(table, sort_keys=[(PROMPT_ID, "ascending"), (SAMPLE_INDEX, "ascending"),
+                                               (ORDER, "ascending")]).to_numpy()
+    ids = table.column(PROMPT_ID).take(order).to_numpy(zero_copy_only=False)
+    samples = table.column(SAMPLE_INDEX).take(order)
+    present = samples.is_valid().to_numpy(zero_copy_only=False)
+    values = pc.fill_null(samples, 0).to_numpy(zero_copy_only=False)
+    repeat = np.zeros(len(order), dtype=bool)
+    repeat[1:] = (ids[1:] == ids[:-1]) & (values[1:] == values[:-1]) & present[1:] & present[:-1]
+    if not repeat.any():
+        return table, none, none
+    first = np.maximum.accumulate(np.where(~repeat, np.arange(len(order)), 0))  # run start of each row
+    duplicates, originals = order[repeat], order[first[repeat]]
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[duplicates] = False
+    return table.filter(pa.array(keep)), duplicates, originals
 
 
 def empty_errors() -> pa.Table:

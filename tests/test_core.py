@@ -222,3 +222,23 @@ def test_pipeline_runs_refuse_in_thread_verification():
 
     with pytest.raises(ConfigError, match="--verifier-workers must be >= 1 in a pipeline run"):
         build_config({"input": "a", "output": "b", "rm_backend": "none", "verifier_workers": 0})
+
+
+@pytest.mark.parametrize("prompt_ids,samples,orders,kept,duplicates,originals", [
+    # the second copy of (p1, 0) is the duplicate, whatever the arrival order
+    (["p1", "p1", "p2"], [0, 0, 0], [5, 2, 3], [2, 3], [0], [1]),
+    # a null sample_index is never a duplicate
+    (["p1", "p1", "p1"], [None, None, 1], [1, 2, 3], [1, 2, 3], [], []),
+    # three copies: the two later ones both point at the first
+    (["p", "p", "p"], [4, 4, 4], [9, 1, 5], [1], [2, 0], [1, 1]),
+    # same sample_index in different prompts: no duplicates
+    (["a", "b"], [0, 0], [1, 2], [1, 2], [], []),
+])
+def test_split_duplicates(prompt_ids, samples, orders, kept, duplicates, originals):
+    from schemas.rollouts import split_duplicates
+
+    table = pa.table({"prompt_id": prompt_ids, "sample_index": pa.array(samples, pa.int64()),
+                      ORDER: pa.array(orders, pa.int64())})
+    keep, dup, orig = split_duplicates(table)
+    assert sorted(keep.column(ORDER).to_pylist()) == kept
+    assert list(dup) == duplicates and list(orig) == originals

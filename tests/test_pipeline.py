@@ -273,3 +273,23 @@ def test_failed_verdicts_count_against_the_budget_but_missing_references_do_not(
     assert manifest["error_budget"]["dominant_reasons"] == {"verifier_status: error": 4}
     again = run(dataclasses.replace(config, max_error_rate=0.1, overwrite=True), show_progress=False)
     assert again["status"] == "complete" and again["error_budget"]["failed_rows"] == 4
+
+
+@pytest.mark.parametrize("engine", ["beam", "dask"])
+def test_duplicate_rollouts_go_to_errors_and_the_first_copy_is_labelled(tmp_path, engine):
+    rollouts = synthetic_rollouts(24, seed=14)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    pq.write_table(rollouts, inputs / "a.parquet")
+    pq.write_table(rollouts.slice(0, 3), inputs / "b.parquet")  # 3 rows written twice
+    manifest = label(inputs, tmp_path / "out", rm_score_column="sample_index", engine=engine, max_error_rate=0.2)
+    assert (manifest["input_rows"], manifest["output_rows"], manifest["error_rows"]) == (27, 24, 3)
+    errors = pq.read_table(tmp_path / "out" / "errors").sort_by("source_row")
+    assert [Path(f).name for f in errors.column("source_file").to_pylist()] == ["b.parquet"] * 3
+    assert errors.column("source_row").to_pylist() == [0, 1, 2]
+    assert errors.column("stage").to_pylist() == ["group"] * 3
+    assert errors.column("reason")[0].as_py().startswith("duplicate (prompt_id, sample_index) of ")
+    assert errors.column("reason")[0].as_py().endswith("a.parquet row 0")
+    assert json.loads(errors.column("record")[0].as_py())["response"] == rollouts.column("response")[0].as_py()
+    label(inputs / "a.parquet", tmp_path / "single", rm_score_column="sample_index", engine=engine)
+    assert read_output(tmp_path / "out").equals(read_output(tmp_path / "single"))

@@ -156,8 +156,12 @@ class SigmaMean(beam.CombineFn):
         return sigma_bar_from_partials(accumulator)
 
 
-def _sigma_partial(element):
-    return bucket_sigma_partial(element[1], SINK)
+class SigmaPartial(beam.DoFn):
+    def __init__(self, plan: RunPlan):
+        self.has_sample_index = plan.has_sample_index
+
+    def process(self, element):
+        yield bucket_sigma_partial(element[1], SINK, self.has_sample_index)
 
 
 class FuseAndWrite(beam.DoFn):
@@ -224,7 +228,7 @@ def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions):
     if plan.sigma_mode != "job_mean":
         sigma_bar = pipeline | "KnownSigma" >> beam.Create([plan.fixed_sigma_bar])
     else:
-        sigma_bar = groups | "SigmaPartials" >> beam.Map(_sigma_partial) | "SigmaBar" >> beam.CombineGlobally(SigmaMean())
+        sigma_bar = groups | "SigmaPartials" >> beam.ParDo(SigmaPartial(plan)) | "SigmaBar" >> beam.CombineGlobally(SigmaMean())
     written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), sigma_bar=beam.pvalue.AsSingleton(sigma_bar))
     errors = (
         batches.errors

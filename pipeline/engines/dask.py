@@ -113,9 +113,9 @@ def spill_unit(plan: RunPlan, scored: dict) -> dict:
             "workers": {**scored["workers"], "spill": _worker_address()}}
 
 
-def sigma_task(parts: list[str]) -> tuple[tuple[float, int], dict]:
+def sigma_task(parts: list[str], has_sample_index: bool) -> tuple[tuple[float, int], dict]:
     sink = CounterSink()
-    return bucket_sigma_partial(parts, sink), sink.counts
+    return bucket_sigma_partial(parts, sink, has_sample_index), sink.counts
 
 
 def fuse_task(plan: RunPlan, bucket: int, parts: list[str], sigma_bar: float | None) -> tuple[tuple[str, int], dict]:
@@ -308,8 +308,8 @@ class _Job:
         if self.plan.sigma_mode != "job_mean":
             return self.plan.fixed_sigma_bar
         partials = self.client.gather([
-            self.client.submit(sigma_task, parts, key=f"sigma-{b:05d}-{self.run_id}", pure=False,
-                               **self.where.prefer_cpu())
+            self.client.submit(sigma_task, parts, self.plan.has_sample_index, key=f"sigma-{b:05d}-{self.run_id}",
+                               pure=False, **self.where.prefer_cpu())
             for b, parts in sorted(self.bucket_parts.items())])
         self.counts.update(_merge(*(c for _, c in partials)))
         return sigma_bar_from_partials(p for p, _ in partials)
