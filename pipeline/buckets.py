@@ -8,7 +8,7 @@ themselves (the runner's shuffle) or only the paths of spill files (flat memory 
 from __future__ import annotations
 
 import math
-import uuid
+from contextlib import ExitStack
 from typing import Iterable, Iterator
 
 import fsspec
@@ -41,9 +41,9 @@ class SpillWriter:
     """Appends rows to one Parquet file per bucket, named `name` inside that bucket's directory.
 
     Rows are buffered per bucket and flushed as row groups once `flush_rows` rows are pending, so
-    memory stays bounded whatever the input size. Each file is written under a temporary name and
-    renamed on close(): a file with its final name is complete, so a rerun of the same unit of work
-    (a retried task) can rewrite it safely. Cost: one Parquet write (lz4) per row.
+    memory stays bounded whatever the input size. Each file appears under its final name only when
+    complete (io.open_atomic), so a rerun of the same unit of work (a retried task) can rewrite it
+    safely. Cost: one Parquet write (lz4) per row.
     """
 
     def __init__(self, spill_dir: str, num_shards: int, schema: pa.Schema, name: str, flush_rows: int = 16384):
@@ -54,8 +54,8 @@ class SpillWriter:
         self.flush_rows = flush_rows
         self._pending: dict[int, list[pa.Table]] = {}
         self._pending_rows = 0
-        self._writers: dict[int, tuple[str, str, object, pq.ParquetWriter]] = {}
-        self._fs = None
+        self._writers: dict[int, tuple[str, pq.ParquetWriter]] = {}
+        self._files = ExitStack()
 
     def add(self, table: pa.Table) -> None:
         """Buffers `table`'s rows by bucket (flushing to the files every `flush_rows` rows)."""
@@ -69,25 +69,20 @@ class SpillWriter:
         for bucket, parts in self._pending.items():
             if bucket not in self._writers:
                 url = spill_path(self.spill_dir, bucket, self.name)
-                self._fs, path = fsspec.core.url_to_fs(url)
-                parent, base = path.rsplit("/", 1)
-                self._fs.makedirs(parent, exist_ok=True)
-                temporary = f"{parent}/.{base}.{uuid.uuid4().hex}.tmp"
-                handle = self._fs.open(temporary, "wb")
-                self._writers[bucket] = (url, temporary, handle, pq.ParquetWriter(handle, self.schema, compression="lz4"))
-            self._writers[bucket][3].write_table(pa.concat_tables(parts))
+                handle = self._files.enter_context(io.open_atomic(url))
+                self._writers[bucket] = (url, pq.ParquetWriter(handle, self.schema, compression="lz4"))
+            self._writers[bucket][1].write_table(pa.concat_tables(parts))
         self._pending = {}
         self._pending_rows = 0
 
     def close(self) -> dict[int, str]:
-        """Flushes, closes and renames every file; returns {bucket: url} in bucket order."""
+        """Flushes and closes every file (each appears under its final name only now); returns
+        {bucket: url} in bucket order."""
         self._flush()
-        written = {}
-        for bucket, (url, temporary, handle, writer) in sorted(self._writers.items()):
+        for _, writer in self._writers.values():
             writer.close()
-            handle.close()
-            self._fs.mv(temporary, fsspec.core.url_to_fs(url)[1])
-            written[bucket] = url
+        self._files.close()  # each file appears under its final name
+        written = {bucket: url for bucket, (url, _) in sorted(self._writers.items())}
         self._writers = {}
         return written
 

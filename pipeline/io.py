@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob as globlib
 import json
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
@@ -83,21 +84,42 @@ def iter_row_group(url: str, row_group: int, batch_rows: int):
             offset += batch.num_rows
 
 
-def write_parquet_atomic(table: pa.Table, url: str, metadata: dict | None = None) -> str:
-    """Writes `table` to a temporary name beside `url` and renames it into place.
+# Object stores whose single-object upload is already atomic (a reader sees the old object or the whole
+# new one); a "rename" there is a copy plus a delete, paid for nothing.
+ATOMIC_UPLOAD_PROTOCOLS = {"gs", "gcs", "s3", "s3a", "abfs", "abfss", "az"}
 
-    A reader never sees a half-written file; a crashed writer leaves only a dot-prefixed temporary.
-    """
-    if metadata is not None:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+
+def renames_for_atomicity(fs) -> bool:
+    """True on local and POSIX-like filesystems (write a temporary, rename); False on object stores."""
+    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return not set(protocols) & ATOMIC_UPLOAD_PROTOCOLS
+
+
+@contextmanager
+def open_atomic(url: str, mode: str = "wb"):
+    """A handle whose content appears at `url` only once complete: through a dot-prefixed temporary and a
+    rename where that is how atomicity is had, directly on object stores (their uploads are atomic)."""
     fs, path = fsspec.core.url_to_fs(url)
     parent, name = path.rsplit("/", 1)
     fs.makedirs(parent, exist_ok=True)
+    if not renames_for_atomicity(fs):
+        with fs.open(path, mode) as handle:
+            yield handle
+        return
     temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
-    with fs.open(temporary, "wb") as handle:
-        pq.write_table(table, handle, compression="zstd")
+    with fs.open(temporary, mode) as handle:
+        yield handle
     fs.mv(temporary, path)
+
+
+def write_parquet_atomic(table: pa.Table, url: str, metadata: dict | None = None) -> str:
+    """Writes `table` to `url` so that a reader never sees a half-written file (see open_atomic); a
+    crashed writer leaves at most a dot-prefixed temporary."""
+    if metadata is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()})
+    with open_atomic(url) as handle:
+        pq.write_table(table, handle, compression="zstd")
     return url
 
 

@@ -229,9 +229,8 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "wall_s": round(time.monotonic() - started, 3),
         "config": config.to_dict(),
     }
-    with fs.open(f"{path}/.manifest.json.tmp", "w") as handle:
+    with io.open_atomic(io.join(config.output, "manifest.json"), "w") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=False, default=str)
-    fs.mv(f"{path}/.manifest.json.tmp", f"{path}/manifest.json")
     if failure is not None:
         raise failure
     return manifest

@@ -9,6 +9,7 @@ from typing import Iterator
 import pyarrow as pa
 
 from pipeline import io
+from pipeline.io import InputError
 from pipeline.config import ConfigError, PipelineConfig, name_options
 from pipeline.stages import MetricsSink, timed
 from schemas.rollouts import SAMPLE_INDEX, InputContract, validate_batch
@@ -98,7 +99,10 @@ class RunPlan:
 def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     """Inspects the inputs (footers only), derives the contract and shard count, checks the RM settings."""
     files = tuple(io.inspect_inputs(config.input))
-    contract = InputContract.from_file_schemas([f.schema for f in files])
+    contract = InputContract.from_file_schemas([f.schema for f in files], [f.url for f in files])
+    if not any(f.num_rows for f in files):
+        raise InputError(f"--input {config.input}: the input is empty ({len(files)} Parquet file(s), 0 rows: "
+                         f"{', '.join(f.url for f in files[:3])}{' ...' if len(files) > 3 else ''})")
     model = make_reward_model(config.rm)
     try:
         model.check_schema(contract.input_schema())

@@ -153,9 +153,16 @@ class InputContract:
     schema: pa.Schema  # includes ORDER as its last field
 
     @classmethod
-    def from_file_schemas(cls, schemas: list[pa.Schema]) -> "InputContract":
+    def from_file_schemas(cls, schemas: list[pa.Schema], sources: list[str] | None = None) -> "InputContract":
+        """The contract of files with these schemas; `sources` (their names) make errors name the files."""
         if not schemas:
             raise SchemaError("no input files")
+        sources = sources or [f"file {i}" for i in range(len(schemas))]
+
+        def files_with(name: str, predicate) -> str:
+            hits = [f"{src} ({s.field(name).type})" for src, s in zip(sources, schemas)
+                    if name in s.names and predicate(s.field(name).type)]
+            return ", ".join(hits[:3]) + (f" and {len(hits) - 3} more" if len(hits) > 3 else "")
         names: list[str] = []
         for s in schemas:
             names.extend(n for n in s.names if n not in names)
@@ -168,11 +175,12 @@ class InputContract:
         prompt_types = {s.field(PROMPT).type for s in schemas if PROMPT in s.names}
         chat = any(_is_chat(t) for t in prompt_types)
         if chat and any(_is_string(t) for t in prompt_types):
-            raise SchemaError("input files mix string prompts and chat-message prompts; relabel them in separate runs")
+            raise SchemaError(f"input files mix string prompts ({files_with(PROMPT, _is_string)}) and chat-message "
+                              f"prompts ({files_with(PROMPT, _is_chat)}); relabel them in separate runs")
         canonical = {
             PROMPT_ID: pa.string(),
             # Chat prompts keep their message struct (extra fields such as "name" survive), unified across files.
-            PROMPT: _unified_type(PROMPT, sorted(prompt_types, key=str)) if chat else pa.string(),
+            PROMPT: _unified_type(PROMPT, schemas, sources) if chat else pa.string(),
             RESPONSE: pa.string(),
             REFERENCE: pa.string(),
             DATA_SOURCE: pa.string(),
@@ -188,7 +196,7 @@ class InputContract:
             if name in canonical:
                 fields.append(pa.field(name, canonical[name]))
                 continue
-            fields.append(pa.field(name, _unified_type(name, [s.field(name).type for s in schemas if name in s.names])))
+            fields.append(pa.field(name, _unified_type(name, schemas, sources)))
         if REFERENCE not in names:
             fields.append(pa.field(REFERENCE, pa.string()))
         fields.append(pa.field(ORDER, pa.int64()))
@@ -207,13 +215,16 @@ class InputContract:
         return pa.schema(list(self.schema) + VERIFIER_FIELDS + RM_FIELDS)
 
 
-def _unified_type(name: str, types: list[pa.DataType]) -> pa.DataType:
+def _unified_type(name: str, schemas: list[pa.Schema], sources: list[str]) -> pa.DataType:
     """One type that every file's `name` column converts to (e.g. int32 + int64 -> int64)."""
+    typed = [(src, s.field(name).type) for src, s in zip(sources, schemas) if name in s.names]
+    types = sorted({t for _, t in typed}, key=str)
     try:
         return pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive").field(
             name).type
     except _ARROW_CONVERSION_ERRORS as exc:
-        raise SchemaError(f"column '{name}' has incompatible types across files: {types}") from exc
+        examples = "; ".join(f"{t} in {next(src for src, u in typed if u == t)}" for t in types)
+        raise SchemaError(f"column '{name}' has incompatible types across files: {examples}") from exc
 
 
 def prompt_key(prompt) -> str:

@@ -69,3 +69,41 @@ def test_yaml_unknown_key_is_named(tmp_path, capsys):
 def test_build_config_rejects_unknown_flat_option():
     with pytest.raises(ConfigError, match="--colour"):
         build_config({"input": "a", "output": "b", "rm_backend": "none", "colour": "red"})
+
+
+def _write_inputs(directory, layout: str):
+    """Input directories the way users get them wrong (each case names the file at fault)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.demo import synthetic_rollouts
+
+    directory.mkdir()
+    good = synthetic_rollouts(16, seed=1)
+    if layout == "corrupt":
+        pq.write_table(good, directory / "a_good.parquet")
+        (directory / "b_corrupt.parquet").write_bytes(b"PAR1 this is not a parquet file")
+        pq.write_table(good, directory / "c_good.parquet")
+    elif layout == "empty":
+        pq.write_table(good.slice(0, 0), directory / "only_header.parquet")
+    elif layout == "incompatible":
+        pq.write_table(good.append_column("score", pa.array(range(16), pa.int64())), directory / "a.parquet")
+        pq.write_table(good.append_column("score", pa.array([[i] for i in range(16)])), directory / "b.parquet")
+    elif layout == "missing":
+        pq.write_table(good.drop_columns(["response"]), directory / "no_response.parquet")
+
+
+@pytest.mark.parametrize("layout,message", [
+    ("corrupt", "b_corrupt.parquet is not a readable Parquet file"),  # one bad file among good ones
+    ("empty", "the input is empty (1 Parquet file(s), 0 rows"),  # a file with a schema and no rows
+    ("incompatible", "column 'score' has incompatible types across files: int64 in "),  # names a file per type
+    ("missing", "no input file has a 'response' column"),  # says which column
+])
+def test_input_problems_fail_fast_naming_the_file(tmp_path, capsys, layout, message):
+    _write_inputs(tmp_path / "in", layout)
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--rm-backend", "none"]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    if layout == "incompatible":
+        assert "a.parquet" in error and "b.parquet" in error
+    assert not (tmp_path / "out" / "data").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.engines.beam import check_beam_args
 from pipeline.io import InputError, inspect_inputs, list_input_files, read_file_metadata, write_parquet_atomic
@@ -61,3 +62,40 @@ def test_beam_flags_pass_through_and_unknown_flags_fail():
     assert options.get_all_options()["project"] == "p"
     with pytest.raises(ValueError, match="--rm-modle"):
         check_beam_args(("--rm-modle", "x"))
+
+
+class _ObjectStore(MemoryFileSystem):
+    """An in-memory filesystem that calls itself s3 and refuses renames, as an object store would charge."""
+
+    protocol = ("s3",)
+    store: dict = {}
+    pseudo_dirs = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        return "/" + str(path).removeprefix("s3://").lstrip("/")
+
+    def mv(self, *args, **kwargs):
+        raise AssertionError("an object store upload must not be written as temporary + rename")
+
+
+def test_atomic_writes_rename_on_posix_and_upload_directly_on_object_stores(tmp_path):
+    import fsspec
+    import pyarrow as pa
+
+    from pipeline import io
+
+    assert io.renames_for_atomicity(fsspec.filesystem("file"))
+    assert io.renames_for_atomicity(fsspec.filesystem("memory"))
+    store = _ObjectStore()
+    assert not io.renames_for_atomicity(store)
+    fsspec.register_implementation("s3", _ObjectStore, clobber=True)
+    try:
+        write_parquet_atomic(pa.table({"x": [1, 2]}), "s3://bucket/out/part.parquet", {"k": 1})
+        assert store.ls("/bucket/out", detail=False) == ["/bucket/out/part.parquet"]  # no temporary ever existed
+        assert read_file_metadata("s3://bucket/out/part.parquet") == {"k": 1}
+    finally:
+        store.rm("/bucket", recursive=True)
+        from fsspec.registry import _registry
+
+        _registry.pop("s3", None)  # noqa: SLF001 - back to fsspec's own s3 entry

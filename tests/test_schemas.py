@@ -80,10 +80,11 @@ def test_chat_prompts_and_numeric_references_are_accepted():
     ([pa.schema([("prompt", pa.string()), ("response", pa.string()), ("hero_reward", pa.float64())])],
      "collides with an output column"),
     ([pa.schema([("prompt", pa.string()), ("response", pa.string())]),
-      pa.schema([("prompt", CHAT_PROMPT), ("response", pa.string())])], "mix string prompts and chat"),
+      pa.schema([("prompt", CHAT_PROMPT), ("response", pa.string())])],
+     r"mix string prompts \(file 0 \(string\)\) and chat-message prompts \(file 1 \(list"),  # files named
     ([pa.schema([("prompt", pa.string()), ("response", pa.string()), ("x", pa.string())]),
       pa.schema([("prompt", pa.string()), ("response", pa.string()), ("x", pa.list_(pa.int8()))])],
-     "column 'x' has incompatible types across files"),
+     "column 'x' has incompatible types across files: list<item: int8> in file 1; string in file 0"),
 ])
 def test_unusable_inputs_fail_before_any_data_moves(schemas, message):
     with pytest.raises(SchemaError, match=message):
