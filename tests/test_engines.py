@@ -248,3 +248,17 @@ def test_readme_commands_parse_into_valid_configs():
             config = build_config(options, tuple(beam_args))
             runners.add(config.engine.engine + ":" + next((a.split("=")[-1] for a in beam_args if "Runner" in a), ""))
     assert {"beam:DataflowRunner", "beam:FlinkRunner", "beam:SparkRunner", "dask:"} <= runners, runners
+
+
+@pytest.mark.slow
+def test_data_files_are_byte_identical_whatever_the_execution_settings(tmp_path):
+    """Same input and labeling config: the same bytes, whatever the output directory, batch size, number of
+    verifier processes or engine (shard metadata holds labeling settings only)."""
+    data = shared_file("qwen25_math_cot100.parquet")
+    common = {"rm_score_column": "qwen_rm_score", "rows_per_shard": 300}
+    runs = [label(data, tmp_path / "beam_big", batch_rows=4096, verifier_workers=2, **common),
+            label(data, tmp_path / "beam_small", batch_rows=77, verifier_workers=1, verify_ahead=0, **common),
+            label(data, tmp_path / "dask", engine="dask", batch_rows=100, **common)]
+    contents = [{Path(p).name: Path(p).read_bytes() for p in run["data_files"]} for run in runs]
+    assert len(contents[0]) == 3
+    assert contents[0] == contents[1] == contents[2]
