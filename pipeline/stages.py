@@ -172,24 +172,35 @@ class SharedStages:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._entries: dict[tuple, list] = {}  # key -> [stage, users]
+        self._entries: dict[tuple, _SharedEntry] = {}
 
     def acquire(self, stage: Stage, context: WorkerContext) -> Stage:
         key = (type(stage).__name__, repr(stage.config), context)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                stage.setup(context)
-                entry = self._entries[key] = [stage, 0]
-            entry[1] += 1
-            return entry[0]
+                entry = self._entries[key] = _SharedEntry(stage)
+            entry.users += 1
+        # Set-up (a model load takes seconds) holds only this entry's lock, not the registry's.
+        with entry.lock:
+            if not entry.ready:
+                try:
+                    entry.stage.setup(context)
+                except BaseException:
+                    with self._lock:
+                        entry.users -= 1
+                        if self._entries.get(key) is entry:
+                            del self._entries[key]  # the next acquire tries again
+                    raise
+                entry.ready = True
+        return entry.stage
 
     def release(self, stage: Stage) -> None:
         with self._lock:
             for key, entry in list(self._entries.items()):
-                if entry[0] is stage:
-                    entry[1] -= 1
-                    if entry[1] == 0:
+                if entry.stage is stage:
+                    entry.users -= 1
+                    if entry.users == 0:
                         del self._entries[key]
                         stage.close()
                     return
@@ -197,8 +208,16 @@ class SharedStages:
     def close_all(self) -> None:
         with self._lock:
             entries, self._entries = list(self._entries.values()), {}
-        for stage, _ in entries:
-            stage.close()
+        for entry in entries:
+            entry.stage.close()
+
+
+class _SharedEntry:
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.users = 0
+        self.ready = False
+        self.lock = threading.Lock()
 
 
 # One registry per worker process (Beam SDK worker, Dask worker, or the driver for local runs).

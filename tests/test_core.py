@@ -151,6 +151,20 @@ def test_shared_stages_set_up_once_and_close_with_the_last_user():
     shared.close_all()
     assert other.closes == 1
 
+    class FailsOnce(Probe):
+        failures = 0
+
+        def setup(self, context):
+            if FailsOnce.failures == 0:
+                FailsOnce.failures += 1
+                raise OSError("model file not there yet")
+            super().setup(context)
+
+    with pytest.raises(OSError):
+        shared.acquire(FailsOnce("c"), WorkerContext())
+    retried = shared.acquire(FailsOnce("c"), WorkerContext())  # a failed set-up is not cached
+    assert retried.setups == 1
+
 
 def test_verifier_workers_divide_the_host_cores():
     config = VerifierConfig()  # num_workers unset: resolved where the stage runs
