@@ -1,7 +1,7 @@
 """Everything the job writes, engine-neutral: the output directory, shards, errors, the manifest.
 
 Engines call these bodies from their own tasks or DoFns:
-  prepare_output(config)                          driver, before any data moves
+  prepare_output(plan) -> resuming                 driver, before any data moves (pipeline/checkpoints.py)
   spill_errors(plan, unit_name, errors) -> url    a unit's error records, for write_errors to collect
   fuse_and_write(plan, bucket, parts, sigma_bar)  one shard: HERO over whole groups, then an atomic write
   write_errors(plan, file_index, parts)           one errors/part-FFFFF.parquet per input file
@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline import checkpoints, io
 from pipeline.buckets import load_parts
-from pipeline.config import PipelineConfig
 from pipeline.plan import RunPlan
 from pipeline.stages import MetricsSink, timed
 from schemas.rollouts import ORDER, STATUS_VOCABULARIES, RmStatus, VerifierStatus, error_records, split_duplicates
@@ -65,17 +64,40 @@ def error_budget(plan: RunPlan, summary: dict) -> dict:
             "exceeded": rate > plan.config.max_error_rate, "dominant_reasons": dict(reasons.most_common(5))}
 
 
-def prepare_output(config: PipelineConfig) -> None:
-    """Refuses to mix runs in one directory unless overwrite is set; then clears the previous run."""
+def prepare_output(plan: RunPlan) -> bool:
+    """Readies OUTPUT for this run; returns True when it resumes an unfinished run there.
+
+    A finished run (manifest.json present, complete or failed) is replaced only with --overwrite. An
+    unfinished run (its _shuffle/run.json but no manifest) is resumed when its settings are this run's,
+    refused (naming what differs) when they are not, and replaced with --overwrite.
+    """
+    config = plan.config
     fs, path = fsspec.core.url_to_fs(config.output)
     previous = [name for name in RUN_ENTRIES if fs.exists(f"{path}/{name}")]
+    resuming = False
     if previous and not config.overwrite:
-        raise FileExistsError(f"--output {config.output} already holds a run ({', '.join(previous)}); "
-                              "pass --overwrite to replace it or choose another directory")
-    for name in previous:
-        fs.rm(f"{path}/{name}", recursive=True)
+        if "manifest.json" in previous:
+            with fs.open(f"{path}/manifest.json", "r") as handle:
+                status = json.load(handle).get("status", "complete")
+            raise FileExistsError(f"--output {config.output} already holds a {status} run (manifest.json); pass "
+                                  "--overwrite to replace it or choose another directory")
+        unfinished = checkpoints.read_fingerprint(config.output)
+        if unfinished is None:
+            raise FileExistsError(f"--output {config.output} already holds files of a run ({', '.join(previous)}) "
+                                  "that cannot be resumed; pass --overwrite to replace them or choose another directory")
+        changed = checkpoints.differences(unfinished, checkpoints.fingerprint(plan))
+        if changed:
+            raise FileExistsError(f"--output {config.output} holds an unfinished run with other settings "
+                                  f"(different: {', '.join(changed)}); run again with that run's settings to resume "
+                                  "it, or pass --overwrite to start over")
+        resuming = True
+    if not resuming:
+        for name in previous:
+            fs.rm(f"{path}/{name}", recursive=True)
+        checkpoints.write_fingerprint(plan)
     for name in ("data", "errors"):  # present even when a run writes no shard there
         fs.makedirs(f"{path}/{name}", exist_ok=True)
+    return resuming
 
 
 def shard_url(plan: RunPlan, bucket: int) -> str:
@@ -89,6 +111,10 @@ def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float
     `parts` are spill-file URLs or Arrow tables holding every row of the bucket. Rows come out sorted
     by (prompt_id, input order), so the shard is the same whatever order the parts arrived in.
     """
+    url = shard_url(plan, bucket)
+    if checkpoints.shard_done(url):  # written before a crash (atomically, so complete); same bytes again
+        sink.count("shards_kept", 1)
+        return url, 0
     schema = plan.contract.output_schema()
     with timed(sink, "group"):
         table = load_parts(parts)
@@ -96,7 +122,7 @@ def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float
     with timed(sink, "fuse"):
         fused = fuse(table, plan.config.hero, sigma_bar).drop_columns([ORDER])
         fused = fused.select(schema.names).cast(schema)
-    url = shard_url(plan, bucket)
+    checkpoints.fault_point("write")
     with timed(sink, "write"):
         io.write_parquet_atomic(fused, url, {**plan.metadata, "sigma_bar": sigma_bar, "shard": bucket})
     sink.count("written", fused.num_rows)

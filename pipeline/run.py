@@ -30,8 +30,8 @@ def run(config: PipelineConfig, show_progress: bool | None = None) -> dict:
     """
     started = time.monotonic()
     plan = make_plan(config, package_version())
-    prepare_output(config)
+    resuming = prepare_output(plan)
     if show_progress is None:
         show_progress = config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty())
     engine = run_engine(plan, show_progress)
-    return finish_run(plan, engine, started)
+    return finish_run(plan, {**engine, "resumed": resuming}, started)

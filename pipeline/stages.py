@@ -27,6 +27,7 @@ from typing import Callable, Iterator, Protocol
 
 import pyarrow as pa
 
+from pipeline import checkpoints
 from transforms.reward_models import RewardBackend, RewardModelConfig, make_reward_model
 from transforms.verifier import VerifierConfig, VerifierPool, usable_cores, verify_table
 
@@ -119,6 +120,7 @@ class VerifyStage:
         if self.pool is None:
             raise RuntimeError("VerifyStage.setup() must run before process()")
         # One call at a time (the pool serializes them anyway), so the restart count is this call's own.
+        checkpoints.fault_point("verify")
         with self._lock, timed(sink, "verify"):
             restarts = self.pool.restarts
             labelled = verify_table(table, self.pool)
@@ -151,6 +153,7 @@ class ScoreStage:
     def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
         if self.backend is None:
             raise RuntimeError("ScoreStage was closed")
+        checkpoints.fault_point("score")
         with self._lock:  # one forward pass at a time on a model shared by a worker's threads
             with timed(sink, "score"):
                 scored = self.backend.score_table(table)
@@ -227,13 +230,14 @@ WORKER_STAGES = SharedStages()
 class VerifyAhead:
     """Bounded look-ahead that overlaps verification with scoring inside one worker.
 
-    push(table) starts verifying `table` on a background thread and returns the batches whose
-    verification finished, oldest first, keeping at most `depth` batches in flight: while the caller
-    scores batch k, batch k+1 (up to k+depth) is being verified by the verifier processes. depth=0
-    verifies synchronously (overlap off). Time the caller spends blocked waiting for a verified batch
-    is counted as "score_wait_ms": the part of verification the scorer could not hide (on Beam, where
-    verify and score are fused locally, it is the scorer's wait; inside a Dask verify task it is only
-    the task's own wait, the scorer being a separate task).
+    push(key, table) starts verifying `table` on a background thread and returns the (key, verified
+    table) pairs whose verification finished, oldest first, keeping at most `depth` batches in flight:
+    while the caller scores batch k, batch k+1 (up to k+depth) is being verified by the verifier
+    processes. A value that is not a table (an end-of-unit marker) passes through unchanged, in order.
+    depth=0 verifies synchronously (overlap off). Time the caller spends blocked waiting for a verified
+    batch is counted as "score_wait_ms": the part of verification the scorer could not hide (on Beam,
+    where verify and score are fused locally, it is the scorer's wait; inside a Dask verify task it is
+    only the task's own wait, the scorer being a separate task).
     The background thread reports nothing itself: its counts reach `sink` on the caller's thread when
     the batch is handed over (Beam drops metric updates made outside a bundle's thread).
     Memory: at most depth + 1 batches held.
@@ -242,16 +246,21 @@ class VerifyAhead:
     def __init__(self, stage: VerifyStage, depth: int):
         self.stage = stage
         self.depth = depth
-        self._pending: deque[Future] = deque()
+        self._pending: deque[tuple[object, Future]] = deque()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="herolabel-verify") if depth else None
 
-    def push(self, table: pa.Table, sink: MetricsSink) -> Iterator[pa.Table]:
+    def push(self, key, value, sink: MetricsSink) -> Iterator[tuple[object, object]]:
         if self._executor is None:
             with timed(sink, "score_wait"):
-                verified = self.stage.process(table, sink)
-            yield verified
+                verified = self.stage.process(value, sink) if isinstance(value, pa.Table) else value
+            yield key, verified
             return
-        self._pending.append(self._executor.submit(self._verify, table))
+        if isinstance(value, pa.Table):
+            future = self._executor.submit(self._verify, value)
+        else:
+            future = Future()
+            future.set_result((value, {}))
+        self._pending.append((key, future))
         while len(self._pending) > self.depth:
             yield self._wait_oldest(sink)
 
@@ -259,18 +268,29 @@ class VerifyAhead:
         counts = CounterSink()
         return self.stage.process(table, counts), counts.counts
 
-    def drain(self, sink: MetricsSink) -> Iterator[pa.Table]:
+    def drain(self, sink: MetricsSink) -> Iterator[tuple[object, object]]:
         while self._pending:
             yield self._wait_oldest(sink)
 
-    def _wait_oldest(self, sink: MetricsSink) -> pa.Table:
+    def _wait_oldest(self, sink: MetricsSink) -> tuple[object, object]:
+        key, future = self._pending.popleft()
         with timed(sink, "score_wait"):
-            verified, counts = self._pending.popleft().result()
+            verified, counts = future.result()
         for name, n in counts.items():
             sink.count(name, n)
-        return verified
+        return key, verified
 
     def close(self) -> None:
         self._pending.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class UnitEnd:
+    """Travels behind a unit's last batch (in order, where stages are fused): the unit is complete.
+    Carries where the unit's error records were spilled (None when it had none)."""
+
+    unit: str
+    file_index: int
+    errors_url: str | None

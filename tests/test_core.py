@@ -112,14 +112,17 @@ def test_verify_ahead_keeps_order_and_bounds_the_look_ahead():
             ahead = VerifyAhead(stage, depth)
             out = []
             for i in range(3):
-                released = list(ahead.push(valid.slice(i, 1), sink))
+                released = list(ahead.push(i, valid.slice(i, 1), sink))
                 # depth 0 returns each batch at once; depth 2 holds back at most two
                 assert len(released) == (1 if depth == 0 else int(i >= 2))
                 out.extend(released)
+            out.extend(ahead.push("end", "marker", sink))  # not a table: passes through, after the batches
             out.extend(ahead.drain(sink))
             ahead.close()
-            assert [t.column("prompt_id")[0].as_py() for t in out] == ["p1", "p1", "p2"]
-            assert [t.column("verifier_score")[0].as_py() for t in out] == [1.0, 0.0, 1.0]
+            assert [key for key, _ in out] == [0, 1, 2, "end"] and out[-1][1] == "marker"
+            tables = [t for _, t in out[:3]]
+            assert [t.column("prompt_id")[0].as_py() for t in tables] == ["p1", "p1", "p2"]
+            assert [t.column("verifier_score")[0].as_py() for t in tables] == [1.0, 0.0, 1.0]
             assert sink.counts["verified"] == 3 and "score_wait_ms" in sink.counts
     finally:
         stage.close()

@@ -20,6 +20,7 @@ import time
 import uuid
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -30,11 +31,11 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline import progress
+from pipeline import checkpoints, progress
 from pipeline.buckets import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials, split_by_bucket
-from pipeline.outputs import fuse_and_write, write_errors
+from pipeline.outputs import fuse_and_write, spill_errors, write_errors
 from pipeline.plan import RunPlan
-from pipeline.stages import WORKER_STAGES, ScoreStage, VerifyAhead, VerifyStage, WorkerContext, timed
+from pipeline.stages import WORKER_STAGES, ScoreStage, UnitEnd, VerifyAhead, VerifyStage, WorkerContext, timed
 
 NAMESPACE = "herolabel"
 # Runners that execute in or beside this process; any other runner is a remote one.
@@ -54,21 +55,35 @@ SINK = BeamSink()
 
 
 class ReadAndValidate(beam.DoFn):
-    """WorkUnit -> valid Arrow batches (main output) and error records (tagged "errors", keyed by file)."""
+    """WorkUnit -> (unit, valid Arrow batch) pairs, then (unit, UnitEnd) carrying where the unit's error
+    records were spilled. A unit completed before a crash (its marker exists) is not read again: its
+    marker goes to the "done" output instead."""
 
-    def __init__(self, plan: RunPlan):
+    def __init__(self, plan: RunPlan, resumable: bool):
         self.plan = plan
+        self.resumable = resumable
+
+    def setup(self):
+        self.done = checkpoints.completed_units(self.plan) if self.resumable else {}
 
     def process(self, unit):
-        for valid, errors in self.plan.read_and_validate(unit, SINK):
-            if errors.num_rows:
-                yield beam.pvalue.TaggedOutput("errors", (unit.file_index, errors))
+        if unit.name in self.done:
+            SINK.count("resumed_units", 1)
+            yield beam.pvalue.TaggedOutput("done", (unit.file_index, self.done[unit.name]))
+            return
+        errors = []
+        for valid, bad in self.plan.read_and_validate(unit, SINK):
+            if bad.num_rows:
+                errors.append(bad)
             if valid.num_rows:
-                yield valid
+                yield unit.name, valid
+        errors_url = spill_errors(self.plan, unit.name, pa.concat_tables(errors)) if errors else None
+        yield unit.name, UnitEnd(unit.name, unit.file_index, errors_url)
 
 
 class Verify(beam.DoFn):
-    """VerifyStage (one verifier pool per worker process) behind a bounded look-ahead."""
+    """VerifyStage (one verifier pool per worker process) behind a bounded look-ahead; UnitEnd markers
+    pass through in order."""
 
     def __init__(self, plan: RunPlan, context: WorkerContext):
         self.config = plan.config.verifier
@@ -79,12 +94,12 @@ class Verify(beam.DoFn):
         self.stage = WORKER_STAGES.acquire(VerifyStage(self.config), self.context)
         self.ahead = VerifyAhead(self.stage, self.depth)
 
-    def process(self, table):
-        yield from self.ahead.push(table, SINK)
+    def process(self, element):
+        yield from self.ahead.push(*element, SINK)
 
     def finish_bundle(self):
-        for table in self.ahead.drain(SINK):
-            yield GlobalWindows.windowed_value(table)
+        for element in self.ahead.drain(SINK):
+            yield GlobalWindows.windowed_value(element)
 
     def teardown(self):
         self.ahead.close()
@@ -100,11 +115,17 @@ class Score(beam.DoFn):
     def setup(self):
         self.stage = WORKER_STAGES.acquire(ScoreStage(self.config), WorkerContext())
 
-    def process(self, table):
-        yield self.stage.process(table, SINK)
+    def process(self, element):
+        unit, value = element
+        yield unit, (self.stage.process(value, SINK) if isinstance(value, pa.Table) else value)
 
     def teardown(self):
         WORKER_STAGES.release(self.stage)
+
+
+def _errors_of(end: UnitEnd):
+    if end.errors_url:
+        yield beam.pvalue.TaggedOutput("errors", (end.file_index, end.errors_url))
 
 
 class BucketInMemory(beam.DoFn):
@@ -113,30 +134,68 @@ class BucketInMemory(beam.DoFn):
     def __init__(self, num_shards: int):
         self.num_shards = num_shards
 
-    def process(self, table):
-        yield from split_by_bucket(table, self.num_shards)
+    def process(self, element):
+        _, value = element
+        if isinstance(value, UnitEnd):
+            yield from _errors_of(value)
+        else:
+            yield from split_by_bucket(value, self.num_shards)
 
 
 class SpillToBuckets(beam.DoFn):
-    """shuffle=files: one spill file per bucket and bundle; only (bucket, path) goes through the GroupByKey."""
+    """shuffle=files: spill files per bucket; only (bucket, path) goes through the GroupByKey.
 
-    def __init__(self, plan: RunPlan):
-        self.spill_dir = plan.spill_dir
-        self.num_shards = plan.num_shards
+    per_unit (stages fused, so a unit's batches and then its UnitEnd arrive in order: local runners):
+    one file per unit and bucket, named after the unit, and the unit's completion marker once they are
+    complete, so a crashed run resumes without redoing the unit. Otherwise (a Reshuffle reorders
+    elements before this step on remote runners) one file per bundle and bucket, and no markers.
+    """
+
+    def __init__(self, plan: RunPlan, per_unit: bool):
+        self.plan = plan
+        self.per_unit = per_unit
         self.schema = plan.contract.scored_schema()
 
-    def start_bundle(self):
-        self.writer = SpillWriter(self.spill_dir, self.num_shards, self.schema, name=uuid.uuid4().hex)
+    def _writer(self, name: str) -> SpillWriter:
+        return SpillWriter(self.plan.spill_dir, self.plan.num_shards, self.schema, name=name)
 
-    def process(self, table):
+    def start_bundle(self):
+        self.writers: dict[str, SpillWriter] = {}
+        self.bundle = uuid.uuid4().hex
+
+    def process(self, element):
+        unit, value = element
+        if isinstance(value, UnitEnd):
+            yield from _errors_of(value)
+            if self.per_unit:
+                with timed(SINK, "group"):
+                    written = self.writers.pop(unit, None) or self._writer(unit)
+                    buckets = written.close()
+                    checkpoints.fault_point("group")
+                    checkpoints.write_marker(self.plan, unit, buckets, value.errors_url)
+                yield from buckets.items()
+            return
+        key = unit if self.per_unit else self.bundle
         with timed(SINK, "group"):
-            self.writer.add(table)
+            if key not in self.writers:
+                self.writers[key] = self._writer(key)
+            self.writers[key].add(value)
 
     def finish_bundle(self):
         with timed(SINK, "group"):
-            written = self.writer.close()
-        for bucket, url in written.items():
-            yield GlobalWindows.windowed_value((bucket, url))
+            written = [w.close() for w in self.writers.values()]
+        self.writers = {}
+        for buckets in written:
+            for bucket, url in buckets.items():
+                yield GlobalWindows.windowed_value((bucket, url))
+
+
+def _resumed(element):
+    """A unit finished before a crash: its spill files (main) and error records (tagged)."""
+    file_index, marker = element
+    yield from marker["buckets"].items()
+    if marker["errors_url"]:
+        yield beam.pvalue.TaggedOutput("errors", (file_index, marker["errors_url"]))
 
 
 class SigmaMean(beam.CombineFn):
@@ -206,32 +265,38 @@ def worker_context(options: PipelineOptions) -> WorkerContext:
 def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions):
     """Adds the labeling DAG to `pipeline`; returns the PCollections of written data and error files."""
     config = plan.config
+    separate_scoring = is_remote(options) and plan.rm_needs_accelerator
+    # Per-unit spill files and completion markers need a unit's elements in order: fused stages, no Reshuffle.
+    per_unit = config.shuffle == "files" and not separate_scoring
     batches = (
         pipeline
         | "RowGroups" >> beam.Create(plan.units)
         | "Distribute" >> beam.Reshuffle()
-        | "ReadAndValidate" >> beam.ParDo(ReadAndValidate(plan)).with_outputs("errors", main="valid")
+        | "ReadAndValidate" >> beam.ParDo(ReadAndValidate(plan, resumable=per_unit)).with_outputs("done", main="valid")
     )
     verified = batches.valid | "Verify" >> beam.ParDo(Verify(plan, worker_context(options)))
     score = beam.ParDo(Score(plan))
-    if is_remote(options) and plan.rm_needs_accelerator:
+    if separate_scoring:
         verified = verified | "SeparateScoring" >> beam.Reshuffle()
         if config.engine.rm_accelerator != "none":
             score = score.with_resource_hints(accelerator=config.engine.rm_accelerator)
     labelled = verified | "Score" >> score
     if config.shuffle == "files":
-        keyed = labelled | "Spill" >> beam.ParDo(SpillToBuckets(plan))
+        keyed = labelled | "Spill" >> beam.ParDo(SpillToBuckets(plan, per_unit)).with_outputs("errors", main="rows")
     else:
-        keyed = labelled | "Bucket" >> beam.ParDo(BucketInMemory(plan.num_shards))
-    groups = keyed | "GroupByPrompt" >> beam.GroupByKey()
+        keyed = labelled | "Bucket" >> beam.ParDo(BucketInMemory(plan.num_shards)).with_outputs("errors", main="rows")
+    resumed = batches.done | "ResumedUnits" >> beam.FlatMap(_resumed).with_outputs("errors", main="rows")
+    groups = (keyed.rows, resumed.rows) | "AllRows" >> beam.Flatten() | "GroupByPrompt" >> beam.GroupByKey()
 
     if plan.sigma_mode != "job_mean":
         sigma_bar = pipeline | "KnownSigma" >> beam.Create([plan.fixed_sigma_bar])
     else:
-        sigma_bar = groups | "SigmaPartials" >> beam.ParDo(SigmaPartial(plan)) | "SigmaBar" >> beam.CombineGlobally(SigmaMean())
+        sigma_bar = (groups | "SigmaPartials" >> beam.ParDo(SigmaPartial(plan))
+                     | "SigmaBar" >> beam.CombineGlobally(SigmaMean()))
     written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), sigma_bar=beam.pvalue.AsSingleton(sigma_bar))
     errors = (
-        batches.errors
+        (keyed.errors, resumed.errors)
+        | "AllErrors" >> beam.Flatten()
         | "GroupErrorsByFile" >> beam.GroupByKey()
         | "WriteErrors" >> beam.ParDo(WriteErrors(plan))
     )

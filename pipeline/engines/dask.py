@@ -30,7 +30,7 @@ from collections import Counter, defaultdict
 from contextlib import contextmanager
 from itertools import islice
 
-from pipeline import progress
+from pipeline import checkpoints, progress
 from pipeline.buckets import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials
 from pipeline.config import ConfigError
 from pipeline.outputs import fuse_and_write, spill_errors, write_errors
@@ -78,8 +78,8 @@ def verify_unit(plan: RunPlan, unit: WorkUnit, verifying_per_host: dict[str, int
             if bad.num_rows:
                 errors.append(bad)
             if valid.num_rows:
-                verified.extend(ahead.push(valid, sink))
-        verified.extend(ahead.drain(sink))
+                verified.extend(table for _, table in ahead.push(None, valid, sink))
+        verified.extend(table for _, table in ahead.drain(sink))
     finally:
         ahead.close()
     errors_url = None
@@ -108,6 +108,8 @@ def spill_unit(plan: RunPlan, scored: dict) -> dict:
         for table in scored["tables"]:
             writer.add(table)
         buckets = writer.close()
+        checkpoints.fault_point("group")
+        checkpoints.write_marker(plan, scored["unit"].name, buckets, scored["errors_url"])
     return {"unit": scored["unit"], "buckets": buckets, "errors_url": scored["errors_url"],
             "counts": _merge(scored["counts"], sink.counts),
             "workers": {**scored["workers"], "spill": _worker_address()}}
@@ -247,6 +249,7 @@ class _Job:
         self.placement: dict[str, Counter] = defaultdict(Counter)
         self.bucket_parts: dict[int, list[str]] = defaultdict(list)
         self.error_parts: dict[int, list[str]] = defaultdict(list)
+        self.resumed_units = 0
 
     def submit_unit(self, unit: WorkUnit) -> dict:
         """The unit's verify -> score -> spill chain; returns its futures and where verify may run."""
@@ -278,7 +281,12 @@ class _Job:
         workers all died; fails when no worker holding the RM resource is left."""
         from distributed import wait
 
-        units = iter(self.plan.units)
+        done = checkpoints.completed_units(self.plan)
+        for unit in self.plan.units:
+            if unit.name in done:  # finished before a crash: its spill files are complete
+                self.resumed_units += 1
+                self.collect({"unit": unit, **done[unit.name], "counts": {}, "workers": {}})
+        units = (u for u in self.plan.units if u.name not in done)
         chains = [self.submit_unit(u) for u in islice(units, window)]
         pending = {chain["futures"][2]: chain for chain in chains}
         while pending:
@@ -323,13 +331,13 @@ class _Job:
                          **prefer) for f, parts in sorted(self.error_parts.items())]
         # A fuse task holds a whole shard (~rows_per_shard rows): one in flight per verifying worker keeps
         # peak memory set by --rows-per-shard, whatever the number of shards.
-        buckets = iter(sorted(self.bucket_parts.items()))
 
         def fuse(bucket_and_parts):
             bucket, parts = bucket_and_parts
             return submit(fuse_task, self.plan_future, bucket, parts, sigma_bar, key=f"fuse-{bucket:05d}-{self.run_id}",
                           pure=False, **prefer)
 
+        buckets = iter(sorted(self.bucket_parts.items()))
         in_flight = as_completed([fuse(item) for item in islice(buckets, len(self.where.cpu or self.where.workers))])
         for future in in_flight:
             (_, rows), written_counts = future.result()
@@ -371,4 +379,5 @@ def run(plan: RunPlan, show_progress: bool) -> dict:
             _release_worker_stages(client)
     return {"name": "dask", "counters": dict(job.counts), "wall_s": time.monotonic() - started,
             "workers": len(where.workers), "resubmitted_units": sum(job.attempts.values()) - len(job.attempts),
+            "resumed_units": job.resumed_units,
             "placement": {stage: dict(c) for stage, c in job.placement.items()}}

@@ -1,0 +1,118 @@
+"""Resume after a crash: this run's completed units of work, under deterministic names, engine-neutral.
+
+    OUTPUT/_shuffle/run.json              what the run is (labeling settings, RM identity, inputs, shards)
+    OUTPUT/_shuffle/units/UNIT.json       a unit (input row group) is verified, scored and spilled
+    OUTPUT/_shuffle/bucket-B/UNIT.parquet its spilled rows          OUTPUT/_shuffle/errors/UNIT.parquet
+    OUTPUT/data/part-B-of-S.parquet       a finished shard (written atomically: complete when present)
+
+A marker is written only after the unit's spill files, so a unit with a marker is complete; a run
+killed at any point and started again with the same arguments reads the markers, skips those units
+and the finished shards, and recomputes the rest. Every file is a deterministic function of the input
+and the labeling settings, so the result is byte-identical to an uninterrupted run. A resume with other
+settings is refused, naming what differs. (Scores reused across runs belong to the RM score cache, not
+here: these checkpoints live only until the run completes.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import fsspec
+
+from pipeline import io
+
+if TYPE_CHECKING:  # plan.py imports stages.py, which calls fault_point() here
+    from pipeline.plan import RunPlan
+
+FAULT_ENV = "HEROLABEL_FAULT_AT"
+FAULT_POINTS = ("verify", "score", "group", "write")
+
+
+def fingerprint(plan: RunPlan) -> dict:
+    """Everything that decides the run's files; a resume must match it exactly."""
+    config = plan.config
+    return {
+        "labeling": config.labeling_dict(),
+        "reward_model": plan.metadata["reward_model"],
+        "herolabel_version": plan.metadata["herolabel_version"],
+        "inputs": [[f.url, f.num_rows, list(f.row_group_rows)] for f in plan.files],
+        "num_shards": plan.num_shards,
+        "batch_rows": config.batch_rows,
+        "shuffle": config.shuffle,
+    }
+
+
+def _url(plan: RunPlan, *parts: str) -> str:
+    return io.join(plan.spill_dir, *parts)
+
+
+def read_fingerprint(output: str) -> dict | None:
+    fs, path = fsspec.core.url_to_fs(output)
+    if not fs.exists(f"{path}/_shuffle/run.json"):
+        return None
+    with fs.open(f"{path}/_shuffle/run.json", "r") as handle:
+        return json.load(handle)
+
+
+def write_fingerprint(plan: RunPlan) -> None:
+    with io.open_atomic(_url(plan, "run.json"), "w") as handle:
+        json.dump(fingerprint(plan), handle, indent=1, sort_keys=True)
+
+
+def differences(old: dict, new: dict) -> list[str]:
+    """Human-readable keys that differ between two fingerprints (nested settings by dotted name)."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += [f"{key}.{d}" for d in differences(a, b)]
+        elif a != b:
+            found.append(key)
+    return found
+
+
+def marker_url(plan: RunPlan, unit_name: str) -> str:
+    return _url(plan, "units", f"{unit_name}.json")
+
+
+def write_marker(plan: RunPlan, unit_name: str, buckets: dict[int, str], errors_url: str | None) -> None:
+    """Records a completed unit (WorkUnit.name); call only after its spill files are complete."""
+    with io.open_atomic(marker_url(plan, unit_name), "w") as handle:
+        json.dump({"buckets": {str(b): u for b, u in buckets.items()}, "errors_url": errors_url}, handle)
+
+
+def completed_units(plan: RunPlan) -> dict[str, dict]:
+    """unit name -> {"buckets": {bucket: url}, "errors_url": url or None} for every marked unit."""
+    fs, path = fsspec.core.url_to_fs(_url(plan, "units"))
+    if not fs.exists(path):
+        return {}
+    done = {}
+    for file in fs.glob(f"{path}/*.json"):
+        with fs.open(file, "r") as handle:
+            marker = json.load(handle)
+        done[file.rsplit("/", 1)[1][:-len(".json")]] = {
+            "buckets": {int(b): u for b, u in marker["buckets"].items()}, "errors_url": marker["errors_url"]}
+    return done
+
+
+def shard_done(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def fault_point(name: str) -> None:
+    """Fault injection for tests: with HEROLABEL_FAULT_AT=NAME:N, the N-th time point NAME is reached in
+    a process, kill this process's whole group with SIGKILL (as a crash or an OOM killer would)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or not spec.startswith(f"{name}:"):
+        return
+    counts = fault_point.counts  # type: ignore[attr-defined]
+    counts[name] = counts.get(name, 0) + 1
+    if counts[name] >= int(spec.split(":", 1)[1]):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+fault_point.counts = {}  # type: ignore[attr-defined]
