@@ -185,21 +185,32 @@ def test_refuses_to_overwrite_a_previous_run(tmp_path):
 # Each example is a full Beam run (~2 s), so no shrinking; explicit examples pin the edge cases.
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
           phases=[Phase.explicit, Phase.generate])
-@given(num_rows=st.integers(1, 60), per_prompt=st.integers(1, 9), bad=st.integers(0, 5), shard_rows=st.integers(5, 80))
-@example(num_rows=1, per_prompt=1, bad=1, shard_rows=5)  # every row bad: no data rows at all
-@example(num_rows=9, per_prompt=9, bad=0, shard_rows=5)  # one group larger than a shard's target
-def test_every_input_row_is_accounted_for(tmp_path_factory, num_rows, per_prompt, bad, shard_rows):
+@given(num_rows=st.integers(1, 60), per_prompt=st.integers(1, 9), bad=st.integers(0, 5), shard_rows=st.integers(5, 80),
+       copies=st.integers(0, 4))
+@example(num_rows=1, per_prompt=1, bad=1, shard_rows=5, copies=0)  # every row bad: no data rows at all
+@example(num_rows=9, per_prompt=9, bad=0, shard_rows=5, copies=0)  # one group larger than a shard's target
+@example(num_rows=8, per_prompt=4, bad=2, shard_rows=5, copies=4)  # copies of bad and of good rows
+def test_every_input_row_is_accounted_for(tmp_path_factory, num_rows, per_prompt, bad, shard_rows, copies):
     base = tmp_path_factory.mktemp("accounting")
     write_synthetic_rollouts(str(base / "in"), num_rows, rows_per_file=7, responses_per_prompt=per_prompt,
                              bad_rows=bad, seed=num_rows)
+    first = sorted((base / "in").glob("*.parquet"))[0]
+    pq.write_table(pq.read_table(first).slice(0, copies), base / "in" / "zz_copies.parquet")  # injected duplicates
     manifest = label(base / "in", base / "out", rm_score_column="sample_index", rows_per_shard=shard_rows,
                      max_error_rate=1.0)  # any share of bad rows: this property is about accounting
-    assert manifest["error_rows"] == min(bad, num_rows)
-    assert manifest["input_rows"] == num_rows == manifest["output_rows"] + manifest["error_rows"]
+    total = num_rows + min(copies, pq.read_metadata(first).num_rows)
+    assert manifest["input_rows"] == total == manifest["output_rows"] + manifest["error_rows"]
+    assert manifest["error_rows"] >= min(bad, num_rows)
     assert (base / "out" / "data").is_dir()
+    errors = pq.read_table(base / "out" / "errors") if manifest["error_rows"] else None
+    if errors is not None:  # no input row is reported twice
+        sources = list(zip(errors.column("source_file").to_pylist(), errors.column("source_row").to_pylist()))
+        assert len(sources) == len(set(sources))
     if manifest["output_rows"] == 0:
         return
     table = read_output(base / "out")
+    keys = list(zip(table.column("prompt_id").to_pylist(), table.column("sample_index").to_pylist()))
+    assert len(keys) == len(set(keys))  # no rollout labelled twice
     counts = table.group_by("prompt_id").aggregate([("prompt_id", "count"), ("group_size", "max")]).to_pylist()
     assert all(row["prompt_id_count"] == row["group_size_max"] for row in counts)
 

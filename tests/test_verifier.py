@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pyarrow as pa
 import pytest
 
@@ -128,3 +130,64 @@ def test_a_worker_that_died_while_idle_is_replaced_without_blaming_a_row():
         scores, statuses, _ = idle_pool.verify(["2", "3"], ["\\boxed{2}", "\\boxed{4}"])
         assert (scores, statuses) == ([1.0, 0.0], ["ok", "ok"])
         assert idle_pool.restarts == 1
+
+
+def adversarial_corpus(seed: int = 0) -> list[tuple[str, str, str]]:
+    """1,200 generated (kind, reference, response) rows of the kinds that break verifiers. The expensive
+    kinds (each costs math-verify its whole timeout) are fewer, so the test stays within minutes."""
+    rng = random.Random(seed)
+
+    def nested(depth: int) -> str:
+        return "\\frac{" * depth + "1" + "}{2}" * depth
+
+    def junk(size: int) -> str:
+        return bytes(rng.getrandbits(8) for _ in range(size)).decode("latin-1")
+
+    kinds = [
+        # (kind, rows, maker)
+        ("huge exponent", 30, lambda: (f"2^{{{rng.randint(10**6, 10**9)}}}",
+                                       f"\\boxed{{{rng.randint(2, 9)}^{{{rng.randint(10**8, 10**12)}}}}}")),
+        ("deeply nested LaTeX", 30, lambda: (nested(rng.randint(50, 400)), f"\\boxed{{{nested(rng.randint(50, 400))}}}")),
+        ("megabyte string", 12, lambda: ("1", "\\boxed{" + "1+" * rng.randint(3 * 10**5, 5 * 10**5) + "1}")),
+        ("power tower", 12, lambda: ("\\sqrt{" * 30 + "2" + "}" * 30, "$" + "x^" * 500 + "2$")),
+        ("unbalanced braces", 400, lambda: ("{" * rng.randint(1, 50) + str(rng.randint(0, 9)),
+                                            "}" * rng.randint(1, 50) + "\\boxed{{{" + "\\left(" * rng.randint(0, 20))),
+        ("binary junk", 400, lambda: (junk(rng.randint(1, 80)), junk(rng.randint(100, 4000)))),
+        ("long answerless text", 300, lambda: (str(rng.randint(0, 99)), " ".join(
+            rng.choice(["so", "then", "=", "\\(", "\\)", "$", "x", "\\\\", "\\frac", "{", "}"]) for _ in range(3000)))),
+        ("NUL and control characters", 16, lambda: ("\x00\x01" + str(rng.randint(0, 9)), "\\boxed{\x00\x1b[31m7}\f\t\b")),
+    ]
+    corpus = [(kind, *make()) for kind, count, make in kinds for _ in range(count)]
+    rng.shuffle(corpus)
+    return corpus
+
+
+@pytest.mark.timeout(180)
+def test_every_adversarial_row_comes_back_labelled_even_when_a_worker_is_killed():
+    """>= 1,000 pathological rows, short limits (1 s math-verify timeout, 3 s hard limit), and a verifier
+    process SIGKILLed mid-batch: every row gets a status from the vocabulary, nothing is lost."""
+    import threading
+
+    from schemas.rollouts import VERIFIER_STATUSES
+
+    corpus = adversarial_corpus()
+    assert len(corpus) >= 1000
+    references = [r for _, r, _ in corpus]
+    responses = [s for _, _, s in corpus]
+    config = VerifierConfig(num_workers=2, timeout_s=1, hard_timeout_s=3)
+    with VerifierPool(config) as adversarial_pool:
+        adversarial_pool.verify(["1"], ["\\boxed{1}"])  # workers up
+        victim = adversarial_pool._workers[0].process  # noqa: SLF001 - the test kills the real process
+        killer = threading.Timer(2.0, victim.kill)
+        killer.start()
+        scores, statuses, extracted = adversarial_pool.verify(references, responses)
+        killer.join()
+        assert victim.poll() is not None and adversarial_pool.restarts >= 1
+    assert len(statuses) == len(corpus) and all(s in VERIFIER_STATUSES for s in statuses)
+    assert all((score is None) == (status in ("timeout", "error", "bad_reference"))
+               for score, status in zip(scores, statuses))
+    assert all(e is None or len(e) <= 512 for e in extracted)
+    by_kind = {}
+    for (kind, _, _), status in zip(corpus, statuses):
+        by_kind.setdefault(kind, set()).add(status)
+    assert "timeout" in by_kind["huge exponent"] | by_kind["power tower"]  # math-verify's own limit fired
