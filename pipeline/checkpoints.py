@@ -38,7 +38,7 @@ def fingerprint(plan: RunPlan) -> dict:
         "labeling": config.labeling_dict(),
         "reward_model": plan.metadata["reward_model"],
         "herolabel_version": plan.metadata["herolabel_version"],
-        "inputs": [[f.url, f.num_rows, list(f.row_group_rows)] for f in plan.files],
+        "inputs": [[f.url, f.num_rows, list(f.row_group_rows), f.footer_sha256] for f in plan.files],
         "num_shards": plan.num_shards,
         "batch_rows": config.batch_rows,
         "shuffle": config.shuffle,

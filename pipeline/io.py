@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import glob as globlib
+import hashlib
+import io as pyio
 import json
 import uuid
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ class InputFile:
     num_rows: int
     row_group_starts: tuple[int, ...]
     row_group_rows: tuple[int, ...]
+    footer_sha256: str = ""  # of the Parquet footer (schema, row groups, column statistics, offsets)
 
 
 def _has_magic(path: str) -> bool:
@@ -64,6 +67,7 @@ def inspect_inputs(spec: str) -> list[InputFile]:
             with fsspec.open(url, "rb") as handle:
                 metadata = pq.ParquetFile(handle).metadata
                 schema = metadata.schema.to_arrow_schema()
+                footer = _footer_digest(handle)
         except (OSError, pa.ArrowInvalid) as exc:
             raise InputError(f"--input: {url} is not a readable Parquet file: {exc}") from exc
         rows = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
@@ -71,8 +75,17 @@ def inspect_inputs(spec: str) -> list[InputFile]:
         for count in rows:
             starts.append(total)
             total += count
-        files.append(InputFile(index, url, schema, metadata.num_rows, tuple(starts), rows))
+        files.append(InputFile(index, url, schema, metadata.num_rows, tuple(starts), rows, footer))
     return files
+
+
+def _footer_digest(handle) -> str:
+    """sha256 of a Parquet file's footer: changes when the data is rewritten (offsets, sizes and column
+    statistics move), read with one small seek instead of the whole file."""
+    handle.seek(-8, 2)
+    length = int.from_bytes(handle.read(4), "little")
+    handle.seek(-8 - length, 2)
+    return hashlib.sha256(handle.read(length)).hexdigest()
 
 
 def iter_row_group(url: str, row_group: int, batch_rows: int):
@@ -97,18 +110,27 @@ def renames_for_atomicity(fs) -> bool:
 
 @contextmanager
 def open_atomic(url: str, mode: str = "wb"):
-    """A handle whose content appears at `url` only once complete: through a dot-prefixed temporary and a
-    rename where that is how atomicity is had, directly on object stores (their uploads are atomic)."""
+    """A handle whose content appears at `url` only once complete, and not at all if the block raises:
+    through a dot-prefixed temporary and a rename on local and POSIX-like filesystems; on object stores
+    the content is built in memory and uploaded in one call (their single uploads are atomic, and a
+    streaming upload would be completed by close() even on an error)."""
     fs, path = fsspec.core.url_to_fs(url)
     parent, name = path.rsplit("/", 1)
     fs.makedirs(parent, exist_ok=True)
     if not renames_for_atomicity(fs):
-        with fs.open(path, mode) as handle:
-            yield handle
+        buffer = pyio.BytesIO() if "b" in mode else pyio.StringIO()
+        yield buffer
+        data = buffer.getvalue()
+        fs.pipe_file(path, data if isinstance(data, bytes) else data.encode("utf-8"))
         return
     temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
-    with fs.open(temporary, mode) as handle:
-        yield handle
+    try:
+        with fs.open(temporary, mode) as handle:
+            yield handle
+    except BaseException:
+        if fs.exists(temporary):
+            fs.rm(temporary)
+        raise
     fs.mv(temporary, path)
 
 

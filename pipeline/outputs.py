@@ -212,7 +212,8 @@ def summarize_output(output: str) -> dict:
 
 
 def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
-    """Reads the output back, removes spill files, writes manifest.json last (atomically) and returns it.
+    """Reads the output back, writes manifest.json (atomically; it marks the run finished), then removes
+    the spill files and checkpoints, and returns the manifest.
 
     The manifest's status is "complete", or "failed" with the reason; for a failed run this raises
     AccountingError (an input row is neither in data nor errors) or ErrorBudgetExceeded after writing
@@ -220,9 +221,6 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
     """
     config = plan.config
     summary = summarize_output(config.output)
-    fs, path = fsspec.core.url_to_fs(config.output)
-    if fs.exists(f"{path}/_shuffle"):
-        fs.rm(f"{path}/_shuffle", recursive=True)
     accounted = plan.input_rows == summary["output_rows"] + summary["error_rows"]
     budget = error_budget(plan, summary)
     failure = None
@@ -257,6 +255,11 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
     }
     with io.open_atomic(io.join(config.output, "manifest.json"), "w") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=False, default=str)
+    # Only now that the manifest marks the run finished: a crash during this clean-up leaves a finished run
+    # (and some spill files that --overwrite removes), never an unfinished run without its checkpoints.
+    fs, path = fsspec.core.url_to_fs(config.output)
+    if fs.exists(f"{path}/_shuffle"):
+        fs.rm(f"{path}/_shuffle", recursive=True)
     if failure is not None:
         raise failure
     return manifest

@@ -186,6 +186,8 @@ class SharedStages:
             entry.users += 1
         # Set-up (a model load takes seconds) holds only this entry's lock, not the registry's.
         with entry.lock:
+            if not entry.ready and self._entries.get(key) is not entry:  # another user's set-up failed
+                return self.acquire(stage, context)
             if not entry.ready:
                 try:
                     entry.stage.setup(context)

@@ -99,3 +99,22 @@ def test_atomic_writes_rename_on_posix_and_upload_directly_on_object_stores(tmp_
         from fsspec.registry import _registry
 
         _registry.pop("s3", None)  # noqa: SLF001 - back to fsspec's own s3 entry
+
+
+def test_an_interrupted_object_store_write_publishes_nothing():
+    import fsspec
+
+    from pipeline import io
+
+    store = _ObjectStore()
+    fsspec.register_implementation("s3", _ObjectStore, clobber=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with io.open_atomic("s3://bucket/out/part.parquet") as handle:
+                handle.write(b"PAR1 half a file")
+                raise KeyboardInterrupt
+        assert not store.exists("/bucket/out/part.parquet")
+    finally:
+        from fsspec.registry import _registry
+
+        _registry.pop("s3", None)  # noqa: SLF001 - back to fsspec's own s3 entry

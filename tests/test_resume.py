@@ -128,3 +128,18 @@ def test_resuming_with_other_settings_is_refused_and_a_finished_run_is_kept(clea
     assert code == 0, err[-3000:]
     code, err = finish(launch(args))  # and a finished run is not redone
     assert code == 2 and "already holds a complete run" in err
+
+
+def test_a_run_killed_on_beam_resumes_on_dask(clean, rollouts, tiny_rm_path, tmp_path):
+    """Unit markers and spill files are engine-neutral: Dask picks up what Beam finished."""
+    engine, clean_output = clean
+    if engine != "dask":
+        pytest.skip("one direction is enough; runs against the Dask clean output")
+    output = tmp_path / "out"
+    code, _ = finish(launch(command(rollouts, output, tiny_rm_path, "beam"), fault="group:4"))
+    assert code == -signal.SIGKILL
+    code, err = finish(launch(command(rollouts, output, tiny_rm_path, "dask")))
+    assert code == 0, err[-3000:]
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["engine"]["resumed_units"] >= 3 and manifest["output_rows"] == ROWS
+    assert shard_bytes(output) == shard_bytes(clean_output)

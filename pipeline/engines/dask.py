@@ -281,12 +281,12 @@ class _Job:
         workers all died; fails when no worker holding the RM resource is left."""
         from distributed import wait
 
-        done = checkpoints.completed_units(self.plan)
+        completed = checkpoints.completed_units(self.plan)
         for unit in self.plan.units:
-            if unit.name in done:  # finished before a crash: its spill files are complete
+            if unit.name in completed:  # finished before a crash: its spill files are complete
                 self.resumed_units += 1
-                self.collect({"unit": unit, **done[unit.name], "counts": {}, "workers": {}})
-        units = (u for u in self.plan.units if u.name not in done)
+                self.collect({"unit": unit, **completed[unit.name], "counts": {}, "workers": {}})
+        units = iter([u for u in self.plan.units if u.name not in completed])
         chains = [self.submit_unit(u) for u in islice(units, window)]
         pending = {chain["futures"][2]: chain for chain in chains}
         while pending:
