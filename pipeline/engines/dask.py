@@ -319,7 +319,8 @@ class _Job:
             self.client.submit(sigma_task, parts, self.plan.has_sample_index, key=f"sigma-{b:05d}-{self.run_id}",
                                pure=False, **self.where.prefer_cpu())
             for b, parts in sorted(self.bucket_parts.items())])
-        self.counts.update(_merge(*(c for _, c in partials)))
+        for _, sigma_counts in partials:
+            self.counts.update(sigma_counts)
         return sigma_bar_from_partials(p for p, _ in partials)
 
     def write(self, sigma_bar: float | None) -> None:
