@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from transforms.checks import is_finite_number, is_whole
 from transforms.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
-from transforms.reward_models import DEVICES, DTYPES, TRUNCATION_SIDES, RewardModelConfig, backend_names
+from transforms.reward_models import DTYPES, TRUNCATION_SIDES, RewardModelConfig, backend_names
 from transforms.verifier import VerifierConfig
 
 SHUFFLE_MODES = ("files", "engine")
@@ -135,7 +135,9 @@ class PipelineConfig:
         verifier = dataclasses.asdict(self.verifier)
         for execution_only in ("num_workers", "task_size"):
             verifier.pop(execution_only)
-        return {"verifier": verifier, "rm": dataclasses.asdict(self.rm), "hero": dataclasses.asdict(self.hero)}
+        rm = dataclasses.asdict(self.rm)
+        rm.pop("cache_dir")  # where scores are remembered, not what they are
+        return {"verifier": verifier, "rm": rm, "hero": dataclasses.asdict(self.hero)}
 
 
 _SECTIONS = {"pipeline": PipelineConfig, "verifier": VerifierConfig, "rm": RewardModelConfig, "hero": HeroConfig,
@@ -183,8 +185,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_error_rate", "pipeline", "max_error_rate", "error budget: the run fails (manifest `failed`, exit 1, "
            "everything written) when more than this fraction of input rows went to errors/ or has verifier status "
            "`timeout`/`error`/`bad_reference` or RM status `error`", type=float),
-    Option("rm_backend", "rm", "backend", "reward-model backend (`transformers` with --rm-model, `precomputed` "
-           "with --rm-score-column, `none`: verifier only)", choices=backend_names(), default_text="inferred",
+    Option("rm_backend", "rm", "backend", "reward-model backend (`transformers` or `vllm` with --rm-model, "
+           "`precomputed` with --rm-score-column, `none`: verifier only)", choices=backend_names(), default_text="inferred",
            group=_RM),
     Option("rm_model", "rm", "model", "sequence-classification RM with one output: local path or hub id", group=_RM),
     Option("rm_revision", "rm", "revision", "hub revision (commit, tag or branch) to pin", group=_RM),
@@ -193,12 +195,18 @@ OPTIONS: tuple[Option, ...] = (
            "(`rm_status = truncated`)", type=int, group=_RM),
     Option("rm_truncation_side", "rm", "truncation_side", "`left` keeps the end of the response, where the RM reads "
            "its score", choices=TRUNCATION_SIDES, group=_RM),
-    Option("rm_max_tokens_per_batch", "rm", "max_tokens_per_batch", "padded tokens per forward pass (the RM memory "
-           "knob)", type=int, group=_RM),
+    Option("rm_max_tokens_per_batch", "rm", "max_tokens_per_batch", "tokens per forward pass, the RM memory knob "
+           "(real tokens when packed, rows × longest when padded)", type=int, group=_RM),
     Option("rm_max_batch_size", "rm", "max_batch_size", "rollouts per forward pass", type=int, group=_RM),
-    Option("rm_device", "rm", "device", "`auto`: cuda if the worker has one, else cpu (chosen on the worker)",
-           choices=DEVICES, group=_RM),
+    Option("rm_device", "rm", "device", "`auto`: one model copy per GPU the worker sees, else cpu (chosen on the "
+           "worker); `cpu`, `cuda`, or a list such as `cuda:0,cuda:1`", group=_RM),
     Option("rm_dtype", "rm", "dtype", "`auto`: bf16 on GPU, fp32 on CPU", choices=DTYPES, group=_RM),
+    Option("cache_dir", "rm", "cache_dir", "score cache (local path or fsspec URL): rollouts already scored by the "
+           "same RM and settings are read back instead of scored; the manifest counts both", group=_RM),
+    Option("rm_tensor_parallel_size", "rm", "tensor_parallel_size", "GPUs per model copy (vllm backend)", type=int,
+           group=_RM),
+    Option("rm_gpu_memory_utilization", "rm", "gpu_memory_utilization", "fraction of GPU memory vLLM may take "
+           "(vllm backend)", type=float, group=_RM),
     Option("verifier_workers", "verifier", "num_workers", "math-verify processes per engine worker process",
            type=int, default_text="host cores ÷ engine processes", group=_VER),
     Option("verifier_timeout", "verifier", "timeout_s", "math-verify's own timeout, whole seconds (it uses "

@@ -248,6 +248,9 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "error_files": summary["error_files"],
         "num_shards": plan.num_shards,
         "reward_model": plan.metadata["reward_model"],
+        # This run's rows by how they got their score (a resumed run counts only what it did itself).
+        "rm_rows": {"scored": int(engine.get("counters", {}).get("rm_scored", 0)),
+                    "cached": int(engine.get("counters", {}).get("rm_cached", 0))},
         "herolabel_version": plan.metadata["herolabel_version"],
         "engine": {**engine, "wall_s": round(engine["wall_s"], 3)},
         "wall_s": round(time.monotonic() - started, 3),

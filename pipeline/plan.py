@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Iterator
@@ -106,13 +107,17 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     model = make_reward_model(config.rm)
     try:
         model.check_schema(contract.input_schema())
+        identity = model.identity()  # resolves the model (config, tokenizer, weights) before any data moves
     except ValueError as exc:
         raise ConfigError(name_options(str(exc))) from exc
+    if identity.get("commit") and config.rm.revision != identity["commit"]:
+        # Every worker loads the commit the driver resolved, even if the branch moves during the run.
+        config = dataclasses.replace(config, rm=dataclasses.replace(config.rm, revision=identity["commit"]))
     total = sum(f.num_rows for f in files)
     num_shards = max(1, math.ceil(total / config.rows_per_shard))
     metadata = {
         "herolabel_version": package_version,
         "config": config.labeling_dict(),
-        "reward_model": model.identity(),
+        "reward_model": identity,
     }
     return RunPlan(config, files, contract, num_shards, metadata, model.needs_accelerator)

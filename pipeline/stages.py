@@ -25,10 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline import checkpoints
-from transforms.reward_models import RewardBackend, RewardModelConfig, make_reward_model
+from pipeline.score_cache import ScoreCache, rollout_keys
+from schemas.rollouts import PROMPT, RESPONSE
+from transforms.reward_models import RewardBackend, RewardModelConfig, make_reward_model, rm_columns
 from transforms.verifier import VerifierConfig, VerifierPool, usable_cores, verify_table
 
 
@@ -137,7 +140,11 @@ class VerifyStage:
 
 
 class ScoreStage:
-    """Reward-model scores for a batch; the backend is loaded once in setup, on the worker."""
+    """Reward-model scores for a batch; the backend is loaded once in setup, on the worker.
+
+    With rm.cache_dir, rows whose (model, settings, prompt, response) were scored before are read from
+    the score cache and only the others reach the backend; counters rm_scored and rm_cached say how many.
+    """
 
     name = "score"
 
@@ -145,10 +152,13 @@ class ScoreStage:
         self.config = config
         self.backend: RewardBackend | None = make_reward_model(config)
         self.resources = Resources(accelerator=self.backend.needs_accelerator)
+        self.cache: ScoreCache | None = None
         self._lock = threading.Lock()
 
     def setup(self, context: WorkerContext) -> None:
         self.backend.load()
+        if self.config.cache_dir:
+            self.cache = ScoreCache(self.config.cache_dir, self.backend.cache_identity())
 
     def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
         if self.backend is None:
@@ -156,11 +166,31 @@ class ScoreStage:
         checkpoints.fault_point("score")
         with self._lock:  # one forward pass at a time on a model shared by a worker's threads
             with timed(sink, "score"):
-                scored = self.backend.score_table(table)
+                scored = self._score(table, sink) if self.cache is not None else self.backend.score_table(table)
+        if self.cache is None:
+            sink.count("rm_scored", table.num_rows)
         sink.count("scored", table.num_rows)
         return scored
 
+    def _score(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
+        keys = rollout_keys(table.column(PROMPT).to_pylist(), table.column(RESPONSE).to_pylist())
+        hit, scores, statuses = self.cache.lookup(keys)
+        missed = np.flatnonzero(~hit)
+        if len(missed):
+            fresh = self.backend.score_table(table.take(missed))
+            fresh_scores = fresh.column("rm_score").to_numpy(zero_copy_only=False).astype(np.float64)
+            fresh_statuses = fresh.column("rm_status").to_pylist()
+            scores[missed] = fresh_scores
+            statuses[missed] = fresh_statuses
+            self.cache.store(keys[missed], fresh_scores, fresh_statuses)
+        sink.count("rm_cached", int(hit.sum()))
+        sink.count("rm_scored", len(missed))
+        return rm_columns(table, scores, statuses.tolist())
+
     def close(self) -> None:
+        close = getattr(self.backend, "close", None)
+        if close is not None:  # a backend with engine processes (vllm) stops them
+            close()
         self.backend = None  # drops the loaded model; this instance cannot score again
 
 

@@ -156,7 +156,7 @@ def test_tiny_transformers_rm_end_to_end(tmp_path, tiny_rm_path, engine):
     manifest = label(tmp_path / "in.parquet", tmp_path / "out", rm_model=tiny_rm_path, batch_rows=20, engine=engine)
     assert manifest["status_counts"]["rm_status"] == {"ok": 64}
     assert manifest["reward_model"]["backend"] == "transformers"
-    assert len(manifest["reward_model"]["fingerprint"]) == 16
+    assert len(manifest["reward_model"]["fingerprint"]) == 32
     table = read_output(tmp_path / "out")
     assert len(set(table.column("rm_score").to_pylist())) > 8
     assert_matches_reference_hero(table, manifest["sigma_bar"])

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from schemas.rollouts import CHAT_PROMPT
-from transforms.reward_models import RewardModelConfig, make_reward_model, plan_batches
+from transforms.reward_models import RewardModelConfig, make_reward_model
+from transforms.rm_torch import plan_packs, plan_padded_batches
 
 
 @pytest.mark.parametrize("lengths,max_tokens,max_batch", [
@@ -18,13 +19,18 @@ from transforms.reward_models import RewardModelConfig, make_reward_model, plan_
     ([100, 1, 1, 1], 100, 64),  # one long row fills a batch on its own
     ([], 10, 4),  # nothing to do
 ])
-def test_plan_batches_respects_budget_and_covers_every_row(lengths, max_tokens, max_batch):
-    batches = plan_batches(lengths, max_tokens, max_batch)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for batch in batches:
-        assert len(batch) <= max_batch
+def test_batch_plans_respect_budget_and_cover_every_row(lengths, max_tokens, max_batch):
+    padded = plan_padded_batches(lengths, max_tokens, max_batch)
+    packs = plan_packs(lengths, max_tokens, max_batch)
+    for plan in (padded, packs):
+        assert sorted(i for b in plan for i in b) == list(range(len(lengths)))
+        assert all(len(batch) <= max_batch for batch in plan)
+    for batch in padded:  # rows x longest under the budget (a row longer than it alone)
         assert len(batch) * max(lengths[i] for i in batch) <= max(max_tokens, max(lengths[i] for i in batch))
         assert [lengths[i] for i in batch] == sorted(lengths[i] for i in batch)
+    for pack in packs:  # real tokens under the budget (a row longer than it alone)
+        assert sum(max(lengths[i], 1) for i in pack) <= max(max_tokens, max(lengths[i] for i in pack))
+    assert plan_packs(lengths, max_tokens, max_batch) == packs  # decided by the lengths alone
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +56,10 @@ def test_batched_scores_equal_one_by_one_scores(tiny_rm):
 
 
 def test_chat_template_frames_prompt_and_response(tiny_rm):
-    ids, truncated = tiny_rm._render("What is 2+2?", "4")
-    text = tiny_rm.tokenizer.decode(ids)
+    ids, truncated, errors = tiny_rm.encode(["What is 2+2?"], ["4"])
+    text = tiny_rm.tokenizer.decode(ids[0])
     assert text == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
-    assert not truncated
+    assert truncated == [False] and errors == [None]
 
 
 def test_long_rollouts_are_truncated_and_reported(tiny_rm_path):
@@ -64,23 +70,23 @@ def test_long_rollouts_are_truncated_and_reported(tiny_rm_path):
     out = model.score_table(table)
     assert out.column("rm_status").to_pylist() == ["ok", "truncated"]
     assert all(math.isfinite(s) for s in out.column("rm_score").to_pylist())
-    ids, truncated = model._render("q", "word " * 200)
-    assert truncated and len(ids) == 40
-    assert model.tokenizer.decode(ids).endswith("<|im_end|>\n")  # left truncation keeps the response end
+    ids, truncated, _ = model.encode(["q"], ["word " * 200])
+    assert truncated == [True] and len(ids[0]) == 40
+    assert model.tokenizer.decode(ids[0]).endswith("<|im_end|>\n")  # left truncation keeps the response end
 
 
 def test_chat_message_prompts_are_scored(tiny_rm):
     chat = pa.array([[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]], CHAT_PROMPT)
     out = tiny_rm.score_table(pa.table({"prompt": chat, "response": ["4"]}))
     assert out.column("rm_status").to_pylist() == ["ok"]
-    ids, _ = tiny_rm._render(chat.to_pylist()[0], "4")
-    assert tiny_rm.tokenizer.decode(ids).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    ids, _, _ = tiny_rm.encode([chat.to_pylist()[0]], ["4"])
+    assert tiny_rm.tokenizer.decode(ids[0]).startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
 def test_identity_fingerprints_local_weights(tiny_rm, tiny_rm_path):
     identity = tiny_rm.identity()
     assert identity["backend"] == "transformers" and identity["name"] == tiny_rm_path
-    assert len(identity["fingerprint"]) == 16 and identity["fingerprint"] == tiny_rm.identity()["fingerprint"]
+    assert len(identity["fingerprint"]) == 32 and identity["fingerprint"] == tiny_rm.identity()["fingerprint"]
 
 
 def test_precomputed_scores_and_missing_values():
@@ -109,7 +115,11 @@ def test_backend_none_marks_rows_skipped():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"backend": "vllm"}, "rm.backend"),
+    ({"backend": "vllm"}, "rm.model is required"),
+    ({"backend": "bogus"}, "rm.backend"),
+    ({"backend": "precomputed", "score_column": "s", "cache_dir": "/tmp/c"}, "rm.cache_dir"),
+    ({"backend": "none", "gpu_memory_utilization": 1.5}, "rm.gpu_memory_utilization"),
+    ({"backend": "none", "device": "cuda:x"}, "rm.device"),
     ({"backend": "transformers"}, "rm.model is required"),
     ({"backend": "precomputed"}, "rm.score_column is required"),
     ({"backend": "none", "max_length": 0}, "rm.max_length"),

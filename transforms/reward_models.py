@@ -14,9 +14,12 @@ error (this row could not be scored), skipped (backend "none").
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
+import re
+import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol, runtime_checkable
 
@@ -84,8 +87,14 @@ class RewardModelConfig:
     score_column: input column holding scores (precomputed backend).
     max_length: tokens per rollout; longer inputs are truncated on `truncation_side` ("left" keeps the end
     of the response, where sequence-classification RMs read their score) and marked "truncated".
-    max_tokens_per_batch: padded tokens per forward pass (batch size x longest sequence); the main memory knob.
+    max_tokens_per_batch: tokens per forward pass (the main memory knob): real tokens for packed causal RMs,
+    rows x longest for padded ones. 65,536 keeps a 7B RM well inside an 80 GB GPU in bf16.
     max_batch_size: rollouts per forward pass at most.
+    device: "auto" (every visible GPU, one model copy each, else the CPU), "cpu", "cuda", or a comma list.
+    dtype: "auto" is bf16 on GPU and fp32 on CPU.
+    tensor_parallel_size, gpu_memory_utilization: vLLM engine arguments (backend "vllm").
+    cache_dir: score cache (local path or fsspec URL; pipeline/score_cache.py): rows scored before by the
+    same model and settings are not scored again. Backends that run a model only.
     """
 
     backend: str = "none"
@@ -93,20 +102,25 @@ class RewardModelConfig:
     revision: str | None = None
     score_column: str | None = None
     max_length: int = 4096
-    max_tokens_per_batch: int = 16384
-    max_batch_size: int = 64
+    max_tokens_per_batch: int = 65536
+    max_batch_size: int = 512
     device: str = "auto"
     dtype: str = "auto"
     truncation_side: str = "left"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    cache_dir: str | None = None
 
     def __post_init__(self):
         if self.backend not in REWARD_BACKENDS:
             raise ValueError(f"rm.backend must be one of {backend_names()}, got {self.backend!r}")
-        if self.backend == "transformers" and not self.model:
-            raise ValueError("rm.model is required with rm.backend=transformers (a local path or a hub id)")
+        if self.backend in ("transformers", "vllm") and not self.model:
+            raise ValueError(f"rm.model is required with rm.backend={self.backend} (a local path or a hub id)")
+        if self.cache_dir and self.backend in ("none", "precomputed"):
+            raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={self.backend} computes none")
         if self.backend == "precomputed" and not self.score_column:
             raise ValueError("rm.score_column is required with rm.backend=precomputed")
-        for name in ("max_length", "max_tokens_per_batch", "max_batch_size"):
+        for name in ("max_length", "max_tokens_per_batch", "max_batch_size", "tensor_parallel_size"):
             value = getattr(self, name)
             if not is_whole(value, 1):
                 raise ValueError(f"rm.{name} must be an integer >= 1, got {value!r}")
@@ -114,15 +128,20 @@ class RewardModelConfig:
             raise ValueError(
                 f"rm.max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= rm.max_length ({self.max_length}) "
                 "so that the longest rollout fits in a batch")
-        if self.device not in DEVICES:
-            raise ValueError(f"rm.device must be one of {DEVICES}, got {self.device!r}")
+        if self.device not in DEVICES and not all(
+                re.fullmatch(r"cpu|cuda(:\d+)?", d.strip()) for d in str(self.device).split(",")):
+            raise ValueError(f"rm.device must be one of {DEVICES} or a comma list such as 'cuda:0,cuda:1', "
+                             f"got {self.device!r}")
+        if not (isinstance(self.gpu_memory_utilization, (int, float)) and 0 < self.gpu_memory_utilization <= 1):
+            raise ValueError(f"rm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"rm.dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.truncation_side not in TRUNCATION_SIDES:
             raise ValueError(f"rm.truncation_side must be one of {TRUNCATION_SIDES}, got {self.truncation_side!r}")
 
 
-def _rm_columns(table: pa.Table, scores: np.ndarray, statuses: list[str]) -> pa.Table:
+def rm_columns(table: pa.Table, scores: np.ndarray, statuses: list[str]) -> pa.Table:
+    """`table` with rm_score (float32; null where NaN) and rm_status appended."""
     missing = np.isnan(scores)
     columns = [pa.array(np.where(missing, 0.0, scores).astype(np.float32), pa.float32(), mask=missing),
                pa.array(statuses, pa.string())]
@@ -150,7 +169,7 @@ class NoRewardModel:
         return {"backend": "none"}
 
     def score_table(self, table: pa.Table) -> pa.Table:
-        return _rm_columns(table, np.full(table.num_rows, np.nan), [RmStatus.SKIPPED] * table.num_rows)
+        return rm_columns(table, np.full(table.num_rows, np.nan), [RmStatus.SKIPPED] * table.num_rows)
 
 
 @register_backend("precomputed")
@@ -183,73 +202,176 @@ class PrecomputedScores:
             [np.nan if v is None else v for v in column.to_pylist()], dtype=np.float64)
         scores = np.where(np.isfinite(scores), scores, np.nan)
         statuses = np.where(np.isnan(scores), RmStatus.MISSING, RmStatus.OK).tolist()
-        return _rm_columns(table, scores, statuses)
+        return rm_columns(table, scores, statuses)
 
 
-def _fingerprint_dir(path: str) -> str:
-    """sha256 over each file's name, size and first/last MiB: identifies weights without reading GBs."""
+def _digest_memo_path() -> str:
+    root = os.environ.get("HEROLABEL_CACHE_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "herolabel")
+    return os.path.join(root, "file-digests.json")
+
+
+_DIGEST_LOCK = threading.Lock()
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's whole content, remembered by (real path, size, mtime) in
+    ~/.cache/herolabel/file-digests.json (or $HEROLABEL_CACHE_HOME): a 15 GB checkpoint is read once
+    (about 10 s at 1.5 GB/s), then never again until it changes."""
+    real = os.path.realpath(path)
+    stat = os.stat(real)
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    memo_path = _digest_memo_path()
+    with _DIGEST_LOCK:
+        try:
+            with open(memo_path) as handle:
+                memo = json.load(handle)
+        except (OSError, ValueError):
+            memo = {}
+        entry = memo.get(real)
+        if entry and entry[:2] == stamp:
+            return entry[2]
+        digest = hashlib.sha256()
+        with open(real, "rb") as handle:
+            for block in iter(lambda: handle.read(8 << 20), b""):
+                digest.update(block)
+        memo[real] = [*stamp, digest.hexdigest()]
+        try:
+            os.makedirs(os.path.dirname(memo_path), exist_ok=True)
+            temp = f"{memo_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+            with open(temp, "w") as handle:
+                json.dump(memo, handle)
+            os.replace(temp, memo_path)
+        except OSError as exc:  # a read-only home: the digest is still right, only not remembered
+            log.warning("cannot remember file digests in %s: %s", memo_path, exc)
+        return memo[real][2]
+
+
+def fingerprint_dir(path: str) -> str:
+    """sha256 over every file's relative name and full-content sha256: two fine-tunes that share a
+    header or a tail still differ; any changed byte changes it."""
     digest = hashlib.sha256()
-    for root, _, files in sorted(os.walk(path)):
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
         for name in sorted(files):
             full = os.path.join(root, name)
-            size = os.path.getsize(full)
-            digest.update(f"{os.path.relpath(full, path)}\0{size}\0".encode())
-            with open(full, "rb") as handle:
-                digest.update(handle.read(1 << 20))
-                if size > 2 << 20:
-                    handle.seek(-(1 << 20), os.SEEK_END)
-                    digest.update(handle.read())
-    return digest.hexdigest()[:16]
+            digest.update(f"{os.path.relpath(full, path)}\0{file_sha256(full)}\0".encode())
+    return digest.hexdigest()[:32]
 
 
-def plan_batches(lengths: list[int], max_tokens: int, max_batch: int) -> list[list[int]]:
-    """Groups row indices into batches of similar length whose padded size stays under `max_tokens`.
+def encode_rollouts(tokenizer, prompts: list, responses: list, max_length: int,
+                    truncation_side: str) -> tuple[list[list[int] | None], list[bool], list[str | None]]:
+    """Token ids of each rollout as the RM reads it, shared by every backend that tokenizes.
 
-    Rows are sorted by length so padding is small; a batch grows while (rows x longest) <= max_tokens.
+    With a chat template: [the prompt's messages (or a user message), assistant: response] rendered by the
+    tokenizer's own template, then tokenized in one batched call. Without one: "prompt\n\nresponse" with the
+    tokenizer's special tokens. Longer than max_length: cut on truncation_side ("left" keeps the end).
+    Returns (ids or None, truncated, error message or None) per row; a row the template cannot render
+    is an error, not a failed batch. About 20k rows/s on one core for 1k-token rows.
     """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = max(lengths[i], 1)  # sorted ascending: the new row is the longest
-        if current and ((len(current) + 1) * longest > max_tokens or len(current) >= max_batch):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
+    n = len(prompts)
+    errors: list[str | None] = [None] * n
+    texts: list[str] = [""] * n
+    template = bool(getattr(tokenizer, "chat_template", None))
+    for i in range(n):
+        prompt, response = prompts[i], responses[i]
+        try:
+            if template:
+                messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+                messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+                messages.append({"role": "assistant", "content": response})
+                texts[i] = tokenizer.apply_chat_template(messages, tokenize=False)
+            else:
+                text_prompt = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+                texts[i] = f"{text_prompt}\n\n{response}"
+        except Exception as exc:  # noqa: BLE001 - a row the template cannot render is a bad record
+            errors[i] = f"{type(exc).__name__}: {exc}"
+    good = [i for i in range(n) if errors[i] is None]
+    encoded = tokenizer([texts[i] for i in good], add_special_tokens=not template)["input_ids"] if good else []
+    ids: list[list[int] | None] = [None] * n
+    truncated = [False] * n
+    for i, row in zip(good, encoded):
+        if len(row) > max_length:
+            row = row[-max_length:] if truncation_side == "left" else row[:max_length]
+            truncated[i] = True
+        ids[i] = row
+    return ids, truncated, errors
+
+
+def resolve_transformers_model(config: "RewardModelConfig") -> dict:
+    """Driver-side check, before any data moves: the RM's config and tokenizer load, it has one output.
+    Returns its identity: name, resolved hub commit (a hub id) or full-content fingerprint (a local
+    directory), and the chat template's sha256. Raises ValueError naming rm.model."""
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+        from transformers.utils import cached_file
+    except ImportError as exc:
+        raise ValueError("rm.backend transformers/vllm needs transformers: pip install 'herolabel[rm]'") from exc
+    name = config.model
+    local = os.path.isdir(name)
+    if not local and (name.startswith((".", "/", "~")) or os.path.exists(name)):
+        raise ValueError(f"rm.model {name!r} is not a directory (a local model is a directory with config.json)")
+    try:
+        model_config = AutoConfig.from_pretrained(name, revision=config.revision, local_files_only=local)
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=config.revision, local_files_only=local)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"rm.model {name!r} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    if getattr(model_config, "num_labels", None) != 1:
+        raise ValueError(f"rm.model {name!r} has num_labels={getattr(model_config, 'num_labels', None)}; "
+                         "a reward model must have exactly one output")
+    identity = {"name": name, "revision": config.revision}
+    if local:
+        identity["fingerprint"] = fingerprint_dir(name)
+    else:
+        resolved = cached_file(name, "config.json", revision=config.revision)
+        snapshot = os.path.basename(os.path.dirname(resolved))
+        if os.path.basename(os.path.dirname(os.path.dirname(resolved))) == "snapshots":
+            identity["commit"] = snapshot
+    template = getattr(tokenizer, "chat_template", None) or ""
+    identity["chat_template_sha256"] = hashlib.sha256(template.encode()).hexdigest()[:16]
+    return identity
 
 
 @register_backend("transformers")
 class TransformersRewardModel:
     """Backend "transformers": a sequence-classification RM with one output, run with torch.
 
-    Throughput on this project's 2-core CPU with the demo's tiny model: thousands of rows/s; with a
-    7B RM on one H100 in bf16, expect hundreds of rows/s at 1-2k tokens each. Placed on accelerator
-    workers by the engines (it runs on CPU when the worker has no GPU).
+    Causal RMs with a linear score head (Llama, Qwen, Mistral, Gemma ... ForSequenceClassification) run
+    padding-free: rows packed up to max_tokens_per_batch real tokens per forward, attention kept inside
+    each row (transforms/rm_torch.py), so a row's score is the same whatever shares its batch. bf16 + flash
+    attention on GPU; one model copy per visible GPU; forwards on a copy serialized; out of memory halves
+    the batch. On a 7B RM on one H100: see benchmarks/rm_throughput.py (--shape qwen2-7b).
     """
 
     needs_accelerator = True
 
     def __init__(self, config: RewardModelConfig):
         self.config = config
-        self.model = None
         self.tokenizer = None
-        self.device = None
+        self.scorer = None
+        self.dtype_name = None
+        self._identity = None
         self._warned_no_template = False
 
     def identity(self) -> dict:
-        name = self.config.model
-        identity = {"backend": "transformers", "name": name, "revision": self.config.revision}
-        if os.path.isdir(name):
-            identity["fingerprint"] = _fingerprint_dir(name)
-        return identity
+        """Resolves the model on the driver (fails fast, naming rm.model) and returns its identity."""
+        if self._identity is None:
+            self._identity = {"backend": "transformers", **resolve_transformers_model(self.config)}
+        return self._identity
+
+    def cache_identity(self) -> dict:
+        """Everything a cached score depends on besides the rollout itself (set after load())."""
+        if self.scorer is None:
+            raise RuntimeError("cache_identity() needs load() first: the dtype is resolved on the worker")
+        c = self.config
+        return {**self.identity(), "dtype": self.dtype_name, "max_length": c.max_length,
+                "truncation_side": c.truncation_side}
 
     def check_schema(self, schema: pa.Schema):
         """Scores prompt + response, which the input contract already requires."""
 
     def load(self):
+        """Loads one model copy per device (rm.device), bf16 on GPU and fp32 on CPU for dtype auto."""
         try:
             import torch
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -257,103 +379,88 @@ class TransformersRewardModel:
         except ImportError as exc:
             raise ImportError("the transformers backend needs torch and transformers: pip install 'herolabel[rm]' "
                               "(pin torch, e.g. torch==2.13.0 for the CPU build)") from exc
+        from transforms import rm_torch
+
         transformers_logging.disable_progress_bar()  # per-shard loading bars would drown the run's progress line
         config = self.config
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = {"auto": torch.bfloat16 if device == "cuda" else torch.float32, "float32": torch.float32,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}[config.dtype]
+        devices = rm_torch.resolve_devices(config.device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        on_gpu = devices[0].startswith("cuda")
+        self.dtype_name = config.dtype if config.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
+        dtype = getattr(torch, self.dtype_name)
         local = os.path.isdir(config.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision, local_files_only=local)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            config.model, revision=config.revision, local_files_only=local, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision, local_files_only=local)
+        rm_torch.register_packed_attention()
+        replicas = []
+        for device in devices:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                config.model, revision=config.revision, local_files_only=local, dtype=dtype,
+                attn_implementation="sdpa")
+            replicas.append(self._replica(model, device))
+        self.attach(replicas, tokenizer)
+
+    @staticmethod
+    def _replica(model, device: str):
+        """A model moved to `device` for scoring: packed attention when its architecture allows it."""
+        import threading as _threading
+
+        from transforms import rm_torch
+
         if model.config.num_labels != 1:
-            raise ValueError(f"reward model {config.model!r} has num_labels={model.config.num_labels}; "
-                             "a reward model must have exactly one output")
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model = model.to(device).eval()
-        self.device = device
-        self._torch = torch
+            raise ValueError(f"reward model has num_labels={model.config.num_labels}; a reward model must have "
+                             "exactly one output")
+        packed = rm_torch.can_pack(model)
+        if packed:
+            rm_torch.register_packed_attention()
+            model.config._attn_implementation = rm_torch.PACKED_ATTENTION
+        return rm_torch.Replica(model.to(device).eval(), device, packed, _threading.Lock())
 
-    def _render(self, prompt, response: str) -> tuple[list[int], bool]:
-        """Token ids for one rollout (chat template when the tokenizer has one) and whether it was truncated."""
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-            messages.append({"role": "assistant", "content": response})
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            if not self._warned_no_template:
-                log.warning("reward model tokenizer has no chat template; scoring 'prompt\\n\\nresponse'")
-                self._warned_no_template = True
-            text_prompt = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-            ids = self.tokenizer(f"{text_prompt}\n\n{response}")["input_ids"]
-        limit = self.config.max_length
-        if len(ids) <= limit:
-            return ids, False
-        return (ids[-limit:] if self.config.truncation_side == "left" else ids[:limit]), True
+    def attach(self, replicas, tokenizer) -> None:
+        """Uses already-built model copies (load() calls this; a benchmark with an in-memory model too)."""
+        from transforms import rm_torch
 
-    def _forward(self, batch: list[list[int]]) -> np.ndarray:
-        torch = self._torch
-        longest = max(len(ids) for ids in batch)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-        attention = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention[row, : len(ids)] = 1
-        with torch.inference_mode():
-            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device)).logits
-        return logits[:, 0].float().cpu().numpy().astype(np.float64)
+        if tokenizer.pad_token_id is None:
+            # Only the padded path reads it, and it reads scores by length, never by pad position.
+            tokenizer.pad_token = tokenizer.eos_token
+        for replica in replicas:
+            replica.model.config.pad_token_id = tokenizer.pad_token_id
+        self.tokenizer = tokenizer
+        if self.dtype_name is None:
+            self.dtype_name = str(next(replicas[0].model.parameters()).dtype).removeprefix("torch.")
+        self.scorer = rm_torch.Scorer(replicas, tokenizer.pad_token_id, self.config.max_tokens_per_batch,
+                                      self.config.max_batch_size)
+        rm_torch.check_varlen_kernel(replicas[0], tokenizer.pad_token_id)
+        if not getattr(tokenizer, "chat_template", None) and not self._warned_no_template:
+            log.warning("reward model tokenizer has no chat template; scoring 'prompt\\n\\nresponse'")
+            self._warned_no_template = True
 
-    def _forward_with_backoff(self, batch: list[list[int]]) -> np.ndarray:
-        """Runs a batch; on GPU out-of-memory halves it and retries (a single row that OOMs gets NaN)."""
-        torch = self._torch
-        try:
-            return self._forward(batch)
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            if len(batch) == 1:
-                log.error("reward model ran out of memory on a single rollout of %d tokens", len(batch[0]))
-                return np.array([np.nan])
-            middle = len(batch) // 2
-            return np.concatenate([self._forward_with_backoff(batch[:middle]), self._forward_with_backoff(batch[middle:])])
+    def encode(self, prompts: list, responses: list):
+        return encode_rollouts(self.tokenizer, prompts, responses, self.config.max_length, self.config.truncation_side)
 
     def score_table(self, table: pa.Table) -> pa.Table:
-        if self.model is None:
+        if self.scorer is None:
             raise RuntimeError("TransformersRewardModel.load() must run (once per worker) before score_table()")
         n = table.num_rows
-        prompts = table.column(PROMPT).to_pylist()
-        responses = table.column(RESPONSE).to_pylist()
-        scores = np.full(n, np.nan)
+        ids, truncated, errors = self.encode(table.column(PROMPT).to_pylist(), table.column(RESPONSE).to_pylist())
         statuses = [RmStatus.OK] * n
-        encoded: list[list[int]] = [[] for _ in range(n)]
         for i in range(n):
-            try:
-                encoded[i], truncated = self._render(prompts[i], responses[i])
-            except Exception as exc:  # noqa: BLE001 - a row the template cannot render is a bad record
-                log.warning("reward model cannot render row %d: %s", i, exc)
+            if errors[i] is not None:
+                log.warning("reward model cannot render row %d: %s", i, errors[i])
                 statuses[i] = RmStatus.ERROR
-                continue
-            if truncated:
+            elif truncated[i]:
                 statuses[i] = RmStatus.TRUNCATED
-        rows = [i for i in range(n) if statuses[i] != RmStatus.ERROR]
-        lengths = [len(encoded[i]) for i in rows]
-        for batch in plan_batches(lengths, self.config.max_tokens_per_batch, self.config.max_batch_size):
-            indices = [rows[j] for j in batch]
-            values = self._forward_with_backoff([encoded[i] for i in indices])
-            for i, value in zip(indices, values):
-                if math.isfinite(value):
-                    scores[i] = value
-                else:
-                    statuses[i] = RmStatus.ERROR
-        return _rm_columns(table, scores, statuses)
+        rows = [i for i in range(n) if ids[i] is not None]
+        scores = np.full(n, np.nan)
+        scores[rows] = self.scorer.score([ids[i] for i in rows])
+        for i in rows:
+            if not math.isfinite(scores[i]):
+                statuses[i] = RmStatus.ERROR
+        return rm_columns(table, scores, statuses)
 
 
 def make_reward_model(config: RewardModelConfig) -> RewardBackend:
     """The backend object for `config` (not loaded: call load() in the worker that will use it)."""
     return REWARD_BACKENDS[config.backend](config)
+
+
+# Registers backend "vllm" (vllm itself is imported only when that backend loads).
+from transforms import rm_vllm  # noqa: E402,F401
