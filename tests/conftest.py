@@ -16,6 +16,15 @@ def shared_file(name: str) -> str:
     return str(path)
 
 
+def label(input_path, output, **options) -> dict:
+    """Runs the pipeline as the CLI would (build_config, then run) and returns the manifest."""
+    from pipeline.config import build_config
+    from pipeline.run import run
+
+    options = {"verifier_workers": 2, "progress": "off", **options}
+    return run(build_config({"input": str(input_path), "output": str(output), **options}), show_progress=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_rm_path(tmp_path_factory) -> str:
     from pipeline.demo import build_tiny_reward_model

@@ -11,20 +11,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import shared_file
+from conftest import label, shared_file
 from pipeline.config import build_config, options_markdown
 from pipeline.demo import write_synthetic_rollouts
-from pipeline.run import run
 from schemas.rollouts import STATUS_VOCABULARIES
 
 REPO = Path(__file__).resolve().parents[1]
 VALUE_COLUMNS = ("verifier_score", "rm_score", "group_rm_std", "hero_normalized", "difficulty_weight", "hero_reward",
                  "advantage")
-
-
-def label(input_path, output, **options):
-    options = {"verifier_workers": 2, "progress": "off", **options}
-    return run(build_config({"input": str(input_path), "output": str(output), **options}), show_progress=False)
 
 
 def keyed_rows(output) -> dict:

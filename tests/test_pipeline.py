@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import shared_file
+from conftest import label, shared_file
 from hero_reference import hero_reference
 from pipeline.config import build_config
 from pipeline.demo import synthetic_rollouts, write_synthetic_rollouts
@@ -26,11 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 HERO_COLUMNS = ("group_size", "group_rm_std", "hero_normalized", "difficulty_weight", "hero_reward", "advantage")
 
 pytestmark = pytest.mark.slow
-
-
-def label(input_path, output, **options):
-    options = {"verifier_workers": 2, **options}
-    return run(build_config({"input": str(input_path), "output": str(output), **options}), show_progress=False)
 
 
 def read_output(output) -> pa.Table:

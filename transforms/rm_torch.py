@@ -171,6 +171,7 @@ class Replica:
     device: str
     packed: bool
     lock: threading.Lock
+    forwards: int = 0  # forward passes run on this copy
 
 
 class Scorer:
@@ -249,6 +250,7 @@ class Scorer:
             raise DeviceOutOfMemory(str(exc)) from exc
         with self._stats_lock:
             self.forward_passes += 1
+            replica.forwards += 1
             self.real_tokens += sum(len(r) for r in batch)
             self.computed_tokens += (sum(len(r) for r in batch) if replica.packed
                                      else len(batch) * max(len(r) for r in batch))
@@ -274,9 +276,17 @@ class Scorer:
         return logits[:, 0].float().cpu().numpy().astype(np.float64)
 
     def _forward_padded(self, replica: Replica, batch: list[list[int]]) -> np.ndarray:
+        """Right-padded batch through the model's own forward. Models that read the score at the last
+        non-pad token find it by the pad id, so the pad id must occur in no row: a tokenizer whose pad is
+        EOS, under a template that ends in EOS, would otherwise move the score one token back."""
         torch = self._torch
         longest = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), longest), self.pad_token_id, dtype=torch.long)
+        used = {t for ids in batch for t in ids}
+        pad = self.pad_token_id
+        if pad in used:
+            pad = next(t for t in range(replica.model.config.get_text_config().vocab_size) if t not in used)
+        replica.model.config.pad_token_id = pad
+        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
         attention = torch.zeros((len(batch), longest), dtype=torch.long)
         for row, ids in enumerate(batch):
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
