@@ -154,19 +154,26 @@ def time_ceiling(model, device: str, length: int, tokens_per_batch: int, batches
     return rows * length * batches / (time.perf_counter() - started)
 
 
-def time_vllm(model_dir: str, table: pa.Table, config: RewardModelConfig) -> dict | None:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return None
+def time_vllm(model, tokenizer, table: pa.Table, args, dtype: str, device: str) -> dict:
+    """The vllm backend on the same rows (model saved to a temporary directory; load and warm-up untimed)."""
     from transforms.reward_models import make_reward_model
 
-    backend = make_reward_model(RewardModelConfig(**{**config.__dict__, "backend": "vllm", "model": model_dir}))
-    backend.load()
-    backend.score_table(table.slice(0, 8))
-    started = time.perf_counter()
-    backend.score_table(table)
-    return {"vllm_s": time.perf_counter() - started}
+    with tempfile.TemporaryDirectory() as directory:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        backend = make_reward_model(RewardModelConfig(
+            backend="vllm", model=directory, max_length=args.max_length, dtype=dtype,
+            device="cpu" if device == "cpu" else "auto"))
+        backend.load()
+        try:
+            backend.score_table(table.slice(0, 8))
+            sync(device)
+            started = time.perf_counter()
+            scores = backend.score_table(table).column("rm_score").to_numpy(zero_copy_only=False)
+            sync(device)
+            return time.perf_counter() - started, scores.astype(np.float64)
+        finally:
+            backend.close()
 
 
 def main(argv=None) -> dict:
@@ -183,7 +190,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--ceiling-batches", type=int, default=6)
     parser.add_argument("--peak-flops", type=float, default=989e12, help="H100 SXM dense bf16")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per side; the best is reported")
-    parser.add_argument("--sides", default="pipeline,naive,ceiling", help="which measurements to take")
+    parser.add_argument("--sides", default="pipeline,naive,ceiling,vllm",
+                        help="which measurements to take (vllm: when vLLM is installed)")
     parser.add_argument("--attention", choices=("auto", "sdpa-per-row"), default="auto",
                         help="packed attention kernel on CUDA: flash varlen when available, or one SDPA call per row")
     args = parser.parse_args(argv)
@@ -244,6 +252,16 @@ def main(argv=None) -> dict:
         if first:
             result["ratio_to_ceiling"] = round(result["pipeline_tok_per_s"] / result[f"ceiling_{first[0]}_tok_per_s"],
                                                4)
+    if "vllm" in sides:
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            result["vllm"] = "not installed"
+        else:
+            set_attention(model, "sdpa")
+            vllm_s, vllm_scores = time_vllm(model, tokenizer, table, args, dtype, device)
+            result.update({"vllm_s": round(vllm_s, 3), "vllm_tok_per_s": round(tokens / vllm_s, 1),
+                           "vllm_max_abs_diff": float(np.max(np.abs(vllm_scores - pipeline_scores)))})
     print(json.dumps(result), flush=True)
     return result
 

@@ -32,8 +32,8 @@ def test_a_second_run_scores_nothing_and_writes_the_same_output(tmp_path, tiny_r
                    engine=engine, batch_rows=40)
     assert second["rm_rows"] == {"scored": 0, "cached": 96}
     assert data_bytes(tmp_path / "second") == data_bytes(tmp_path / "first")
-    uncached = label(tmp_path / "in.parquet", tmp_path / "uncached", rm_model=tiny_rm_path, engine=engine,
-                     batch_rows=40)
+    label(tmp_path / "in.parquet", tmp_path / "uncached", rm_model=tiny_rm_path, engine=engine,
+          batch_rows=40)
     assert data_bytes(tmp_path / "uncached") == data_bytes(tmp_path / "first")  # the cache changes no byte
 
 

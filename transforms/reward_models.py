@@ -332,8 +332,39 @@ def resolve_transformers_model(config: "RewardModelConfig") -> dict:
     return identity
 
 
+class ModelFromHub:
+    """What the backends that run a model from rm.model (transformers, vllm) share: the identity resolved
+    on the driver before any data moves, and the cache identity once load() has resolved the dtype."""
+
+    backend_name = ""
+    needs_accelerator = True
+
+    def __init__(self, config: RewardModelConfig):
+        self.config = config
+        self.tokenizer = None
+        self.dtype_name: str | None = None  # set by load()
+        self._identity = None
+
+    def identity(self) -> dict:
+        """Resolves the model on the driver (fails fast, naming rm.model) and returns its identity."""
+        if self._identity is None:
+            self._identity = {"backend": self.backend_name, **resolve_transformers_model(self.config)}
+        return self._identity
+
+    def cache_identity(self) -> dict:
+        """Everything a cached score depends on besides the rollout itself."""
+        if self.dtype_name is None:
+            raise RuntimeError("cache_identity() needs load() first: the dtype is resolved on the worker")
+        c = self.config
+        return {**self.identity(), "dtype": self.dtype_name, "max_length": c.max_length,
+                "truncation_side": c.truncation_side}
+
+    def check_schema(self, schema: pa.Schema):
+        """Scores prompt + response, which the input contract already requires."""
+
+
 @register_backend("transformers")
-class TransformersRewardModel:
+class TransformersRewardModel(ModelFromHub):
     """Backend "transformers": a sequence-classification RM with one output, run with torch.
 
     Causal RMs with a linear score head (Llama, Qwen, Mistral, Gemma ... ForSequenceClassification) run
@@ -343,32 +374,12 @@ class TransformersRewardModel:
     the batch. On a 7B RM on one H100: see benchmarks/rm_throughput.py (--shape qwen2-7b).
     """
 
-    needs_accelerator = True
+    backend_name = "transformers"
 
     def __init__(self, config: RewardModelConfig):
-        self.config = config
-        self.tokenizer = None
+        super().__init__(config)
         self.scorer = None
-        self.dtype_name = None
-        self._identity = None
         self._warned_no_template = False
-
-    def identity(self) -> dict:
-        """Resolves the model on the driver (fails fast, naming rm.model) and returns its identity."""
-        if self._identity is None:
-            self._identity = {"backend": "transformers", **resolve_transformers_model(self.config)}
-        return self._identity
-
-    def cache_identity(self) -> dict:
-        """Everything a cached score depends on besides the rollout itself (set after load())."""
-        if self.scorer is None:
-            raise RuntimeError("cache_identity() needs load() first: the dtype is resolved on the worker")
-        c = self.config
-        return {**self.identity(), "dtype": self.dtype_name, "max_length": c.max_length,
-                "truncation_side": c.truncation_side}
-
-    def check_schema(self, schema: pa.Schema):
-        """Scores prompt + response, which the input contract already requires."""
 
     def load(self):
         """Loads one model copy per device (rm.device), bf16 on GPU and fp32 on CPU for dtype auto."""

