@@ -213,6 +213,10 @@ OPTIONS: tuple[Option, ...] = (
            "`signal.alarm`)", type=int, group=_VER),
     Option("verifier_hard_timeout", "verifier", "hard_timeout_s", "seconds per response before its verifier process "
            "is killed and replaced", type=float, group=_VER),
+    Option("verifier_sources", "verifier", "sources", "which verifier judges which `data_source`, e.g. "
+           "`gsm8k=numeric:0.001,mmlu=choice,mine=pkg.mod:fn`; verifiers: `math` (the default for every other "
+           "source), `exact`, `numeric:TOL` (absolute tolerance), `choice` (option letter), or a function by "
+           "import path taking (reference, response, timeout_s)", group=_VER),
     Option("verifier_task_size", "verifier", "task_size", "responses per message to a verifier process", type=int,
            group=_VER),
     Option("alpha", "hero", "alpha", "half-width of the incorrect band `[-α, α]`; α + β < 1", type=float,

@@ -20,10 +20,10 @@ CASES = [
     ("420", "the value ... to the nearest whole number is \\(\\boxed{420}\\).", 1.0, "ok", "420"),
     # ProcessBench (Qwen2-7B-Instruct) wrong boxed answer.
     ("24", "The answer is \\(\\boxed{30}\\).", 0.0, "ok", "30"),
-    # LaTeX fraction reference, decimal response: math-verify compares values (and reports 1/2 as \frac).
-    ("\\frac{1}{2}", "The final answer is $\\boxed{0.5}$.", 1.0, "ok", "\\frac{1}{2}"),
+    # LaTeX fraction reference, decimal response: math-verify compares values; extracted is what was compared.
+    ("\\frac{1}{2}", "The final answer is $\\boxed{0.5}$.", 1.0, "ok", "0.5"),
     # Bare equation reference: needs $...$ to parse as f(x) = 2x rather than "2".
-    ("f(x)=2 x", "Therefore $\\boxed{f(x) = 2x}$.", 1.0, "ok", "f(x) = 2x"),
+    ("f(x)=2 x", "Therefore $\\boxed{f(x) = 2x}$.", 1.0, "ok", "2x"),
     # Bare interval reference.
     ("(1,2)", "The solution set is $\\boxed{(1, 2)}$.", 1.0, "ok", "(1, 2)"),
     # ProcessBench gold with an escaped dollar and thin space: an escaped \$ is not a math delimiter.
@@ -75,15 +75,21 @@ def test_verify_table_adds_typed_columns(pool):
     assert out.column("extracted_answer").to_pylist() == ["18", "26", None]
 
 
-@pytest.mark.parametrize("reference,parsed_text", [
-    ("18", "18"),  # bare integer
-    ("f(x)=2 x", "f(x)=2 x"),  # bare equation: plain-text extraction alone would give "2"
-    ("x^2+1", "x^2+1"),  # plain-text extraction alone finds nothing
-    ("$18$", "18"),  # already delimited
+@pytest.mark.parametrize("reference,text,value", [
+    ("18", "18", "18"),  # bare integer
+    ("f(x)=2 x", "2 x", "2*x"),  # bare function definition: its label is set aside, x remembered
+    ("x^2+1", "x^2+1", "x**2 + 1"),  # plain-text extraction alone finds nothing
+    ("$18$", "18", "18"),  # already delimited
+    ("10{,}000", "10000", "10000"),  # braced thousands separator
+    ("\\text{(C)}", "\\text{(C)}", None),  # a multiple-choice letter: judged by letter
 ])
-def test_bare_references_parse(reference, parsed_text):
-    parsed = parse_reference(reference, timeout_s=2)
-    assert parsed and parsed[-1] == parsed_text
+def test_bare_references_parse(reference, text, value):
+    gold = parse_reference(reference, timeout_s=2)
+    assert gold is not None and gold.text == text
+    if value is None:
+        assert gold.choice == "C"
+    else:
+        assert str(gold.parsed[0]) == value
 
 
 def test_hung_worker_is_killed_and_only_its_row_times_out():

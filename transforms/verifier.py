@@ -16,6 +16,7 @@ parsed once per worker (LRU cache), not once per response.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import re
@@ -34,7 +35,9 @@ from multiprocessing.connection import wait as wait_connections
 import numpy as np
 import pyarrow as pa
 
-from schemas.rollouts import REFERENCE, RESPONSE, VERIFIER_FIELDS, VerifierStatus
+from schemas.rollouts import DATA_SOURCE, REFERENCE, RESPONSE, VERIFIER_FIELDS, VerifierStatus
+from transforms import answers
+from transforms.answers import KNOWN_UNITS, Gold, choice_letter, clean_text, final_answer, normalize, prepare_gold_text
 from transforms.checks import is_finite_number, is_whole
 
 log = logging.getLogger(__name__)
@@ -54,8 +57,12 @@ class VerifierConfig:
     timeout_s: math-verify's own per-parse / per-comparison timeout; whole seconds (it uses signal.alarm).
     hard_timeout_s: wall-clock limit per response, enforced by killing the worker.
     task_size: responses sent to a worker per message; larger amortizes IPC, smaller balances load.
-    judge: "module:function" judging one response, (gold, response, timeout_s) -> (score, status, answer);
-    the default is math-verify (judge_response below). The worker imports it by name.
+    judge: "module:function" judging one response for the "math" verifier, (gold, response, timeout_s) ->
+    (score, status, answer); the default is judge_response below. The worker imports it by name.
+    sources: which verifier judges which data_source, "SOURCE=VERIFIER,..." (others use "math"):
+    "math", "exact" (string equality of the final answer), "numeric:TOL" (absolute tolerance TOL),
+    "choice" (multiple-choice letter), or "package.module:function" taking (reference, response,
+    timeout_s) -> (score, status, extracted).
     """
 
     num_workers: int | None = None
@@ -63,6 +70,7 @@ class VerifierConfig:
     hard_timeout_s: float = 30.0
     task_size: int = 32
     judge: str = "transforms.verifier:judge_response"
+    sources: str = ""
 
     def __post_init__(self):
         if self.num_workers is not None and not is_whole(self.num_workers, 0):
@@ -81,6 +89,30 @@ class VerifierConfig:
             raise ValueError(f"verifier.task_size must be an integer >= 1, got {self.task_size!r}")
         if not isinstance(self.judge, str) or not re.fullmatch(r"[\w.]+:\w+", self.judge):
             raise ValueError(f"verifier.judge must look like 'package.module:function', got {self.judge!r}")
+        if isinstance(self.sources, dict):  # YAML mapping form
+            object.__setattr__(self, "sources", ",".join(f"{k}={v}" for k, v in self.sources.items()))
+        if not isinstance(self.sources, str):
+            raise ValueError(f"verifier.sources must look like 'SOURCE=VERIFIER,...', got {self.sources!r}")
+        try:
+            for verifier in self.source_verifiers().values():
+                check_verifier_name(verifier)
+                if ":" in verifier and not verifier.startswith("numeric:"):
+                    _import(verifier)  # a custom verifier that cannot be imported fails before any data moves
+        except (ValueError, ImportError, AttributeError) as exc:
+            raise ValueError(f"verifier.sources: {exc}") from None
+
+    def source_verifiers(self) -> dict[str, str]:
+        """data_source -> verifier name, from `sources` ("gsm8k=numeric:0.01,mmlu=choice")."""
+        mapping = {}
+        for item in filter(None, (part.strip() for part in (self.sources or "").split(","))):
+            source, sep, verifier = item.partition("=")
+            if not sep or not source.strip() or not verifier.strip():
+                raise ValueError(f"verifier.sources entries look like SOURCE=VERIFIER, got {item!r}")
+            mapping[source.strip()] = verifier.strip()
+        return mapping
+
+    def verifier_for(self, source: str | None) -> str:
+        return self.source_verifiers().get(source, "math") if self.sources else "math"
 
     def resolved_workers(self, processes_on_host: int = 1) -> int:
         """num_workers, or (when unset) this host's usable cores divided by the engine processes on it."""
@@ -108,28 +140,30 @@ def usable_cores() -> int:
 # Judging one response: runs inside a worker's main thread (or in-process when num_workers == 0).
 # ---------------------------------------------------------------------------------------------------
 
-_LATEX_DELIMITED = re.compile(r"(?<!\\)\$|\\boxed|\\\(|\\\[")
-
-
-def parse_reference(reference: str, timeout_s: int):
-    """Parses a gold answer; returns math-verify's parse list, or [] when it cannot be parsed.
-
-    Bare references ("18", "f(x)=2 x", "(1,2)") are wrapped in $...$ first: math-verify's plain-expression
-    extractor misreads many of them ("f(x)=2 x" -> 2, "x^2+1" -> nothing). Already-delimited references
-    are parsed as given; a reference that fails as LaTeX gets a last try as plain text.
-    """
+def _parse_latex(text: str, timeout_s: int):
+    r"""math-verify's parse of an answer given as LaTeX (wrapped in $...$: its plain-expression extractor
+    misreads bare LaTeX, "f(x)=2 x" -> 2, "\frac{\sqrt3}{2}" -> nothing), else as plain text."""
     from math_verify import parse
 
-    text = reference.strip()
-    if _LATEX_DELIMITED.search(text):
-        candidates = [text]
-    else:
-        candidates = [f"${text}$", text]
-    for candidate in candidates:
+    if not text:
+        return []
+    delimited = re.search(r"(?<!\\)\$|\\boxed|\\\(|\\\[", text)
+    for candidate in ([text] if delimited else [f"${text}$", text]):
         parsed = parse(candidate, parsing_timeout=timeout_s, raise_on_error=True)
         if parsed:
             return parsed
     return []
+
+
+def parse_reference(reference: str, timeout_s: int) -> Gold | None:
+    """A gold answer prepared for judging (answers.Gold), or None when it cannot be parsed. A bare
+    reference with no delimiters is the normal case."""
+    text, facts = prepare_gold_text(reference)
+    parsed = _parse_latex(text, timeout_s) or _parse_latex(clean_text(reference).strip(), timeout_s)
+    if not parsed and not facts["choice"]:
+        return None
+    return Gold(text=text, parsed=tuple(parsed), decimals=facts["decimals"], choice=facts["choice"],
+                angle=facts.get("angle"), variable=facts.get("variable"), unit=facts.get("unit"))
 
 
 def _answer_text(parsed) -> str:
@@ -139,77 +173,241 @@ def _answer_text(parsed) -> str:
     return text[:MAX_EXTRACTED_CHARS]
 
 
-def judge_response(gold, response: str, timeout_s: int) -> tuple[float | None, str, str | None]:
-    """(verifier_score, verifier_status, extracted_answer) for one response against a parsed gold.
+def _rounds_to_gold(gold: Gold, predicted) -> bool:
+    """A gold printed as a decimal ("0.33") against an exact answer (1/3, pi, sqrt 2): equal when the
+    answer rounds (half up) to the gold at the gold's printed precision; never with a tolerance, and
+    never for an answer that is itself a decimal. Fixes: "0.33" vs \frac{1}{3} judged wrong."""
+    import sympy
+    from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-    Same semantics as math_verify.verify (any gold/prediction pair equal -> correct; a comparison that
-    raises counts as unequal), except that a timeout is reported as status "timeout" with a null score
-    instead of silently becoming 0.
-    """
-    from math_verify import parse, verify
+    if gold.decimals is None:
+        return False
+    for value in predicted:
+        if not isinstance(value, sympy.Basic) or not value.is_number or value.has(sympy.Float) or not value.is_real:
+            continue
+        try:
+            rounded = Decimal(str(sympy.N(value, 40))).quantize(Decimal(1).scaleb(-gold.decimals), ROUND_HALF_UP)
+            return rounded == Decimal(gold.text)
+        except (InvalidOperation, TypeError, ValueError):
+            continue
+    return False
+
+
+def _equal(gold_parsed, predicted, timeout_s: int) -> tuple[bool, bool]:
+    r"""(equal, timed out) under math-verify's verify, any gold/prediction pair; intervals and
+    inequalities compare both ways (allow_set_relation_comp: fixes "(-\infty, 3)" vs "x < 3")."""
+    from math_verify import verify
     from math_verify.errors import TimeoutException
 
+    timed_out = False
+    for g, p in product(gold_parsed, predicted):
+        try:
+            if verify(g, p, timeout_seconds=timeout_s, raise_on_error=True, allow_set_relation_comp=True):
+                return True, False
+        except TimeoutException:
+            timed_out = True
+        except Exception:  # noqa: BLE001 - math-verify's own default: an erroring comparison is "not equal"
+            continue
+    return False, timed_out
+
+
+def judge_response(gold: Gold, response: str, timeout_s: int) -> tuple[float | None, str, str | None]:
+    """(verifier_score, verifier_status, extracted_answer) of one response against a prepared gold.
+
+    The final answer is found by answers.final_answer (boxed, "final answer is", ####, "Answer:", bold,
+    or the whole response when it is a bare answer), normalized (answers.normalize) and compared by
+    math-verify; extracted_answer is that normalized text, what was compared. A response with none of
+    those falls back to math-verify's own extraction over the whole text. A timeout is status "timeout"
+    with a null score, never a silent 0.
+    """
+    from math_verify import parse
+    from math_verify.errors import TimeoutException
+
+    text = clean_text(response)
+    found, _ = final_answer(text)
+    if gold.choice:
+        letter = choice_letter(found) if found is not None else None
+        if letter is None:
+            return 0.0, VerifierStatus.NO_ANSWER, None
+        return (1.0 if letter == gold.choice else 0.0), VerifierStatus.OK, letter
     try:
-        predicted = parse(response, parsing_timeout=timeout_s, raise_on_error=True)
+        if found is None:
+            # No marked answer: math-verify's own extraction over the whole text (its last expression),
+            # read again as a chain's last member when it is one ("... = 20 \times 2 = 40").
+            predicted = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
+            extracted = _answer_text(predicted) if predicted else None
+            gold_parsed = gold.parsed
+            if extracted and answers.last_of_chain(extracted) != extracted:
+                found = extracted
+        if found is not None:
+            answer, facts = normalize(found, gold)
+            if facts["unit"] and gold.unit and facts["unit"] != gold.unit and {facts["unit"], gold.unit} <= KNOWN_UNITS:
+                return 0.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]  # "5 m" is not "5 cm"
+            if answers.order_conflict(gold.text, answer) or answers.states_no_value(answer, gold.text):
+                return 0.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]
+            gold_parsed = gold.parsed
+            if gold.angle == "degrees" and (re.search(r"\\pi\b", answer) or answers.RADIANS.search(found)):
+                # A gold in degrees against an answer in radians: compare in radians.
+                answer = answers.RADIANS.sub("", answer).strip()
+                gold_parsed = _parse_latex(answers.DEGREES.sub(lambda m: rf"\frac{{{m.group(1)}\pi}}{{180}}",
+                                                               gold.text), timeout_s)
+            predicted = _parse_latex(answer, timeout_s)
+            extracted = answer[:MAX_EXTRACTED_CHARS]
     except TimeoutException:
         return None, VerifierStatus.TIMEOUT, None
     except Exception as exc:  # math-verify raises arbitrary sympy/antlr errors on odd input
         return None, VerifierStatus.ERROR, f"parse error: {type(exc).__name__}"[:MAX_EXTRACTED_CHARS]
     if not predicted:
-        return 0.0, VerifierStatus.NO_ANSWER, None
-    extracted = _answer_text(predicted)
-    timed_out = False
-    for g, p in product(gold, predicted):
-        try:
-            if verify(g, p, timeout_seconds=timeout_s, raise_on_error=True):
-                return 1.0, VerifierStatus.OK, extracted
-        except TimeoutException:
-            timed_out = True
-        except Exception:  # noqa: BLE001 - math-verify's own default: an erroring comparison is "not equal"
-            continue
+        return 0.0, VerifierStatus.NO_ANSWER, extracted
+    equal, timed_out = _equal(gold_parsed, predicted, timeout_s)
+    if equal or _rounds_to_gold(gold, predicted):
+        return 1.0, VerifierStatus.OK, extracted
     if timed_out:
         return None, VerifierStatus.TIMEOUT, extracted
     return 0.0, VerifierStatus.OK, extracted
 
 
+# ---------------------------------------------------------------------------------------------------
+# Verifiers by data_source: "math" (the default, judge_response), "exact", "numeric:TOL", "choice", or a
+# custom "package.module:function" taking (reference, response, timeout_s) -> (score, status, extracted).
+# ---------------------------------------------------------------------------------------------------
+
+def _exact_form(text: str) -> str:
+    return " ".join(answers.strip_delimiters(clean_text(text)).split())
+
+
+def judge_exact(gold: str, response: str, timeout_s: int):
+    """The final answer, delimiters and runs of whitespace aside, must equal the reference string."""
+    found, _ = final_answer(clean_text(response))
+    if found is None:
+        return 0.0, VerifierStatus.NO_ANSWER, None
+    answer = _exact_form(found)
+    return (1.0 if answer == gold else 0.0), VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]
+
+
+def _number(text: str, timeout_s: int) -> float | None:
+    """A real number from an answer or reference (normalized, then math-verify's parse, evaluated)."""
+    import sympy
+
+    normalized, _ = normalize(clean_text(text))
+    try:
+        return float(normalized)
+    except ValueError:
+        pass
+    for value in _parse_latex(normalized, timeout_s):
+        if isinstance(value, sympy.Basic) and value.is_number and value.is_real:
+            return float(sympy.N(value, 30))
+    return None
+
+
+def _numeric_gold(reference: str, timeout_s: int):
+    value = _number(reference, timeout_s)
+    return None if value is None or not math.isfinite(value) else value
+
+
+def judge_numeric(tolerance: float, gold: float, response: str, timeout_s: int):
+    """|answer - reference| <= tolerance (absolute, stated in the config)."""
+    found, _ = final_answer(clean_text(response))
+    value = _number(found, timeout_s) if found is not None else None
+    if value is None:
+        return 0.0, VerifierStatus.NO_ANSWER, (found or None) and found[:MAX_EXTRACTED_CHARS]
+    return (1.0 if abs(value - gold) <= tolerance else 0.0), VerifierStatus.OK, repr(value)
+
+
+def judge_choice(gold: str, response: str, timeout_s: int):
+    """The option letter of the final answer ("(B)", "B", "The answer is (C) 12") must be the reference's."""
+    found, _ = final_answer(clean_text(response))
+    letter = choice_letter(found) if found is not None else None
+    if letter is None:
+        return 0.0, VerifierStatus.NO_ANSWER, None
+    return (1.0 if letter == gold else 0.0), VerifierStatus.OK, letter
+
+
+def check_verifier_name(name: str) -> None:
+    """Raises ValueError unless `name` is a known verifier (numeric needs an absolute tolerance >= 0)."""
+    if name in ("math", "exact", "choice"):
+        return
+    if name.startswith("numeric:"):
+        try:
+            tolerance = float(name.split(":", 1)[1])
+        except ValueError:
+            tolerance = -1.0
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise ValueError(f"numeric verifier needs an absolute tolerance >= 0, as 'numeric:0.01', got {name!r}")
+        return
+    if not re.fullmatch(r"[\w.]+:\w+", name):
+        raise ValueError(f"unknown verifier {name!r}: use math, exact, numeric:TOL, choice or package.module:function")
+
+
+def _import(path: str):
+    import importlib
+
+    module, function = path.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def make_verifier(name: str, math_judge=None):
+    """(prepare(reference, timeout_s) -> gold or None, judge(gold, response, timeout_s)) for `name`."""
+    if name == "math":
+        return parse_reference, math_judge or judge_response
+    if name == "exact":
+        return (lambda reference, timeout_s: _exact_form(reference) or None), judge_exact
+    if name == "choice":
+        return (lambda reference, timeout_s: choice_letter(clean_text(reference))), judge_choice
+    if name.startswith("numeric:"):
+        tolerance = float(name.split(":", 1)[1])
+        return _numeric_gold, (lambda gold, response, timeout_s: judge_numeric(tolerance, gold, response, timeout_s))
+    custom = _import(name)
+    return (lambda reference, timeout_s: reference), custom
+
+
 class _ReferenceCache:
-    """Parsed references, least recently used evicted; parse failures are cached too."""
+    """Prepared references per (verifier, reference), least recently used evicted; failures cached too."""
 
     def __init__(self, timeout_s: int, judge=judge_response, size: int = _REFERENCE_CACHE_SIZE):
         self.timeout_s = timeout_s
-        self.judge = judge
+        self.math_judge = judge
         self.size = size
-        self._parsed: OrderedDict[str, tuple[list, str | None]] = OrderedDict()
+        self._verifiers: dict[str, tuple] = {}
+        self._prepared: OrderedDict[tuple[str, str], tuple[object, str | None]] = OrderedDict()
 
-    def get(self, reference: str) -> tuple[list, str | None]:
-        """(parsed gold, None) or ([], failure status)."""
+    def verifier(self, name: str):
+        if name not in self._verifiers:
+            self._verifiers[name] = make_verifier(name, self.math_judge)
+        return self._verifiers[name]
+
+    def get(self, verifier: str, reference: str) -> tuple[object, str | None]:
+        """(prepared gold, None) or (None, failure status)."""
         from math_verify.errors import TimeoutException
 
-        hit = self._parsed.get(reference)
+        key = (verifier, reference)
+        hit = self._prepared.get(key)
         if hit is not None:
-            self._parsed.move_to_end(reference)
+            self._prepared.move_to_end(key)
             return hit
+        prepare, _ = self.verifier(verifier)
         try:
-            parsed = parse_reference(reference, self.timeout_s)
-            entry = (parsed, None if parsed else VerifierStatus.BAD_REFERENCE)
+            prepared = prepare(reference, self.timeout_s)
+            entry = (prepared, None if prepared is not None else VerifierStatus.BAD_REFERENCE)
         except TimeoutException:
-            entry = ([], VerifierStatus.BAD_REFERENCE)
+            entry = (None, VerifierStatus.BAD_REFERENCE)
         except Exception:  # noqa: BLE001 - an unparseable reference is a data problem, reported per row
-            entry = ([], VerifierStatus.BAD_REFERENCE)
-        self._parsed[reference] = entry
-        if len(self._parsed) > self.size:
-            self._parsed.popitem(last=False)
+            entry = (None, VerifierStatus.BAD_REFERENCE)
+        self._prepared[key] = entry
+        if len(self._prepared) > self.size:
+            self._prepared.popitem(last=False)
         return entry
 
 
-def judge_task(cache: _ReferenceCache, reference: str, responses: list[str]):
-    """Yields one (score, status, extracted) per response of a task sharing `reference`."""
-    gold, failure = cache.get(reference)
+def judge_task(cache: _ReferenceCache, verifier: str, reference: str, responses: list[str]):
+    """Yields one (score, status, extracted) per response of a task sharing `verifier` and `reference`."""
+    gold, failure = cache.get(verifier, reference)
+    _, judge = cache.verifier(verifier)
     for response in responses:
         if failure is not None:
             yield None, failure, None
         else:
-            yield cache.judge(gold, response, cache.timeout_s)
+            yield judge(gold, response, cache.timeout_s)
 
 
 def _quiet_math_verify_logs():
@@ -229,7 +427,7 @@ def _worker_main(conn, config: VerifierConfig):
     try:
         _quiet_math_verify_logs()
         cache = _ReferenceCache(config.timeout_s, config.load_judge())
-        list(judge_task(cache, "1", ["The answer is $\\boxed{1}$."]))  # warm up the grammar before timing starts
+        list(judge_task(cache, "math", "1", ["The answer is $\\boxed{1}$."]))  # warm up the grammar before timing
         conn.send(("ready",))
     except BaseException:  # noqa: BLE001 - report why the worker cannot start, then exit
         conn.send(("fatal", traceback.format_exc()))
@@ -241,8 +439,8 @@ def _worker_main(conn, config: VerifierConfig):
             return
         if message is None:
             return
-        task_id, reference, responses = message
-        for position, result in enumerate(judge_task(cache, reference, responses)):
+        task_id, verifier, reference, responses = message
+        for position, result in enumerate(judge_task(cache, verifier, reference, responses)):
             conn.send(("result", task_id, position, *result))
 
 
@@ -254,6 +452,7 @@ def _worker_main(conn, config: VerifierConfig):
 @dataclass
 class _Task:
     task_id: int
+    verifier: str
     reference: str
     rows: list[int]  # row positions in the caller's batch, in the order the worker answers them
     responses: list[str]
@@ -339,22 +538,26 @@ class VerifierPool:
             self._stop(worker, grace_s=grace_s)
         self._workers = []
 
-    def verify(self, references: list[str | None], responses: list[str]):
-        """Judges aligned lists; returns three lists: score (1.0, 0.0 or None), status, extracted answer."""
+    def verify(self, references: list[str | None], responses: list[str], sources: list[str | None] | None = None):
+        """Judges aligned lists (each row by the verifier its data_source maps to in config.sources);
+        returns three lists: score (1.0, 0.0 or None), status, extracted answer."""
         n = len(responses)
         scores: list[float | None] = [None] * n
         statuses: list[str | None] = [None] * n
         extracted: list[str | None] = [None] * n
-        by_reference: dict[str, list[int]] = {}
+        by_reference: dict[tuple[str, str], list[int]] = {}
+        mapping = self.config.source_verifiers()
         for i, reference in enumerate(references):
             reference = reference.strip() if isinstance(reference, str) else None
             if not reference:
                 statuses[i] = VerifierStatus.NO_REFERENCE
                 continue
-            by_reference.setdefault(reference, []).append(i)
+            verifier = mapping.get(sources[i], "math") if sources is not None and mapping else "math"
+            by_reference.setdefault((verifier, reference), []).append(i)
         if self.num_workers == 0:
-            for reference, rows in by_reference.items():
-                for i, result in zip(rows, judge_task(self._reference_cache, reference, [responses[i] for i in rows])):
+            for (verifier, reference), rows in by_reference.items():
+                results = judge_task(self._reference_cache, verifier, reference, [responses[i] for i in rows])
+                for i, result in zip(rows, results):
                     scores[i], statuses[i], extracted[i] = result
         elif by_reference:
             with self._lock:
@@ -372,10 +575,10 @@ class VerifierPool:
             self.start()
         queue: deque[_Task] = deque()
         size = self.config.task_size
-        for reference, rows in by_reference.items():
+        for (verifier, reference), rows in by_reference.items():
             for start in range(0, len(rows), size):
                 chunk = rows[start:start + size]
-                queue.append(self._new_task(reference, chunk, [responses[i] for i in chunk]))
+                queue.append(self._new_task(verifier, reference, chunk, [responses[i] for i in chunk]))
         remaining = sum(len(t.rows) for t in queue)
         startup_failures = 0
         while remaining:
@@ -389,7 +592,7 @@ class VerifierPool:
                         worker.last_progress = time.monotonic()
                     worker.inflight.append(task)
                     try:
-                        worker.conn.send((task.task_id, task.reference, task.responses))
+                        worker.conn.send((task.task_id, task.verifier, task.reference, task.responses))
                     except (BrokenPipeError, OSError):  # it died while idle or queued: replace it, keep its work
                         worker.inflight.pop()
                         queue.appendleft(task)
@@ -435,9 +638,9 @@ class VerifierPool:
                 elif not worker.ready and now - worker.last_progress > _STARTUP_TIMEOUT_S:
                     raise RuntimeError(f"verifier worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
 
-    def _new_task(self, reference, rows, task_responses) -> _Task:
+    def _new_task(self, verifier, reference, rows, task_responses) -> _Task:
         self._next_task_id += 1
-        return _Task(self._next_task_id, reference, rows, task_responses)
+        return _Task(self._next_task_id, verifier, reference, rows, task_responses)
 
     def _replace(self, worker: _Worker, queue: deque, statuses: list, stuck_status: str) -> int:
         """Kills `worker`, marks the row it was on with `stuck_status`, re-queues the rest of its tasks.
@@ -453,7 +656,7 @@ class VerifierPool:
                         "timed out" if stuck_status == VerifierStatus.TIMEOUT else "died", head.rows[head.answered - 1])
             for task in reversed(worker.inflight):
                 if task.answered < len(task.rows):
-                    queue.appendleft(self._new_task(task.reference, task.rows[task.answered:],
+                    queue.appendleft(self._new_task(task.verifier, task.reference, task.rows[task.answered:],
                                                     task.responses[task.answered:]))
         worker.process.kill()
         self._stop(worker, grace_s=0)
@@ -466,7 +669,8 @@ def verify_table(table: pa.Table, pool: VerifierPool) -> pa.Table:
     """Appends verifier_score, verifier_status and extracted_answer to a table of rollouts."""
     references = table.column(REFERENCE).to_pylist()
     responses = table.column(RESPONSE).to_pylist()
-    scores, statuses, extracted = pool.verify(references, responses)
+    sources = table.column(DATA_SOURCE).to_pylist() if DATA_SOURCE in table.column_names else None
+    scores, statuses, extracted = pool.verify(references, responses, sources)
     columns = [
         pa.array(np.array([np.nan if s is None else s for s in scores], dtype=np.float32),
                  mask=np.array([s is None for s in scores], dtype=bool)),
