@@ -15,6 +15,8 @@ here: these checkpoints live only until the run completes.)
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -36,6 +38,7 @@ def fingerprint(plan: RunPlan) -> dict:
     config = plan.config
     return {
         "labeling": config.labeling_dict(),
+        "pairs": dataclasses.asdict(config.pairs),
         "reward_model": plan.metadata["reward_model"],
         "herolabel_version": plan.metadata["herolabel_version"],
         "inputs": [[f.url, f.num_rows, list(f.row_group_rows), f.footer_sha256] for f in plan.files],

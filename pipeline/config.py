@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from transforms.checks import is_finite_number, is_whole
+from transforms.pairs import STRATEGIES, PairsConfig
 from transforms.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
 from transforms.reward_models import DTYPES, TRUNCATION_SIDES, RewardModelConfig, backend_names
 from transforms.verifier import VerifierConfig
@@ -96,6 +97,7 @@ class PipelineConfig:
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     hero: HeroConfig = field(default_factory=HeroConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
     batch_rows: int = 4096
     rows_per_shard: int = 50_000
     shuffle: str = "files"
@@ -141,7 +143,7 @@ class PipelineConfig:
 
 
 _SECTIONS = {"pipeline": PipelineConfig, "verifier": VerifierConfig, "rm": RewardModelConfig, "hero": HeroConfig,
-             "engine": EngineConfig}
+             "engine": EngineConfig, "pairs": PairsConfig}
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,7 @@ class Option:
 
 
 _IO, _RM, _VER, _HERO, _ENG = "input and output", "reward model", "verifier", "HERO fusion", "engine and placement"
+_PAIRS = "DPO pairs"
 OPTIONS: tuple[Option, ...] = (
     Option("input", "pipeline", "input", "Parquet file, directory (searched recursively) or glob; local or fsspec URL",
            default_text="required"),
@@ -247,6 +250,16 @@ OPTIONS: tuple[Option, ...] = (
            "start GPU workers with `--resources GPU=1`", group=_ENG),
     Option("rm_accelerator", "engine", "rm_accelerator", "Beam accelerator hint on the RM step on remote runners "
            "(`none`: no hint)", group=_ENG),
+    Option("pairs", "pairs", "enabled", "write DPO preference pairs to OUTPUT/pairs/ (TRL's prompt / chosen / "
+           "rejected)", type=bool, group=_PAIRS),
+    Option("pairs_min_margin", "pairs", "min_margin", "smallest hero_reward gap of a pair; ties never pair",
+           type=float, group=_PAIRS),
+    Option("pairs_within_band", "pairs", "within_band", "also pair inside one verifier class when a prompt's "
+           "responses are all correct (or all wrong)", type=bool, group=_PAIRS),
+    Option("pairs_strategy", "pairs", "strategy", "`best_vs_worst`: one pair per prompt; `all`: every qualifying "
+           "pair, widest margin first, up to --pairs-max-per-prompt", choices=STRATEGIES, group=_PAIRS),
+    Option("pairs_max_per_prompt", "pairs", "max_per_prompt", "pairs per prompt at most (strategy `all`)", type=int,
+           group=_PAIRS),
 )
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -311,6 +324,7 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
             rm=RewardModelConfig(**rm),
             hero=HeroConfig(**sections["hero"]),
             engine=EngineConfig(**sections["engine"]),
+            pairs=PairsConfig(**sections["pairs"]),
             beam_args=tuple(beam_args),
             **sections["pipeline"],
         )

@@ -10,6 +10,7 @@ Engines call these bodies from their own tasks or DoFns:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -26,8 +27,9 @@ from pipeline.plan import RunPlan
 from pipeline.stages import MetricsSink, timed
 from schemas.rollouts import ORDER, STATUS_VOCABULARIES, RmStatus, VerifierStatus, error_records, split_duplicates
 from transforms.hero import fuse
+from transforms.pairs import make_pairs
 
-RUN_ENTRIES = ("data", "errors", "_shuffle", "manifest.json")
+RUN_ENTRIES = ("data", "errors", "pairs", "_shuffle", "manifest.json")
 
 
 class RunFailed(RuntimeError):
@@ -95,13 +97,33 @@ def prepare_output(plan: RunPlan) -> bool:
         for name in previous:
             fs.rm(f"{path}/{name}", recursive=True)
         checkpoints.write_fingerprint(plan)
-    for name in ("data", "errors"):  # present even when a run writes no shard there
+    for name in ("data", "errors") + (("pairs",) if config.pairs.enabled else ()):  # present even when empty
         fs.makedirs(f"{path}/{name}", exist_ok=True)
     return resuming
 
 
 def shard_url(plan: RunPlan, bucket: int) -> str:
     return io.join(plan.config.output, "data", f"part-{bucket:05d}-of-{plan.num_shards:05d}.parquet")
+
+
+def pairs_url(plan: RunPlan, bucket: int) -> str:
+    return io.join(plan.config.output, "pairs", f"part-{bucket:05d}-of-{plan.num_shards:05d}.parquet")
+
+
+def summarize_pairs(output: str) -> dict:
+    """Rows and files under OUTPUT/pairs/, and prompts without a pair by reason (from each file's metadata,
+    so a resumed run counts the shards it kept too)."""
+    fs, path = fsspec.core.url_to_fs(output)
+    files = sorted(fs.glob(f"{path}/pairs/part-*.parquet"))
+    rows, reasons = 0, Counter()
+    for name in files:
+        with fs.open(name, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            rows += parquet.metadata.num_rows
+            meta = json.loads((parquet.schema_arrow.metadata or {}).get(io.METADATA_KEY, b"{}"))
+        reasons.update(meta.get("no_pair", {}))
+    return {"rows": rows, "files": [io.as_url(fs, f, output) for f in files],
+            "prompts_without_pair": dict(reasons)}
 
 
 def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float | None,
@@ -123,6 +145,13 @@ def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float
         fused = fuse(table, plan.config.hero, sigma_bar).drop_columns([ORDER])
         fused = fused.select(schema.names).cast(schema)
     checkpoints.fault_point("write")
+    if plan.config.pairs.enabled:  # before the shard: a written shard means its pairs are written too
+        with timed(sink, "pairs"):
+            pairs, no_pair = make_pairs(fused, plan.config.pairs)
+            io.write_parquet_atomic(pairs, pairs_url(plan, bucket),
+                                    {"pairs": dataclasses.asdict(plan.config.pairs), "no_pair": no_pair,
+                                     "shard": bucket})
+        sink.count("pairs", pairs.num_rows)
     with timed(sink, "write"):
         io.write_parquet_atomic(fused, url, {**plan.metadata, "sigma_bar": sigma_bar, "shard": bucket})
     sink.count("written", fused.num_rows)
@@ -252,6 +281,7 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "rm_rows": {"scored": int(engine.get("counters", {}).get("rm_scored", 0)),
                     "cached": int(engine.get("counters", {}).get("rm_cached", 0))},
         "herolabel_version": plan.metadata["herolabel_version"],
+        **({"pairs": summarize_pairs(config.output)} if config.pairs.enabled else {}),
         "engine": {**engine, "wall_s": round(engine["wall_s"], 3)},
         "wall_s": round(time.monotonic() - started, 3),
         "config": config.to_dict(),
