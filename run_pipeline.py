@@ -86,7 +86,30 @@ def _print_sample(path: str, rows: int = 8):
         print("  ".join(value.rjust(width) for value, width in zip(line, widths)))
 
 
+def report_main(argv: list[str]) -> int:
+    """`herolabel report OUTPUT`: rebuilds run_report.json and report.html of a finished output."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="herolabel report", description=report_main.__doc__)
+    parser.add_argument("output", help="a finished herolabel output directory (local path or fsspec URL)")
+    args = parser.parse_args(argv)
+    from pipeline.report import rebuild
+
+    try:
+        report = rebuild(args.output)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    auroc = report["rm_vs_verifier_auroc"]
+    print(f"report: {args.output}/report.html  numbers: {args.output}/run_report.json  "
+          f"(RM vs verifier AUROC pooled {auroc['pooled']}, mean per group {auroc['mean_per_group']})", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["report"]:
+        return report_main(argv[1:])
     args, beam_args = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,268 @@
+"""The run report: OUTPUT/run_report.json and OUTPUT/report.html, written before the manifest.
+
+run_report.json: counts per status, per-data_source verifier pass rates, RM score statistics per verifier
+class, sigma_bar, time per stage (the engine's busy milliseconds), the RM-vs-verifier AUROC (pooled over
+the rows of groups with mixed verdicts, and the mean of per-group AUROCs: how far the RM agrees with
+the verifier, the paper's check), and the pairs summary when --pairs ran.
+
+report.html: one self-contained file (inline SVG images, no script, no network) with the RM score
+distribution per verifier class, the hero_reward distribution, difficulty weight against sigma_u, and
+pass rates per data_source. `herolabel report OUTPUT` rebuilds both from an existing output.
+
+Reads only the columns it needs from the shards (about 40 bytes a row); plots are drawn from at most
+20,000 sampled points.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections import defaultdict
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import io
+
+COLUMNS = ("prompt_id", "data_source", "verifier_score", "verifier_status", "rm_score", "hero_reward",
+           "difficulty_weight", "group_rm_std")
+PLOT_POINTS = 20_000
+CLASS_COLORS = {"correct": "#2e7d32", "incorrect": "#c62828", "unverified": "#757575"}
+
+
+def read_columns(output: str) -> pa.Table:
+    fs, path = fsspec.core.url_to_fs(output)
+    tables = []
+    for name in sorted(fs.glob(f"{path}/data/*.parquet")):
+        with fs.open(name, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            present = [c for c in COLUMNS if c in parquet.schema_arrow.names]
+            table = parquet.read(columns=present)
+        for column in COLUMNS:
+            if column not in table.column_names:
+                table = table.append_column(column, pa.nulls(table.num_rows, pa.string() if column == "data_source"
+                                                             else pa.float64()))
+        tables.append(table.select(list(COLUMNS)).cast(pa.schema([
+            ("prompt_id", pa.string()), ("data_source", pa.string()), ("verifier_score", pa.float64()),
+            ("verifier_status", pa.string()), ("rm_score", pa.float64()), ("hero_reward", pa.float64()),
+            ("difficulty_weight", pa.float64()), ("group_rm_std", pa.float64())])))
+    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.float64()) for c in COLUMNS})
+
+
+def verifier_class(scores: np.ndarray, statuses: np.ndarray) -> np.ndarray:
+    """correct / incorrect (a verified verdict: status ok or no_answer) / unverified, per row."""
+    verified = np.isin(statuses, ["ok", "no_answer"])
+    return np.where(~verified | np.isnan(scores), "unverified", np.where(scores == 1.0, "correct", "incorrect"))
+
+
+def auroc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
+    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
+    if len(positives) == 0 or len(negatives) == 0:
+        return None
+    values = np.concatenate([positives, negatives])
+    order = values.argsort(kind="mergesort")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(1, len(values) + 1)
+    for value in np.unique(values):  # average ranks of ties
+        tied = values == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    rank_sum = ranks[: len(positives)].sum()
+    return float((rank_sum - len(positives) * (len(positives) + 1) / 2) / (len(positives) * len(negatives)))
+
+
+def _stats(values: np.ndarray) -> dict:
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return {"rows": 0}
+    return {"rows": int(len(values)), "mean": round(float(values.mean()), 6), "std": round(float(values.std()), 6),
+            "min": round(float(values.min()), 6), "median": round(float(np.median(values)), 6),
+            "max": round(float(values.max()), 6)}
+
+
+def build_report(output: str, manifest: dict) -> dict:
+    """The numbers of run_report.json, from the written shards and the run's manifest fields."""
+    table = read_columns(output)
+    scores = table.column("verifier_score").to_numpy(zero_copy_only=False).astype(float)
+    statuses = np.array(table.column("verifier_status").to_pylist(), dtype=object)
+    rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
+    classes = verifier_class(scores, statuses) if table.num_rows else np.array([], dtype=str)
+    sources = np.array([s if s is not None else "(none)" for s in table.column("data_source").to_pylist()], dtype=object)
+    prompt_ids = np.array(table.column("prompt_id").to_pylist(), dtype=object)
+
+    pass_rates = {}
+    for source in sorted(set(sources.tolist())):
+        mask = (sources == source) & (classes != "unverified")
+        pass_rates[source] = {"rows": int((sources == source).sum()), "verified": int(mask.sum()),
+                              "pass_rate": round(float((classes[mask] == "correct").mean()), 6) if mask.any() else None}
+    # AUROC of the RM against the verifier, on groups that have both verdicts.
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for i, prompt_id in enumerate(prompt_ids):
+        by_group[prompt_id].append(i)
+    pooled_pos, pooled_neg, per_group = [], [], []
+    for rows in by_group.values():
+        rows = np.array(rows)
+        pos = rm[rows][(classes[rows] == "correct") & ~np.isnan(rm[rows])]
+        neg = rm[rows][(classes[rows] == "incorrect") & ~np.isnan(rm[rows])]
+        if len(pos) and len(neg):
+            pooled_pos.append(pos)
+            pooled_neg.append(neg)
+            per_group.append(auroc(pos, neg))
+    pooled = auroc(np.concatenate(pooled_pos), np.concatenate(pooled_neg)) if pooled_pos else None
+    counters = manifest.get("engine", {}).get("counters", {})
+    report = {
+        "input_rows": manifest.get("input_rows"), "output_rows": manifest.get("output_rows"),
+        "error_rows": manifest.get("error_rows"), "status_counts": manifest.get("status_counts"),
+        "error_reasons": manifest.get("error_reasons"),
+        "verifier_pass_rate_by_source": pass_rates,
+        "rm_score_by_verifier_class": {c: _stats(rm[classes == c]) for c in ("correct", "incorrect", "unverified")},
+        "hero_reward": _stats(table.column("hero_reward").to_numpy(zero_copy_only=False).astype(float)),
+        "sigma_bar": manifest.get("sigma_bar"),
+        "stage_seconds": {k[:-3]: round(v / 1000, 3) for k, v in sorted(counters.items()) if k.endswith("_ms")},
+        "wall_s": manifest.get("wall_s"),
+        "rm_vs_verifier_auroc": {"mixed_groups": len(per_group), "pooled": None if pooled is None else round(pooled, 6),
+                                 "mean_per_group": round(float(np.mean(per_group)), 6) if per_group else None},
+        "rm_rows": manifest.get("rm_rows"),
+        "pairs": manifest.get("pairs"),
+    }
+    return report, table, classes, sources
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots: small SVG documents, embedded as data: URIs.
+# ------------------------------------------------------------------------------------------------
+
+def _svg(width: int, height: int, body: list[str], title: str) -> str:
+    document = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+                f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">'
+                f'<rect width="{width}" height="{height}" fill="white"/>'
+                f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>'
+                + "".join(body) + "</svg>")
+    return "data:image/svg+xml;base64," + base64.b64encode(document.encode()).decode()
+
+
+def _axes(x0, x1, y0, y1, w, h, left=50, top=28, bottom=30, xlabel="", ylabel="") -> tuple[list[str], callable, callable]:
+    pw, ph = w - left - 15, h - top - bottom
+    sx = (lambda x: left + (x - x0) / ((x1 - x0) or 1) * pw)
+    sy = (lambda y: top + ph - (y - y0) / ((y1 - y0) or 1) * ph)
+    body = [f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="black"/>',
+            f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="black"/>']
+    for k in range(5):
+        xv, yv = x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4
+        body.append(f'<text x="{sx(xv):.1f}" y="{top + ph + 13}" text-anchor="middle">{xv:.3g}</text>')
+        body.append(f'<text x="{left - 4}" y="{sy(yv) + 3:.1f}" text-anchor="end">{yv:.3g}</text>')
+    body.append(f'<text x="{left + pw / 2}" y="{h - 4}" text-anchor="middle">{html.escape(xlabel)}</text>')
+    body.append(f'<text x="12" y="{top + ph / 2}" transform="rotate(-90 12 {top + ph / 2})" '
+                f'text-anchor="middle">{html.escape(ylabel)}</text>')
+    return body, sx, sy
+
+
+def histogram_svg(series: dict[str, np.ndarray], title: str, xlabel: str, bins: int = 40) -> str:
+    w, h = 560, 300
+    values = [v[~np.isnan(v)] for v in series.values()]
+    finite = np.concatenate(values) if values else np.array([])
+    if not len(finite):
+        return _svg(w, h, ['<text x="280" y="150" text-anchor="middle">no values</text>'], title)
+    lo, hi = float(finite.min()), float(finite.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+    counts = {name: np.histogram(v[~np.isnan(v)], edges)[0] for name, v in series.items()}
+    top = max(1, max(int(c.max()) for c in counts.values()))
+    body, sx, sy = _axes(edges[0], edges[-1], 0, top, w, h, xlabel=xlabel, ylabel="rows")
+    for n, (name, c) in enumerate(counts.items()):
+        color = CLASS_COLORS.get(name, "#1565c0")
+        for i, count in enumerate(c):
+            if count:
+                x, x2 = sx(edges[i]), sx(edges[i + 1])
+                body.append(f'<rect x="{x:.1f}" y="{sy(count):.1f}" width="{max(x2 - x - 1, 1):.1f}" '
+                            f'height="{sy(0) - sy(count):.1f}" fill="{color}" fill-opacity="0.55"/>')
+        body.append(f'<rect x="{w - 150}" y="{30 + 14 * n}" width="10" height="10" fill="{color}"/>'
+                    f'<text x="{w - 136}" y="{39 + 14 * n}">{html.escape(name)} ({int(c.sum())})</text>')
+    return _svg(w, h, body, title)
+
+
+def scatter_svg(x: np.ndarray, y: np.ndarray, title: str, xlabel: str, ylabel: str) -> str:
+    w, h = 560, 300
+    keep = ~(np.isnan(x) | np.isnan(y))
+    x, y = x[keep], y[keep]
+    if not len(x):
+        return _svg(w, h, ['<text x="280" y="150" text-anchor="middle">no values</text>'], title)
+    if len(x) > PLOT_POINTS:
+        pick = np.random.default_rng(0).choice(len(x), PLOT_POINTS, replace=False)
+        x, y = x[pick], y[pick]
+    body, sx, sy = _axes(float(x.min()), float(x.max()), float(y.min()), float(y.max()), w, h, xlabel=xlabel, ylabel=ylabel)
+    body += [f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2" fill="#1565c0" fill-opacity="0.5"/>' for a, b in zip(x, y)]
+    return _svg(w, h, body, title)
+
+
+def bars_svg(labels: list[str], values: list[float], title: str) -> str:
+    w, h = 560, max(120, 40 + 22 * len(labels))
+    body = []
+    for i, (label, value) in enumerate(zip(labels, values)):
+        y = 30 + 22 * i
+        width = 0 if value is None else value * 330
+        body.append(f'<text x="175" y="{y + 12}" text-anchor="end">{html.escape(label[:28])}</text>'
+                    f'<rect x="180" y="{y}" width="{width:.1f}" height="16" fill="#2e7d32"/>'
+                    f'<text x="{185 + width:.1f}" y="{y + 12}">{"n/a" if value is None else f"{value:.1%}"}</text>')
+    return _svg(w, h, body, title)
+
+
+def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
+    rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
+    plots = [
+        ("RM score by verifier class", histogram_svg({c: rm[classes == c] for c in ("correct", "incorrect", "unverified")
+                                                      if (classes == c).any()}, "RM score by verifier class", "rm_score")),
+        ("hero_reward", histogram_svg({"hero_reward": table.column("hero_reward").to_numpy(zero_copy_only=False).astype(float)},
+                                      "hero_reward distribution", "hero_reward")),
+        ("difficulty weight", scatter_svg(table.column("group_rm_std").to_numpy(zero_copy_only=False).astype(float),
+                                          table.column("difficulty_weight").to_numpy(zero_copy_only=False).astype(float),
+                                          "difficulty weight against sigma_u", "sigma_u (group_rm_std)", "w")),
+        ("pass rate", bars_svg(list(report["verifier_pass_rate_by_source"]),
+                               [v["pass_rate"] for v in report["verifier_pass_rate_by_source"].values()],
+                               "verifier pass rate by data_source")),
+    ]
+    auc = report["rm_vs_verifier_auroc"]
+    summary = [("input rows", report["input_rows"]), ("output rows", report["output_rows"]),
+               ("error rows", report["error_rows"]), ("σ̄", report["sigma_bar"]),
+               ("RM vs verifier AUROC (pooled, mixed groups)", auc["pooled"]),
+               ("RM vs verifier AUROC (mean per group)", auc["mean_per_group"]), ("mixed groups", auc["mixed_groups"]),
+               ("wall time (s)", report["wall_s"])]
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
+    images = "".join(f'<figure><img alt="{html.escape(name)}" src="{uri}"><figcaption>{html.escape(name)}</figcaption></figure>'
+                     for name, uri in plots)
+    details = html.escape(json.dumps(report, indent=2, default=str))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>herolabel run report</title><style>"
+            "body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
+            "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}figure{display:inline-block;margin:8px}"
+            "pre{background:#f5f5f5;padding:8px;overflow:auto}</style></head><body>"
+            f"<h1>herolabel run report</h1><table>{rows}</table>{images}"
+            f"<h2>run_report.json</h2><pre>{details}</pre></body></html>")
+
+
+def write_report(output: str, manifest: dict) -> dict:
+    """Writes OUTPUT/run_report.json and OUTPUT/report.html; returns the report."""
+    report, table, classes, _ = build_report(output, manifest)
+    with io.open_atomic(io.join(output, "run_report.json"), "w") as handle:
+        json.dump(report, handle, indent=2, default=_json_default)
+    with io.open_atomic(io.join(output, "report.html"), "w") as handle:
+        handle.write(render_html(report, table, classes))
+    return report
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def rebuild(output: str) -> dict:
+    """`herolabel report OUTPUT`: both files again from an existing output and its manifest."""
+    fs, path = fsspec.core.url_to_fs(output)
+    if not fs.exists(f"{path}/manifest.json"):
+        raise FileNotFoundError(f"{output} has no manifest.json: not a finished herolabel output")
+    with fs.open(f"{path}/manifest.json", "r") as handle:
+        manifest = json.load(handle)
+    return write_report(output, manifest)
