@@ -158,6 +158,7 @@ def time_vllm(model, tokenizer, table: pa.Table, args, dtype: str, device: str) 
     """The vllm backend on the same rows (model saved to a temporary directory; load and warm-up untimed)."""
     from transforms.reward_models import make_reward_model
 
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep stdout to the one JSON line
     with tempfile.TemporaryDirectory() as directory:
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
