@@ -158,7 +158,6 @@ def time_vllm(model, tokenizer, table: pa.Table, args, dtype: str, device: str) 
     """The vllm backend on the same rows (model saved to a temporary directory; load and warm-up untimed)."""
     from transforms.reward_models import make_reward_model
 
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep stdout to the one JSON line
     with tempfile.TemporaryDirectory() as directory:
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
@@ -254,6 +253,7 @@ def main(argv=None) -> dict:
             result["ratio_to_ceiling"] = round(result["pipeline_tok_per_s"] / result[f"ceiling_{first[0]}_tok_per_s"],
                                                4)
     if "vllm" in sides:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep stdout to the one JSON line
         try:
             import vllm  # noqa: F401
         except ImportError:
