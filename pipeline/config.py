@@ -13,6 +13,9 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
+from schemas.layouts import choose_layout
 from transforms.checks import is_finite_number, is_whole
 from transforms.pairs import STRATEGIES, PairsConfig
 from transforms.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
@@ -104,6 +107,8 @@ class PipelineConfig:
     overwrite: bool = False
     progress: str = "auto"
     max_error_rate: float = 0.01
+    preset: str = ""
+    column_map: str = ""
     beam_args: tuple[str, ...] = ()
 
     def __post_init__(self):
@@ -120,6 +125,13 @@ class PipelineConfig:
             raise ValueError(f"pipeline.progress must be one of {PROGRESS_MODES}, got {self.progress!r}")
         if not (is_finite_number(self.max_error_rate) and 0 <= self.max_error_rate <= 1):
             raise ValueError(f"pipeline.max_error_rate must be a number in [0, 1], got {self.max_error_rate!r}")
+        if isinstance(self.column_map, dict):  # YAML mapping form
+            object.__setattr__(self, "column_map", ",".join(f"{k}={v}" for k, v in self.column_map.items()))
+        try:
+            choose_layout(pa.schema([(c, pa.string()) for c in ("prompt", "response", "reference")]), self.preset,
+                          self.column_map)
+        except ValueError as exc:
+            raise ValueError(f"pipeline.{'column_map' if 'column_map' in str(exc) else 'preset'}: {exc}") from None
         if self.verifier.num_workers == 0:
             raise ValueError("verifier.num_workers must be >= 1 in a pipeline run (0 runs math-verify in the calling "
                              "thread, whose signal-based timeouts only work in a main thread; engines verify in "
@@ -177,6 +189,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("input", "pipeline", "input", "Parquet file, directory (searched recursively) or glob; local or fsspec URL",
            default_text="required"),
     Option("output", "pipeline", "output", "directory to write: data/, errors/, manifest.json", default_text="required"),
+    Option("preset", "pipeline", "preset", "input layout of another tool, comma-separated to compose: `verl` "
+           "(generation output, `responses` list), `trl` (prompt/completion/solution), `openrlhf` "
+           "(input/output/label), `wide` (a list of responses per row, exploded); detected when unambiguous"),
+    Option("column_map", "pipeline", "column_map", "renames applied to the input, `SRC=DST,...` (a dotted SRC reads a "
+           "struct field: `reward_model.ground_truth=reference`)"),
     Option("overwrite", "pipeline", "overwrite", "replace a previous run in --output", type=bool),
     Option("batch_rows", "pipeline", "batch_rows", "rows per Arrow batch through verify and score", type=int),
     Option("rows_per_shard", "pipeline", "rows_per_shard", "target rows per output shard; shards = ⌈rows / this⌉",

@@ -7,12 +7,14 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline import io
 from pipeline.io import InputError
 from pipeline.config import ConfigError, PipelineConfig, name_options
 from pipeline.stages import MetricsSink, timed
+from schemas.layouts import Layout, LayoutError, choose_layout
 from schemas.rollouts import SAMPLE_INDEX, InputContract, validate_batch
 from transforms.reward_models import make_reward_model
 
@@ -48,6 +50,7 @@ class RunPlan:
     num_shards: int
     metadata: dict  # stored in every output file (sigma_bar is added per run)
     rm_needs_accelerator: bool  # place scoring on accelerator workers (RewardBackend.needs_accelerator)
+    layout: Layout | None = None  # another tool's layout, applied to every batch read (schemas/layouts.py)
 
     @property
     def input_rows(self) -> int:
@@ -65,9 +68,14 @@ class RunPlan:
     def read_and_validate(self, unit: WorkUnit, sink: MetricsSink) -> Iterator[tuple[pa.Table, pa.Table]]:
         """(valid rows cast to the contract, error records) per batch of `unit`, timed and counted."""
         batches = unit.read(self.config.batch_rows)
+        exploded = unit.first_row  # with a layout, rows are numbered in the long form
         while True:
             with timed(sink, "read"):
                 batch = next(batches, None)
+                if batch is not None and self.layout is not None:
+                    table, _ = self.layout.apply(batch[1])
+                    batch = (exploded, table)
+                    exploded += table.num_rows
             if batch is None:
                 return
             offset, table = batch
@@ -100,7 +108,16 @@ class RunPlan:
 def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     """Inspects the inputs (footers only), derives the contract and shard count, checks the RM settings."""
     files = tuple(io.inspect_inputs(config.input))
-    contract = InputContract.from_file_schemas([f.schema for f in files], [f.url for f in files])
+    try:
+        layout = choose_layout(files[0].schema, config.preset, config.column_map)
+    except LayoutError as exc:
+        raise InputError(f"--input {config.input}: {exc}") from exc
+    schemas = [f.schema for f in files]
+    if layout is not None:
+        schemas = [layout.apply(schema.empty_table())[0].schema for schema in schemas]
+        if layout.explode:
+            files = tuple(_long_form_counts(f, layout.explode) for f in files)
+    contract = InputContract.from_file_schemas(schemas, [f.url for f in files])
     if not any(f.num_rows for f in files):
         raise InputError(f"--input {config.input}: the input is empty ({len(files)} Parquet file(s), 0 rows: "
                          f"{', '.join(f.url for f in files[:3])}{' ...' if len(files) > 3 else ''})")
@@ -120,4 +137,22 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         "config": config.labeling_dict(),
         "reward_model": identity,
     }
-    return RunPlan(config, files, contract, num_shards, metadata, model.needs_accelerator)
+    if layout is not None:
+        metadata["layout"] = layout.name
+    return RunPlan(config, files, contract, num_shards, metadata, model.needs_accelerator, layout)
+
+
+def _long_form_counts(file: io.InputFile, column: str) -> io.InputFile:
+    """The file's row counts after exploding its list `column` (reads that column once, on the driver)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    import fsspec
+
+    with fsspec.open(file.url, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        rows = []
+        for group in range(parquet.num_row_groups):
+            lists = parquet.read_row_group(group, columns=[column]).column(column)
+            rows.append(int(pc.sum(pc.fill_null(pc.list_value_length(lists), 0)).as_py() or 0))
+    starts = tuple(int(s) for s in np.concatenate([[0], np.cumsum(rows)[:-1]])) if rows else ()
+    return dataclasses.replace(file, num_rows=sum(rows), row_group_rows=tuple(rows), row_group_starts=starts)
