@@ -24,13 +24,14 @@ import pyarrow.parquet as pq
 from pipeline import checkpoints, io
 from pipeline.buckets import load_parts
 from pipeline.plan import RunPlan
+from pipeline.hf import write_dataset_card
 from pipeline.report import write_report
 from pipeline.stages import MetricsSink, timed
 from schemas.rollouts import ORDER, STATUS_VOCABULARIES, RmStatus, VerifierStatus, error_records, split_duplicates
 from transforms.hero import fuse
 from transforms.pairs import make_pairs
 
-RUN_ENTRIES = ("data", "errors", "pairs", "_shuffle", "run_report.json", "report.html", "manifest.json")
+RUN_ENTRIES = ("data", "errors", "pairs", "_shuffle", "run_report.json", "report.html", "README.md", "manifest.json")
 
 
 class RunFailed(RuntimeError):
@@ -287,7 +288,8 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "wall_s": round(time.monotonic() - started, 3),
         "config": config.to_dict(),
     }
-    write_report(config.output, manifest)  # before the manifest, which marks the run finished
+    write_report(config.output, manifest)  # these before the manifest, which marks the run finished
+    write_dataset_card(config.output, manifest, plan.contract.output_schema(), config.pairs.enabled)
     with io.open_atomic(io.join(config.output, "manifest.json"), "w") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=False, default=str)
     # Only now that the manifest marks the run finished: a crash during this clean-up leaves a finished run

@@ -10,7 +10,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from pipeline import io
+from pipeline import hf, io
 from pipeline.io import InputError
 from pipeline.config import ConfigError, PipelineConfig, name_options
 from pipeline.stages import MetricsSink, timed
@@ -107,7 +107,7 @@ class RunPlan:
 
 def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     """Inspects the inputs (footers only), derives the contract and shard count, checks the RM settings."""
-    files = tuple(io.inspect_inputs(config.input))
+    files = tuple(io.inspect_inputs(hf.stage_input(config.input, config.output)))
     try:
         layout = choose_layout(files[0].schema, config.preset, config.column_map)
     except LayoutError as exc:

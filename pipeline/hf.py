@@ -1,0 +1,130 @@
+"""Hugging Face datasets in and out.
+
+In: `--input` may name a dataset saved with `save_to_disk` (a Dataset or a DatasetDict: every split is
+labelled), JSON / JSONL files, or a hub dataset id when online. They are read with the datasets library
+and staged once as Parquet under OUTPUT/_staged/ (row groups of 10,000 rows, the planner's units of
+work; a rerun or resume reuses the staged files, so their footers and the run's fingerprint stay the
+same).
+
+Out: OUTPUT/README.md, a dataset card in the hub's format whose `configs:` name the labelled data (the
+default) and the DPO pairs, so `datasets.load_dataset(OUTPUT)` and `load_dataset(OUTPUT, "pairs")` load
+each without mixing schemas; it describes the columns, the settings and the provenance.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import os
+import re
+
+import fsspec
+
+from pipeline import io
+
+STAGED_ROW_GROUP = 10_000
+JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def input_kind(spec: str) -> str:
+    """"parquet" (read directly), "saved" (save_to_disk), "json" or "hub"."""
+    if os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, name))
+                                   for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+        return "saved"
+    if spec.endswith(JSON_SUFFIXES):
+        return "json"
+    if "://" not in spec and not os.path.exists(spec) and HUB_ID.fullmatch(spec):
+        return "hub"
+    return "parquet"
+
+
+def stage_input(spec: str, output: str) -> str:
+    """The Parquet location to plan from: `spec` itself, or the staged copy of a datasets input."""
+    kind = input_kind(spec)
+    if kind == "parquet":
+        return spec
+    import datasets
+
+    stamp = hashlib.sha256(json.dumps([kind, os.path.abspath(spec) if kind != "hub" else spec,
+                                       _mtime(spec)]).encode()).hexdigest()[:16]
+    staged = io.join(output, "_staged", stamp)
+    fs, path = fsspec.core.url_to_fs(staged)
+    if fs.exists(f"{path}/_STAGED"):
+        return staged
+    datasets.disable_progress_bars()
+    if kind == "saved":
+        loaded = datasets.load_from_disk(spec)
+    elif kind == "json":
+        files = sorted(globlib.glob(spec)) or [spec]
+        loaded = datasets.load_dataset("json", data_files=files, split="train")
+    else:
+        loaded = datasets.load_dataset(spec)
+    splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
+    fs.makedirs(path, exist_ok=True)
+    for name, split in splits:
+        with io.open_atomic(io.join(staged, f"{name}.parquet")) as handle:
+            split.to_parquet(handle, batch_size=STAGED_ROW_GROUP)
+    with io.open_atomic(io.join(staged, "_STAGED"), "w") as handle:
+        json.dump({"input": spec, "kind": kind, "splits": [name for name, _ in splits]}, handle)
+    return staged
+
+
+def _mtime(spec: str) -> float | None:
+    try:
+        return os.path.getmtime(spec)
+    except OSError:
+        return None
+
+
+COLUMN_NOTES = {
+    "verifier_score": "1 when the final answer equals the reference, 0 otherwise; null when not judgeable",
+    "verifier_status": "ok, no_answer, timeout, error, no_reference, bad_reference",
+    "extracted_answer": "the final answer as compared (normalized)",
+    "rm_score": "the reward model's raw score (a logit)",
+    "rm_status": "ok, truncated, missing, error, skipped",
+    "group_size": "responses of the prompt",
+    "group_rm_std": "sigma_u, population standard deviation of rm_score in the group",
+    "hero_normalized": "r-hat: the RM score normalized inside the verifier's band",
+    "difficulty_weight": "w(sigma_u), the variance-aware weight",
+    "hero_reward": "w * r-hat, the HERO reward",
+    "advantage": "per --advantage-mode",
+    "hero_status": "ok, rm_only, no_reference, bad_reference, rm_missing, rm_disabled",
+}
+
+
+def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool) -> None:
+    """OUTPUT/README.md: the hub's dataset card, with configs for data and pairs."""
+    configs = ["configs:", "- config_name: data", "  default: true", "  data_files:", "  - split: train",
+               "    path: data/*.parquet"]
+    if pairs:
+        configs += ["- config_name: pairs", "  data_files:", "  - split: train", "    path: pairs/*.parquet"]
+    columns = "\n".join(f"| `{f.name}` | {f.type} | {COLUMN_NOTES.get(f.name, 'from the input')} |"
+                        for f in data_schema)
+    identity = manifest.get("reward_model", {})
+    card = "\n".join([
+        "---", *configs, "tags:", "- reward-labels", "- herolabel", "---", "",
+        "# Reward-labelled rollouts", "",
+        f"{manifest.get('output_rows')} responses labelled by herolabel {manifest.get('herolabel_version')}: a "
+        "verifier verdict, a reward-model score and the HERO fusion of both per prompt group "
+        "(arXiv 2510.07242). Rows that could not be labelled are in `errors/` (not a config).", "",
+        "```python", "from datasets import load_dataset", f"rows = load_dataset({output!r}, split='train')",
+        *([f"pairs = load_dataset({output!r}, 'pairs', split='train')  # TRL preference format"] if pairs else []),
+        "```", "",
+        "## Columns (config `data`)", "", "| column | type | meaning |", "| --- | --- | --- |", columns, "",
+        *(["## Config `pairs`", "", "DPO pairs in TRL's preference format (prompt / chosen / rejected) with "
+           "chosen_reward, rejected_reward, margin, verdicts and sample indices; settings: "
+           f"`{json.dumps(manifest.get('config', {}).get('pairs', {}))}`; prompts without a pair by reason: "
+           f"`{json.dumps((manifest.get('pairs') or {}).get('prompts_without_pair', {}))}`.", ""] if pairs else []),
+        "## Provenance", "",
+        f"- input: {', '.join(manifest.get('input_files', [])[:10])}"
+        f"{' …' if len(manifest.get('input_files', [])) > 10 else ''}",
+        f"- reward model: `{json.dumps(identity)}`",
+        f"- σ̄ (sigma_bar): {manifest.get('sigma_bar')}",
+        f"- status: {manifest.get('status')}; input rows {manifest.get('input_rows')} = output rows "
+        f"{manifest.get('output_rows')} + error rows {manifest.get('error_rows')}",
+        "- settings: `manifest.json` (all), and every shard's Parquet metadata (key `herolabel`)", "",
+    ])
+    with io.open_atomic(io.join(output, "README.md"), "w") as handle:
+        handle.write(card)
