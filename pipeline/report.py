@@ -1,6 +1,6 @@
 """The run report: OUTPUT/run_report.json and OUTPUT/report.html, written before the manifest.
 
-run_report.json: counts per status, per-data_source verifier pass rates, RM score statistics per verifier
+run_report.json: rows per stage and per status, per-data_source verifier pass rates, RM score statistics per verifier
 class, sigma_bar, time per stage (the engine's busy milliseconds), the RM-vs-verifier AUROC (pooled over
 the rows of groups with mixed verdicts, and the mean of per-group AUROCs: how far the RM agrees with
 the verifier, the paper's check), and the pairs summary when --pairs ran.
@@ -122,6 +122,7 @@ def build_report(output: str, manifest: dict) -> dict:
         "rm_score_by_verifier_class": {c: _stats(rm[classes == c]) for c in ("correct", "incorrect", "unverified")},
         "hero_reward": _stats(table.column("hero_reward").to_numpy(zero_copy_only=False).astype(float)),
         "sigma_bar": manifest.get("sigma_bar"),
+        "rows_by_stage": {k: v for k, v in sorted(counters.items()) if not k.endswith("_ms")},
         "stage_seconds": {k[:-3]: round(v / 1000, 3) for k, v in sorted(counters.items()) if k.endswith("_ms")},
         "wall_s": manifest.get("wall_s"),
         "rm_vs_verifier_auroc": {"mixed_groups": len(per_group), "pooled": None if pooled is None else round(pooled, 6),
