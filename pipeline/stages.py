@@ -167,7 +167,7 @@ class ScoreStage:
         with self._lock:  # one forward pass at a time on a model shared by a worker's threads
             with timed(sink, "score"):
                 scored = self._score(table, sink) if self.cache is not None else self.backend.score_table(table)
-        if self.cache is None:
+        if self.cache is None and hasattr(self.backend, "cache_identity"):  # a backend that runs a model
             sink.count("rm_scored", table.num_rows)
         sink.count("scored", table.num_rows)
         return scored

@@ -120,6 +120,7 @@ def test_backend_none_marks_rows_skipped():
     ({"backend": "precomputed", "score_column": "s", "cache_dir": "/tmp/c"}, "rm.cache_dir"),
     ({"backend": "none", "gpu_memory_utilization": 1.5}, "rm.gpu_memory_utilization"),
     ({"backend": "none", "device": "cuda:x"}, "rm.device"),
+    ({"backend": "vllm", "model": "m", "device": "cuda:1"}, "rm.device"),  # vLLM places its model itself
     ({"backend": "transformers"}, "rm.model is required"),
     ({"backend": "precomputed"}, "rm.score_column is required"),
     ({"backend": "none", "max_length": 0}, "rm.max_length"),

@@ -199,10 +199,16 @@ def test_weights_fingerprint_reads_the_whole_content(tmp_path, monkeypatch):
     os.utime(weights, ns=(1, 1_000_000_000))
     changed = fingerprint_dir(str(model))
     assert changed != before
-    # Remembered by size + mtime: a file rewritten with the same stamp is not read again.
-    memo = json.load(open(tmp_path / "home" / "file-digests.json"))
-    assert memo[os.path.realpath(weights)][:2] == [5 << 20, 1_000_000_000]
-    data[0] ^= 0xFF
+    # Remembered by size, mtime, inode, device and ctime: an untouched file is not read again ...
+    memo_path = tmp_path / "home" / "file-digests.json"
+    memo = json.load(open(memo_path))
+    entry = memo[os.path.realpath(weights)]
+    assert entry[:2] == [5 << 20, 1_000_000_000]
+    entry[-1] = "0" * 64  # a digest that is not the file's: used only if the file is not read again
+    memo_path.write_text(json.dumps(memo))
+    remembered = fingerprint_dir(str(model))
+    assert remembered != changed
+    # ... but a same-size rewrite with its mtime put back (cp -p, rsync -a) has a new ctime: read again.
     weights.write_bytes(bytes(data))
     os.utime(weights, ns=(1, 1_000_000_000))
     assert fingerprint_dir(str(model)) == changed
@@ -286,3 +292,19 @@ def test_copies_of_a_model_score_alike_but_a_changed_weight_changes_the_identity
     save_file(tensors, weights, metadata={"format": "pt"})
     changed = make_reward_model(RewardModelConfig(backend="transformers", model=str(copy_path)))
     assert changed.identity()["fingerprint"] != original.identity()["fingerprint"]
+
+
+@pytest.mark.parametrize("config_class,settings,packs", [
+    ("Qwen2Config", {}, True),  # full attention: packed
+    ("Qwen2Config", {"use_sliding_window": True, "sliding_window": 64}, False),  # sliding layers: padded
+    ("MistralConfig", {"sliding_window": 4096}, False),  # Mistral-7B-v0.1's plain sliding_window: padded
+    ("MistralConfig", {"sliding_window": None}, True),
+])
+def test_sliding_window_models_are_not_packed(config_class, settings, packs):
+    import transformers
+
+    config = getattr(transformers, config_class)(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                                 num_labels=1, **settings)
+    model = transformers.AutoModelForSequenceClassification.from_config(config)
+    assert rm_torch.can_pack(model) is packs

@@ -54,24 +54,58 @@ _TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty se
 
 
 def words_to_number(text: str) -> int | None:
-    """'twenty-one' -> 21, 'one hundred' -> 100, 'three thousand two hundred' -> 3200; None otherwise.
+    """'twenty-one' -> 21, 'one hundred and five' -> 105, 'three thousand two hundred' -> 3200, below a
+    million, by the grammar of written numbers ("two and three" or "one two three" is None, never a sum).
     Fixes: a number written in words is not a number to math-verify."""
-    tokens = re.split(r"[\s-]+", text.strip().lower().replace(" and ", " "))
-    if not tokens or not all(t in _NUMBER_WORDS or t in _TENS or t in ("hundred", "thousand", "million")
-                             for t in tokens):
+    tokens = [t for t in re.split(r"[\s-]+", text.strip().lower()) if t]
+    position = 0
+
+    def peek():
+        return tokens[position] if position < len(tokens) else None
+
+    def take():
+        nonlocal position
+        position += 1
+        return tokens[position - 1]
+
+    def below_hundred() -> int | None:
+        word = peek()
+        if word in _NUMBER_WORDS:
+            take()
+            return _NUMBER_WORDS[word]
+        if word in _TENS:
+            value = _TENS[take()]
+            if peek() in _NUMBER_WORDS and 0 < _NUMBER_WORDS[peek()] < 10:
+                value += _NUMBER_WORDS[take()]
+            return value
         return None
-    total, current = 0, 0
-    for t in tokens:
-        if t in _NUMBER_WORDS:
-            current += _NUMBER_WORDS[t]
-        elif t in _TENS:
-            current += _TENS[t]
-        elif t == "hundred":
-            current = max(current, 1) * 100
-        else:
-            total += max(current, 1) * (1000 if t == "thousand" else 1_000_000)
-            current = 0
-    return total + current
+
+    def below_thousand() -> int | None:
+        value = below_hundred()
+        if value is not None and peek() == "hundred":
+            if not 0 < value < 10:
+                return None
+            take()
+            value *= 100
+            if peek() == "and":
+                take()
+                rest = below_hundred()
+                return None if rest is None else value + rest
+            rest = below_hundred()
+            value += rest or 0
+        return value
+
+    if not tokens:
+        return None
+    value = below_thousand()
+    if value is not None and peek() == "thousand":
+        take()
+        value *= 1000
+        if peek() == "and":
+            take()
+        rest = below_thousand()
+        value += rest or 0
+    return value if value is not None and position == len(tokens) else None
 
 
 # A backslash straight before a digit is no LaTeX command: "\\boxed{\\15}" is "\\$15" whose "$" was lost
@@ -98,25 +132,37 @@ def clean_text(text: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def boxed_spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, content) of every \\boxed{...} / \\fbox{...}, braces balanced (nested allowed)."""
-    spans = []
-    for match in re.finditer(r"\\(?:boxed|fbox)\s*\{", text):
-        depth, i = 1, match.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            spans.append((match.start(), i, text[match.end():i - 1]))
-    return spans
+    """(start, end, content) of every \\boxed{...} / \\fbox{...}, braces balanced (nested allowed); one
+    pass over the text with a stack, so thousands of nested boxes stay linear."""
+    spans, stack = [], []  # stack: (brace depth, box start or None, content start)
+    opener = re.compile(r"\\(?:boxed|fbox)\s*\{")
+    depth, i = 0, 0
+    while i < len(text):
+        match = opener.match(text, i) if text[i] == "\\" else None
+        if match:
+            depth += 1
+            stack.append((depth, i, match.end()))
+            i = match.end()
+            continue
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            if stack and stack[-1][0] == depth:
+                _, start, content = stack.pop()
+                spans.append((start, i + 1, text[content:i]))
+            depth = max(depth - 1, 0)
+        i += 1
+    return sorted(spans)
 
 
-_BOX_SEPARATOR = re.compile(r"[\s$,;]*(?:\\quad|\\qquad|and|or|\\text\{\s*(?:and|or)\s*\})?[\s$,;]*"
-                            r"(?:[a-z](?:_\d)?\s*=\s*)?")
-_FINAL_ANSWER = re.compile(r"(?:final answer|the answer|answer)\s*(?:is|=|:)\s*:?\s*(.+?)(?=\.\s|\.?\s*$|\n|;\s|\s+I hope)",
+_BOX_SEPARATOR = re.compile(r"[\s$,;]{0,20}(?:\\quad|\\qquad|and|or|\\text\{\s{0,3}(?:and|or)\s{0,3}\})?"
+                            r"[\s$,;]{0,20}(?:[a-z](?:_\d)?\s{0,3}=\s{0,3})?")
+_FINAL_ANSWER = re.compile(r"\b(?:final answer|the answer|answer)\s*(?:is|=|:)\s*:?\s*(.+?)(?=\.\s|\.?\s*$|\n|;\s|\s+I hope)",
                            re.IGNORECASE)
-_HASHES = re.compile(r"^\s*####\s*(.+?)\s*$", re.MULTILINE)
-_ANSWER_LINE = re.compile(r"^\s*(?:\*\*)?(?:final answer|answer|a)\s*[:：]\s*(?:\*\*)?\s*(.+?)\s*$",
-                          re.IGNORECASE | re.MULTILINE)
+_HASHES = re.compile(r"^[ \t]*####[ \t]*(.+?)[ \t]*$", re.MULTILINE)
+# "Answer: 7", "Final Answer: 7", GSM8K's "A: 7" (a capital A only: "a: 5" is a list item).
+_ANSWER_LINE = re.compile(r"^[ \t]*(?:\*\*)?(?:[Ff]inal [Aa]nswer|[Aa]nswer|ANSWER|A)[ \t]*[:：][ \t]*(?:\*\*)?[ \t]*"
+                          r"(.+?)[ \t]*$", re.MULTILINE)
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 
 
@@ -132,43 +178,48 @@ def is_bare_answer(text: str) -> bool:
     return len(words) <= BARE_MAX_WORDS
 
 
+TAIL_CHARS = 20_000
+
+
 def final_answer(text: str) -> tuple[str | None, str]:
     """(the final answer's text, how it was found) of a cleaned response; (None, "none") when there is
     no marked answer and the response is not a bare answer.
 
-    In order: the last \\boxed{} (with the other boxes of its line, joined: "\\boxed{1}, \\boxed{2}"
-    answers both roots); "final answer is ..." / "the answer is ..."; "#### ..."; a line "Answer: ..." /
-    "A: ..."; the last bold span of the last line; the whole response when it is a bare answer.
+    Markers: the last \\boxed{} (with the boxes side by side with it: "\\boxed{1}, \\boxed{2}" answers both
+    roots); "final answer is ..." / "the answer is ..."; "#### ..."; a line "Answer: ..." / "A: ...". The one
+    that comes last in the response wins (a corrected answer after a drafted one). Without any: the last
+    bold span of the last line, else the whole response when it is a bare answer. Only the last 20,000
+    characters are searched (the answer ends a response; a megabyte of text costs no more).
     """
+    text = text[-TAIL_CHARS:]
+    found: list[tuple[int, str, str]] = []  # (position, answer, how)
     boxes = boxed_spans(text)
     if boxes:
         last_start = boxes[-1][0]
         line_start = text.rfind("\n", 0, last_start) + 1
-        line_end = text.find("\n", last_start)
-        line_end = len(text) if line_end < 0 else line_end
-        # Boxes side by side ("\\boxed{1}, \\boxed{2}" or "... and \\boxed{2}") are one answer with parts;
-        # a box followed by more prose before the last one was a draft.
         together = [boxes[-1]]
         for box in reversed(boxes[:-1]):
             between = text[box[1]:together[0][0]]
-            if box[0] < line_start or not _BOX_SEPARATOR.fullmatch(between):
+            if box[1] > together[0][0] or box[0] < line_start or not _BOX_SEPARATOR.fullmatch(between):
                 break
             together.insert(0, box)
-        return ", ".join(content for _, _, content in together), "boxed"
-    finals = _FINAL_ANSWER.findall(text)
+        found.append((last_start, ", ".join(content for _, _, content in together), "boxed"))
+    finals = list(_FINAL_ANSWER.finditer(text))
     if finals:
-        answer = finals[-1]
+        answer = finals[-1].group(1)
         while True:  # "Final Answer: The final answer is 5." -> "5"
             inner = _FINAL_ANSWER.findall(answer)
             if not inner or inner[-1] == answer:
-                return answer, "final answer"
+                break
             answer = inner[-1]
-    hashes = _HASHES.findall(text)
-    if hashes:
-        return hashes[-1], "####"
-    lines = _ANSWER_LINE.findall(text)
-    if lines:
-        return lines[-1], "answer line"
+        found.append((finals[-1].start(), answer, "final answer"))
+    for pattern, how in ((_HASHES, "####"), (_ANSWER_LINE, "answer line")):
+        matches = list(pattern.finditer(text))
+        if matches:
+            found.append((matches[-1].start(), matches[-1].group(1), how))
+    if found:
+        _, answer, how = max(found, key=lambda f: f[0])
+        return answer, how
     last_line = text.strip().rsplit("\n", 1)[-1]
     bold = _BOLD.findall(last_line)
     if bold:
@@ -187,19 +238,32 @@ _PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercent\b)")
 _DOLLAR = re.compile(r"\\\$|\bdollars?\b|\\text\{\s*dollars?\s*\}")
 _GROUPED_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\ |\\;|\\thinspace\s*)(?=\d{3}(?!\d))")
 _PLAIN_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_WORD_LABEL = re.compile(r"^\s*(?:\\text\{\s*)?([A-Za-z][A-Za-z ]{0,30}?)\s*:\s*\}?\s*(?=\S)")
+_WORD_LABEL = re.compile(r"^\s*(?:\\text\{\s*)?(?!(?:wrong|incorrect|not|no|false|error|mistake)\b)"
+                         r"([A-Za-z][A-Za-z ]{0,30}?)\s*:\s*\}?\s*(?=\S)", re.IGNORECASE)
 _FUNCTION_LABEL = re.compile(r"^\s*[A-Za-z](?:\^\{?-1\}?)?\s*\(\s*([a-z])\s*\)\s*=\s*")
-_OR = re.compile(r"\s*(?:\\text\{\s*(?:or|and)\s*\}|\\quad\b|\\qquad\b|\bor\b|\band\b)\s*")
+# "x=1 or x=2", "1 \\text{ and } 2", "1 \\quad 2": parts of one answer; an "or" inside a \\text{} phrase
+# ("3 \\text{ or more}") is not a separator.
+_OR = re.compile(r"\s*(?:\\text\{\s*(?:or|and)\s*\}|\\quad\b|\\qquad\b|\b(?:or|and)\b(?![^{}]*\}))\s*")
 DEGREES = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:\^\s*\{?\\circ\}?|\\circ|\s*\\text\{\s*degrees?\s*\}|\s+degrees?\b)")
 RADIANS = re.compile(r"\s*(?:\\text\{\s*radians?\s*\}|\bradians?\b|\brad\b)")
 _CHOICE = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?\(?\s*([A-E])\s*\)?\s*\}?(?:\s|\.|$)")
 _DECIMAL = re.compile(r"-?\d*\.\d+")
 KNOWN_UNITS = frozenset(_UNIT_WORDS := ("cm", "m", "mm", "km", "kg", "g", "mg", "s", "sec", "seconds", "minutes", "min", "hours", "h",
                "inches", "in", "feet", "ft", "meters", "miles", "mph", "units", "square units", "cm^2", "m^2"))
-_TRAILING_UNIT = re.compile(r"^(.*?\d)\s*(?:\\(?:text|mbox|mathrm)\{\s*([A-Za-z^0-9 ]+?)\s*\}|\s([A-Za-z]+(?:\^\d)?(?: [A-Za-z]+){0,2}))\s*$")
-# "60 miles per hour", "12 square feet": a number followed by up to three plain words is a number with a
-# unit (fixes misses on answers that name their unit); only known units are compared with the gold's.
-_UNIT_PHRASE = re.compile(r"[a-z]{2,}(?: [a-z]{2,}){0,2}")
+_TRAILING_UNIT = re.compile(r"^(.*?\d)\s*(?:\\(?:text|mbox|mathrm)\{\s*([A-Za-z^0-9 ]+?)\s*\}(?:\^\{?(\d)\}?)?|"
+                            r"\s([A-Za-z]+(?:\^\d)?(?: [A-Za-z]+(?:\^\d)?){0,2}))\s*$")
+# "60 miles per hour", "12 square feet": units named in words, from a vocabulary (never any word: "5 is not
+# possible" keeps its words and fails to parse). Fixes misses on answers that name their unit.
+_UNIT_VOCABULARY = frozenset("""cm m mm km kg g mg s sec second seconds minute minutes min hour hours h day days
+week weeks month months year years inch inches in foot feet ft meter meters metre metres mile miles mph yard yards
+centimeter centimeters kilometer kilometers gram grams kilogram kilograms pound pounds lb lbs ounce ounces oz
+dollar dollars cent cents unit units square cubic per degree degrees liter liters litre litres ml gallon gallons
+people students apples""".split())
+_NOT_UNITS = frozenset("""squared cubed square cube thousand thousands million millions billion billions hundred
+hundreds dozen dozens half halves third thirds fourth fourths quarter quarters fifth fifths percent factorial times
+more less fewer least most only approximately about roughly exactly or and not no none plus minus over under
+possible impossible""".split())
+_UNIT_PHRASE = re.compile(r"[a-z]+(?:\^\d)?(?: [a-z]+(?:\^\d)?){0,2}")
 
 
 _REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}")
@@ -241,6 +305,7 @@ class Gold:
     angle: str | None  # "radians" when it carries pi, "degrees" when it carries a degree sign
     variable: str | None  # the variable of a function label "f(x) = ..."
     unit: str | None
+    percent: bool = False  # written with a percent sign
 
 
 def strip_delimiters(text: str) -> str:
@@ -274,9 +339,19 @@ def states_no_value(answer: str, gold_text: str) -> bool:
     if "=" in gold_text or answer.count("=") != 1 or re.search(r"[<>]|\\[lg]e", answer):
         return False
     left = answer.split("=")[0].strip()
-    if re.fullmatch(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([a-z]\))?|\\text\{[^{}]*\}|[A-Za-z ]+", left):
+    if re.fullmatch(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([a-z]\))?|\\text\{[^{}]*\}|[A-Za-z]{3,}(?: [A-Za-z]+)*"
+                    r"|\(\s*[a-z](?:\s*,\s*[a-z])+\s*\)", left):
         return False
-    return bool(re.search(r"[\d+\-*/^]|\\frac|\\cdot|\\sqrt", left))
+    return True  # an expression ("2x", "x^2", "ab"): the right side is not its value
+
+
+def qualified_by_words(answer: str) -> bool:
+    """A \\text{} phrase whose words change or hedge the value ("3 \\text{ or more}", "5 \\text{ squared}"):
+    math-verify drops \\text{} wholesale and would read 3 and 5. Fixes those false positives."""
+    for phrase in re.findall(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}", answer):
+        if set(re.findall(r"[a-z]+", phrase.lower())) & _NOT_UNITS:
+            return True
+    return False
 
 
 def unit_of(text: str) -> tuple[str, str | None]:
@@ -284,8 +359,13 @@ def unit_of(text: str) -> tuple[str, str | None]:
     match = _TRAILING_UNIT.match(text)
     if not match:
         return text, None
-    unit = (match.group(2) or match.group(3) or "").strip().lower()
-    if unit not in KNOWN_UNITS and not _UNIT_PHRASE.fullmatch(unit):
+    unit = (match.group(2) or match.group(4) or "").strip().lower() + (f"^{match.group(3)}" if match.group(3) else "")
+    words = unit.split()
+    known = all(w.split("^")[0] in _UNIT_VOCABULARY for w in words)
+    # One plain noun after a number ("12 tomatoes") is what was counted; a word that changes the value
+    # ("5 squared", "2 thirds", "10 thousand") or hedges it ("3 or more") is not.
+    counted = len(words) == 1 and len(unit) >= 3 and unit.isalpha() and unit not in _NOT_UNITS
+    if not _UNIT_PHRASE.fullmatch(unit) or not (known or counted):
         return text, None
     return match.group(1), unit
 
@@ -371,7 +451,16 @@ def order_conflict(gold_text: str, answer_text: str) -> bool:
     return {bracket_kind(gold_text), bracket_kind(answer_text)} == {"set", "tuple"}
 
 
+_OPTION = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?(?:\(\s*([A-E])\s*\)|([A-E])(?=\s*(?:$|[.,;:)}]|\s+\d)))")
+
+
 def choice_letter(text: str) -> str | None:
-    """The option letter an answer names ("(B)", "B", "\\text{(C)}", "(C) 12", "Answer: A")."""
-    match = _CHOICE.match(strip_delimiters(text))
-    return match.group(1) if match else None
+    """The option letter an answer names ("(B)", "B", "\\text{(C)}", "(C) 12", "Answer: A"); None for a
+    hedge naming another option too ("A or B") or a word that starts with a capital A ("A prime ...")."""
+    text = strip_delimiters(text)
+    match = _OPTION.match(text)
+    if not match:
+        return None
+    if re.search(r"(?<![A-Za-z\\])[A-E](?![A-Za-z])", text[match.end():]):
+        return None
+    return match.group(1) or match.group(2)

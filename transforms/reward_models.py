@@ -116,6 +116,9 @@ class RewardModelConfig:
             raise ValueError(f"rm.backend must be one of {backend_names()}, got {self.backend!r}")
         if self.backend in ("transformers", "vllm") and not self.model:
             raise ValueError(f"rm.model is required with rm.backend={self.backend} (a local path or a hub id)")
+        if self.backend == "vllm" and self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"rm.device {self.device!r}: the vllm backend places its model itself (auto, cpu or "
+                             "cuda; GPUs per copy with rm.tensor_parallel_size)")
         if self.cache_dir and self.backend in ("none", "precomputed"):
             raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={self.backend} computes none")
         if self.backend == "precomputed" and not self.score_column:
@@ -220,7 +223,9 @@ def file_sha256(path: str) -> str:
     (about 10 s at 1.5 GB/s), then never again until it changes."""
     real = os.path.realpath(path)
     stat = os.stat(real)
-    stamp = [stat.st_size, stat.st_mtime_ns]
+    # Size and mtime, plus inode, device and ctime: a same-size copy with a preserved mtime (cp -p,
+    # rsync -a) is a new inode with a new ctime, so it is hashed again.
+    stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev, stat.st_ctime_ns]
     memo_path = _digest_memo_path()
     with _DIGEST_LOCK:
         try:
@@ -229,8 +234,8 @@ def file_sha256(path: str) -> str:
         except (OSError, ValueError):
             memo = {}
         entry = memo.get(real)
-        if entry and entry[:2] == stamp:
-            return entry[2]
+        if entry and entry[:-1] == stamp:
+            return entry[-1]
         digest = hashlib.sha256()
         with open(real, "rb") as handle:
             for block in iter(lambda: handle.read(8 << 20), b""):
@@ -244,7 +249,7 @@ def file_sha256(path: str) -> str:
             os.replace(temp, memo_path)
         except OSError as exc:  # a read-only home: the digest is still right, only not remembered
             log.warning("cannot remember file digests in %s: %s", memo_path, exc)
-        return memo[real][2]
+        return memo[real][-1]
 
 
 def fingerprint_dir(path: str) -> str:
@@ -355,6 +360,10 @@ class ModelFromHub:
         """Everything a cached score depends on besides the rollout itself."""
         if self.dtype_name is None:
             raise RuntimeError("cache_identity() needs load() first: the dtype is resolved on the worker")
+        identity = self.identity()
+        if not identity.get("commit") and not identity.get("fingerprint"):
+            raise ValueError(f"rm.cache_dir needs a pinned model: {self.config.model!r} resolved to neither a hub "
+                             "commit nor a local directory, so its weights could change under the cache")
         c = self.config
         return {**self.identity(), "dtype": self.dtype_name, "max_length": c.max_length,
                 "truncation_side": c.truncation_side}

@@ -151,8 +151,10 @@ def can_pack(model) -> bool:
     backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
     head = getattr(model, "score", None)
     config = model.config
+    # Sliding-window layers (Mistral-7B-v0.1, Phi-3-mini, Qwen2 with use_sliding_window) see only part of a
+    # long row; packed attention does not implement that, so such models run padded batches.
     sliding = "sliding_attention" in (getattr(config, "layer_types", None) or []) or (
-        getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None))
+        getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True))
     layers = getattr(backbone, "layers", None)
     attention = getattr(layers[0], "self_attn", None) if layers else None
     return (isinstance(head, torch.nn.Linear) and not sliding and getattr(attention, "is_causal", False)
@@ -231,14 +233,15 @@ class Scorer:
         try:
             return self.forward(replica, batch)
         except DeviceOutOfMemory:
-            if replica.device.startswith("cuda"):
-                self._torch.cuda.empty_cache()
-            if len(batch) == 1:
-                log.error("reward model ran out of memory on a single rollout of %d tokens", len(batch[0]))
-                return np.array([np.nan])
-            middle = len(batch) // 2
-            return np.concatenate([self._with_backoff(replica, batch[:middle]),
-                                   self._with_backoff(replica, batch[middle:])])
+            pass  # retried below, outside the handler: its traceback would keep the failed pass's tensors alive
+        if replica.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
+        if len(batch) == 1:
+            log.error("reward model ran out of memory on a single rollout of %d tokens", len(batch[0]))
+            return np.array([np.nan])
+        middle = len(batch) // 2
+        return np.concatenate([self._with_backoff(replica, batch[:middle]),
+                               self._with_backoff(replica, batch[middle:])])
 
     def forward(self, replica: Replica, batch: list[list[int]]) -> np.ndarray:
         """One forward pass over `batch` on `replica` (out-of-memory raised as DeviceOutOfMemory)."""

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from schemas.rollouts import DATA_SOURCE, REFERENCE, RESPONSE, VERIFIER_FIELDS, VerifierStatus
 from transforms import answers
-from transforms.answers import KNOWN_UNITS, Gold, choice_letter, clean_text, final_answer, normalize, prepare_gold_text
+from transforms.answers import Gold, choice_letter, clean_text, final_answer, normalize, prepare_gold_text
 from transforms.checks import is_finite_number, is_whole
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,8 @@ def parse_reference(reference: str, timeout_s: int) -> Gold | None:
     if not parsed and not facts["choice"]:
         return None
     return Gold(text=text, parsed=tuple(parsed), decimals=facts["decimals"], choice=facts["choice"],
-                angle=facts.get("angle"), variable=facts.get("variable"), unit=facts.get("unit"))
+                angle=facts.get("angle"), variable=facts.get("variable"), unit=facts.get("unit"),
+                percent=facts.get("percent", False))
 
 
 def _answer_text(parsed) -> str:
@@ -173,22 +174,42 @@ def _answer_text(parsed) -> str:
     return text[:MAX_EXTRACTED_CHARS]
 
 
-def _rounds_to_gold(gold: Gold, predicted) -> bool:
-    """A gold printed as a decimal ("0.33") against an exact answer (1/3, pi, sqrt 2): equal when the
-    answer rounds (half up) to the gold at the gold's printed precision; never with a tolerance, and
-    never for an answer that is itself a decimal. Fixes: "0.33" vs \frac{1}{3} judged wrong."""
+def _rounds_to_gold(gold: Gold, predicted, timeout_s: int) -> bool:
+    """A gold printed as a rounded decimal ("0.33", "1.414": two or more decimals) against an exact answer
+    whose decimal expansion does not end (1/3, pi, sqrt 2): equal when the answer rounds (half up) to
+    the gold at the gold's printed precision. Never a tolerance: not for an answer that is itself a
+    decimal or a terminating fraction (13/25 is 0.52, not "0.5"), and not for a short gold ("0.5", "3.5"),
+    which is as likely exact as rounded. Fixes: "0.33" vs \frac{1}{3} judged wrong."""
     import sympy
     from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+    from math_verify.utils import timeout
 
     if gold.decimals is None:
         return False
+    significant = len(re.sub(r"[^0-9]", "", gold.text).lstrip("0"))
+    if gold.decimals < 2 and significant < 3:
+        return False
+
+    @timeout(timeout_seconds=timeout_s)
+    def rounds(value) -> bool:
+        if value.is_Rational:
+            denominator = int(value.q)
+            while denominator % 2 == 0:
+                denominator //= 2
+            while denominator % 5 == 0:
+                denominator //= 5
+            if denominator == 1:
+                return False  # a terminating decimal is compared exactly, by math-verify
+        rounded = Decimal(str(sympy.N(value, 40))).quantize(Decimal(1).scaleb(-gold.decimals), ROUND_HALF_UP)
+        return rounded == Decimal(gold.text)
+
     for value in predicted:
-        if not isinstance(value, sympy.Basic) or not value.is_number or value.has(sympy.Float) or not value.is_real:
+        if not isinstance(value, sympy.Basic) or not value.is_number or value.has(sympy.Float) \
+                or value.count_ops() > 40 or not value.is_real:
             continue
         try:
-            rounded = Decimal(str(sympy.N(value, 40))).quantize(Decimal(1).scaleb(-gold.decimals), ROUND_HALF_UP)
-            return rounded == Decimal(gold.text)
-        except (InvalidOperation, TypeError, ValueError):
+            return rounds(value)
+        except (InvalidOperation, TypeError, ValueError, ArithmeticError):
             continue
     return False
 
@@ -241,9 +262,10 @@ def judge_response(gold: Gold, response: str, timeout_s: int) -> tuple[float | N
                 found = extracted
         if found is not None:
             answer, facts = normalize(found, gold)
-            if facts["unit"] and gold.unit and facts["unit"] != gold.unit and {facts["unit"], gold.unit} <= KNOWN_UNITS:
+            if facts["unit"] and gold.unit and facts["unit"] != gold.unit:
                 return 0.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]  # "5 m" is not "5 cm"
-            if answers.order_conflict(gold.text, answer) or answers.states_no_value(answer, gold.text):
+            if answers.order_conflict(gold.text, answer) or answers.states_no_value(answer, gold.text) \
+                    or answers.qualified_by_words(answer):
                 return 0.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]
             gold_parsed = gold.parsed
             if gold.angle == "degrees" and (re.search(r"\\pi\b", answer) or answers.RADIANS.search(found)):
@@ -260,7 +282,7 @@ def judge_response(gold: Gold, response: str, timeout_s: int) -> tuple[float | N
     if not predicted:
         return 0.0, VerifierStatus.NO_ANSWER, extracted
     equal, timed_out = _equal(gold_parsed, predicted, timeout_s)
-    if equal or _rounds_to_gold(gold, predicted):
+    if equal or (not timed_out and _rounds_to_gold(gold, predicted, timeout_s)):
         return 1.0, VerifierStatus.OK, extracted
     if timed_out:
         return None, VerifierStatus.TIMEOUT, extracted
@@ -290,10 +312,8 @@ def _number(text: str, timeout_s: int) -> float | None:
     import sympy
 
     normalized, _ = normalize(clean_text(text))
-    try:
+    if re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", normalized):
         return float(normalized)
-    except ValueError:
-        pass
     for value in _parse_latex(normalized, timeout_s):
         if isinstance(value, sympy.Basic) and value.is_number and value.is_real:
             return float(sympy.N(value, 30))
@@ -401,13 +421,20 @@ class _ReferenceCache:
 
 def judge_task(cache: _ReferenceCache, verifier: str, reference: str, responses: list[str]):
     """Yields one (score, status, extracted) per response of a task sharing `verifier` and `reference`."""
+    from math_verify.errors import TimeoutException
+
     gold, failure = cache.get(verifier, reference)
     _, judge = cache.verifier(verifier)
     for response in responses:
         if failure is not None:
             yield None, failure, None
-        else:
+            continue
+        try:
             yield judge(gold, response, cache.timeout_s)
+        except TimeoutException:
+            yield None, VerifierStatus.TIMEOUT, None
+        except Exception as exc:  # noqa: BLE001 - a verifier failing on one row is that row's error, not the worker's
+            yield None, VerifierStatus.ERROR, f"{verifier}: {type(exc).__name__}: {exc}"[:MAX_EXTRACTED_CHARS]
 
 
 def _quiet_math_verify_logs():
