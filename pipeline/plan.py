@@ -14,8 +14,8 @@ from pipeline import hf, io
 from pipeline.io import InputError
 from pipeline.config import ConfigError, PipelineConfig, name_options
 from pipeline.stages import MetricsSink, timed
-from schemas.layouts import Layout, LayoutError, choose_layout
-from schemas.rollouts import SAMPLE_INDEX, InputContract, validate_batch
+from schemas.layouts import Layout, LayoutError, choose_layout, missing_columns_hint
+from schemas.rollouts import SAMPLE_INDEX, InputContract, SchemaError, validate_batch
 from transforms.reward_models import make_reward_model
 
 
@@ -117,7 +117,12 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         schemas = [layout.apply(schema.empty_table())[0].schema for schema in schemas]
         if layout.explode:
             files = tuple(_long_form_counts(f, layout.explode) for f in files)
-    contract = InputContract.from_file_schemas(schemas, [f.url for f in files])
+    try:
+        contract = InputContract.from_file_schemas(schemas, [f.url for f in files])
+    except SchemaError as exc:
+        if layout is None and "column" in str(exc):
+            raise SchemaError(f"{exc}; {missing_columns_hint(files[0].schema)}") from exc
+        raise
     if not any(f.num_rows for f in files):
         raise InputError(f"--input {config.input}: the input is empty ({len(files)} Parquet file(s), 0 rows: "
                          f"{', '.join(f.url for f in files[:3])}{' ...' if len(files) > 3 else ''})")

@@ -143,13 +143,18 @@ def choose_layout(schema: pa.Schema, presets: str = "", column_map: str = "") ->
         elif len(fitting) > 1:
             raise LayoutError(f"the input's columns ({', '.join(schema.names)}) fit several presets: "
                               f"{', '.join(fitting)}; choose one with --preset")
-        elif not renames:
-            raise LayoutError(f"the input lacks the columns prompt/response/reference (columns seen: "
-                              f"{', '.join(schema.names)}) and fits no preset ({', '.join(sorted(PRESETS))}); "
-                              "map them with --column-map SRC=DST,... or choose a --preset")
+        # Fitting none, the input goes to the contract as it is: its error names the missing column and the
+        # file, and plan.py adds the columns seen and the presets (missing_columns_hint).
     if not names and not renames:
         return None
     layouts = [PRESETS[n] for n in names]
     explode = next((layout.explode for layout in layouts if layout.explode), None)
     all_renames = tuple(r for layout in layouts for r in layout.renames) + renames
     return Layout("+".join(names + (["column-map"] if renames else [])), renames=all_renames, explode=explode)
+
+
+def missing_columns_hint(schema: pa.Schema) -> str:
+    """What to say when the input lacks the project's columns: the columns seen and what each preset needs."""
+    needs = "; ".join(f"{name} needs {', '.join(layout.needs)}" for name, layout in sorted(PRESETS.items()))
+    return (f"columns seen: {', '.join(schema.names)}; no preset fits ({needs}); map columns with "
+            "--column-map SRC=DST,... or choose a --preset")

@@ -7,7 +7,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import label, shared_file
-from pipeline.io import InputError
 from schemas.layouts import LayoutError, choose_layout
 
 pytestmark = pytest.mark.slow
@@ -95,19 +94,23 @@ def test_wide_rows_from_open_r1_style_generations(tmp_path):
 
 
 @pytest.mark.parametrize("columns,presets,message", [
-    (["question", "answer", "model_output"], "", "fits no preset"),  # nothing fits: the columns are listed
     (["prompt", "completion", "solution", "input", "output", "label"], "", "several presets"),  # ambiguous
     (["prompt", "response", "reference"], "bogus", "unknown preset"),
 ])
 def test_layout_errors_list_what_was_seen(columns, presets, message):
     with pytest.raises(LayoutError, match=message) as info:
         choose_layout(pa.schema([(c, pa.string()) for c in columns]), presets)
-    if "fits no preset" in message:
-        assert "question" in str(info.value) and "verl" in str(info.value)
+    if message == "several presets":
+        assert "completion" in str(info.value) and "openrlhf" in str(info.value) and "trl" in str(info.value)
 
 
 def test_an_unfitting_input_stops_before_any_data_moves(tmp_path):
+    from schemas.rollouts import SchemaError
+
     pq.write_table(pa.table({"question": ["q"], "answer": ["1"], "model_output": ["1"]}), tmp_path / "x.parquet")
-    with pytest.raises(InputError, match="fits no preset"):
+    with pytest.raises(SchemaError) as info:
         label(tmp_path / "x.parquet", tmp_path / "out", rm_backend="none")
+    message = str(info.value)
+    assert "x.parquet" in message or "column" in message  # the contract's own message ...
+    assert "columns seen: question, answer, model_output" in message and "verl needs" in message  # ... and the hint
     assert not (tmp_path / "out").exists()
