@@ -131,27 +131,27 @@ def clean_text(text: str) -> str:
 # The final answer of a response.
 # ------------------------------------------------------------------------------------------------
 
+_BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
+
+
 def boxed_spans(text: str) -> list[tuple[int, int, str]]:
     """(start, end, content) of every \\boxed{...} / \\fbox{...}, braces balanced (nested allowed); one
-    pass over the text with a stack, so thousands of nested boxes stay linear."""
-    spans, stack = [], []  # stack: (brace depth, box start or None, content start)
-    opener = re.compile(r"\\(?:boxed|fbox)\s*\{")
-    depth, i = 0, 0
-    while i < len(text):
-        match = opener.match(text, i) if text[i] == "\\" else None
-        if match:
-            depth += 1
-            stack.append((depth, i, match.end()))
-            i = match.end()
-            continue
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
+    pass over the braces with a stack, so thousands of nested boxes stay linear."""
+    if "box" not in text:
+        return []
+    spans, stack = [], []  # stack: (brace depth, box start, content start)
+    depth = 0
+    for match in _BOX_TOKENS.finditer(text):
+        token = match.group(0)
+        if token == "}":
             if stack and stack[-1][0] == depth:
                 _, start, content = stack.pop()
-                spans.append((start, i + 1, text[content:i]))
+                spans.append((start, match.end(), text[content:match.start()]))
             depth = max(depth - 1, 0)
-        i += 1
+        else:
+            depth += 1
+            if token != "{":
+                stack.append((depth, match.start(), match.end()))
     return sorted(spans)
 
 
