@@ -92,6 +92,20 @@ def test_bare_references_parse(reference, text, value):
         assert str(gold.parsed[0]) == value
 
 
+@pytest.mark.parametrize("marker,status", [("HANG forever", "timeout"), ("CRASH now", "error")])
+def test_the_row_a_worker_stops_on_is_blamed_even_with_results_unsent(marker, status):
+    """Results travel in messages of several rows; rows judged but not yet sent when the worker hangs or
+    dies are judged again, and only the row it stopped on (read from its progress file) is blamed."""
+    judge = "judges:hangs_on_marker" if "HANG" in marker else "judges:dies_on_marker"
+    config = VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=3, task_size=64, judge=judge)
+    responses = ["A: 18"] * 25 + [marker] + ["A: 7"] * 10
+    with VerifierPool(config) as pool:
+        scores, statuses, _ = pool.verify(["18"] * len(responses), responses)
+        assert pool.restarts == 1
+    assert statuses == ["ok"] * 25 + [status] + ["ok"] * 10
+    assert scores == [1.0] * 25 + [None] + [0.0] * 10
+
+
 def test_hung_worker_is_killed_and_only_its_row_times_out():
     config = VerifierConfig(num_workers=2, timeout_s=1, hard_timeout_s=3, task_size=2, judge="judges:hangs_on_marker")
     responses = ["A: 18", "A: 7", "HANG forever", "A: 18", "A: 3", "A: 18"]
