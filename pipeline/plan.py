@@ -73,7 +73,7 @@ class RunPlan:
             with timed(sink, "read"):
                 batch = next(batches, None)
                 if batch is not None and self.layout is not None:
-                    table, _ = self.layout.apply(batch[1])
+                    table = self.layout.apply(batch[1])
                     batch = (exploded, table)
                     exploded += table.num_rows
             if batch is None:
@@ -114,7 +114,7 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         raise InputError(f"--input {config.input}: {exc}") from exc
     schemas = [f.schema for f in files]
     if layout is not None:
-        schemas = [layout.apply(schema.empty_table())[0].schema for schema in schemas]
+        schemas = [layout.apply(schema.empty_table()).schema for schema in schemas]
         if layout.explode:
             files = tuple(_long_form_counts(f, layout.explode) for f in files)
     try:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import io
+from schemas.rollouts import VERDICT_STATUSES
 
 COLUMNS = ("prompt_id", "data_source", "verifier_score", "verifier_status", "rm_score", "hero_reward",
            "difficulty_weight", "group_rm_std")
@@ -55,7 +56,7 @@ def read_columns(output: str) -> pa.Table:
 
 def verifier_class(scores: np.ndarray, statuses: np.ndarray) -> np.ndarray:
     """correct / incorrect (a verified verdict: status ok or no_answer) / unverified, per row."""
-    verified = np.isin(statuses, ["ok", "no_answer"])
+    verified = np.isin(statuses, list(VERDICT_STATUSES))
     return np.where(~verified | np.isnan(scores), "unverified", np.where(scores == 1.0, "correct", "incorrect"))
 
 
@@ -130,7 +131,7 @@ def build_report(output: str, manifest: dict) -> dict:
         "rm_rows": manifest.get("rm_rows"),
         "pairs": manifest.get("pairs"),
     }
-    return report, table, classes, sources
+    return report, table, classes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,7 +246,7 @@ def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
 
 def write_report(output: str, manifest: dict) -> dict:
     """Writes OUTPUT/run_report.json and OUTPUT/report.html; returns the report."""
-    report, table, classes, _ = build_report(output, manifest)
+    report, table, classes = build_report(output, manifest)
     with io.open_atomic(io.join(output, "run_report.json"), "w") as handle:
         json.dump(report, handle, indent=2, default=_json_default)
     with io.open_atomic(io.join(output, "report.html"), "w") as handle:

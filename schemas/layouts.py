@@ -16,8 +16,6 @@ fits; when several fit, or none, the error lists the columns seen and the preset
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,20 +33,19 @@ class LayoutError(ValueError):
 
 @dataclass(frozen=True)
 class Layout:
-    """Renames (SRC -> DST, a dotted SRC reads a struct field), an optional list column exploded into
-    `response` rows, and whether prompt_id is derived from the prompt."""
+    """Renames (SRC -> DST, a dotted SRC reads a struct field) and an optional list column exploded into
+    `response` rows. A missing prompt_id is left to the contract, which derives it from the prompt."""
 
     name: str
     renames: tuple[tuple[str, str], ...] = ()
     explode: str | None = None
-    derive_prompt_id: bool = True
     needs: tuple[str, ...] = field(default_factory=tuple)  # columns (dotted for struct fields) that identify it
 
     def fits(self, schema: pa.Schema) -> bool:
         return all(_has(schema, name) for name in self.needs)
 
-    def apply(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        """(the table in the project's columns, for each output row the input row it came from)."""
+    def apply(self, table: pa.Table) -> pa.Table:
+        """The table in the project's columns (wide rows exploded: one row per response)."""
         columns = {name: table.column(name) for name in table.column_names}
         for source, target in self.renames:
             if _has(table.schema, source):
@@ -56,7 +53,6 @@ class Layout:
                 if "." not in source:  # a renamed column moves; a struct keeps the fields not read out
                     columns.pop(source, None)
                 columns[target] = value
-        origin = np.arange(table.num_rows)
         if self.explode and self.explode in columns:
             lists = columns.pop(self.explode)
             lists = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
@@ -68,17 +64,7 @@ class Layout:
             columns = {name: pc.take(value, pa.array(origin)) for name, value in columns.items()}
             columns[RESPONSE] = flat
             columns[SAMPLE_INDEX] = pa.array(positions, pa.int64())
-        if self.derive_prompt_id and PROMPT_ID not in columns and PROMPT in columns:
-            prompts = columns[PROMPT].to_pylist()
-            columns[PROMPT_ID] = pa.array([prompt_key(p) for p in prompts], pa.string())
-        return pa.table(columns), origin
-
-
-def prompt_key(prompt) -> str:
-    """A stable id for a prompt (string or chat messages): 16 hex digits of its sha256."""
-    canonical = prompt if isinstance(prompt, str) else json.dumps(
-        [[m.get("role"), m.get("content")] for m in prompt or []], ensure_ascii=False)
-    return hashlib.sha256(str(canonical).encode()).hexdigest()[:16]
+        return pa.table(columns)
 
 
 def _has(schema: pa.Schema, dotted: str) -> bool:

@@ -248,8 +248,6 @@ DEGREES = re.compile(r"(-?\d+(?:\.\d+)?)\s*(?:\^\s*\{?\\circ\}?|\\circ|\s*\\text
 RADIANS = re.compile(r"\s*(?:\\text\{\s*radians?\s*\}|\bradians?\b|\brad\b)")
 _CHOICE = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?\(?\s*([A-E])\s*\)?\s*\}?(?:\s|\.|$)")
 _DECIMAL = re.compile(r"-?\d*\.\d+")
-KNOWN_UNITS = frozenset(_UNIT_WORDS := ("cm", "m", "mm", "km", "kg", "g", "mg", "s", "sec", "seconds", "minutes", "min", "hours", "h",
-               "inches", "in", "feet", "ft", "meters", "miles", "mph", "units", "square units", "cm^2", "m^2"))
 _TRAILING_UNIT = re.compile(r"^(.*?\d)\s*(?:\\(?:text|mbox|mathrm)\{\s*([A-Za-z^0-9 ]+?)\s*\}(?:\^\{?(\d)\}?)?|"
                             r"\s([A-Za-z]+(?:\^\d)?(?: [A-Za-z]+(?:\^\d)?){0,2}))\s*$")
 # "60 miles per hour", "12 square feet": units named in words, from a vocabulary (never any word: "5 is not
@@ -407,12 +405,17 @@ def normalize(text: str, gold: Gold | None = None) -> tuple[str, dict]:
     text, facts["unit"] = unit_of(text)
     text = _OR.sub(", ", text).strip(" ,")
     if gold is not None:
-        if gold.angle == "radians" and DEGREES.search(text):
-            text = DEGREES.sub(lambda m: rf"\frac{{{m.group(1)}\pi}}{{180}}", text)
+        if gold.angle == "radians":
+            text = degrees_to_radians(text)
         if gold.variable and facts.get("variable") and facts["variable"] != gold.variable \
                 and not re.search(rf"(?<![A-Za-z\\]){gold.variable}(?![A-Za-z])", text):
             text = re.sub(rf"(?<![A-Za-z\\]){facts['variable']}(?![A-Za-z])", gold.variable, text)
     return text.strip(), facts
+
+
+def degrees_to_radians(text: str) -> str:
+    """"30^\\circ" -> "\\frac{30\\pi}{180}" wherever a number carries a degree sign or the word degrees."""
+    return DEGREES.sub(lambda m: rf"\frac{{{m.group(1)}\pi}}{{180}}", text)
 
 
 def prepare_gold_text(reference: str) -> tuple[str, dict]:

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from schemas.rollouts import CHAT_MESSAGE, PROMPT, PROMPT_ID, RESPONSE, VerifierStatus
+from schemas.rollouts import CHAT_MESSAGE, PROMPT, PROMPT_ID, RESPONSE, VERDICT_STATUSES
 from transforms.checks import is_finite_number, is_whole
 
 STRATEGIES = ("best_vs_worst", "all")
 NO_PAIR_REASONS = ("single_response", "unverified", "one_class", "below_margin")
-VERIFIED = (VerifierStatus.OK, VerifierStatus.NO_ANSWER)
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def pairs_schema(prompt_type: pa.DataType) -> pa.Schema:
 
 
 def _verdict(row: dict) -> str | None:
-    if row.get("hero_reward") is None or row.get("verifier_status") not in VERIFIED:
+    if row.get("hero_reward") is None or row.get("verifier_status") not in VERDICT_STATUSES:
         return None
     return "correct" if row.get("verifier_score") == 1.0 else "incorrect"
 

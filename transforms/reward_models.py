@@ -218,7 +218,7 @@ _DIGEST_LOCK = threading.Lock()
 
 
 def file_sha256(path: str) -> str:
-    """sha256 of a file's whole content, remembered by (real path, size, mtime) in
+    """sha256 of a file's whole content, remembered by (real path, size, mtime, inode, device, ctime) in
     ~/.cache/herolabel/file-digests.json (or $HEROLABEL_CACHE_HOME): a 15 GB checkpoint is read once
     (about 10 s at 1.5 GB/s), then never again until it changes."""
     real = os.path.realpath(path)

@@ -21,7 +21,7 @@ import os
 import numpy as np
 import pyarrow as pa
 
-from schemas.rollouts import PROMPT, RESPONSE, RmStatus
+from schemas.rollouts import PROMPT, RESPONSE, RmStatus, prompt_key
 from transforms.reward_models import ModelFromHub, RewardModelConfig, encode_rollouts, register_backend, rm_columns
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,7 @@ CPU_KV_CACHE_BYTES = 1 << 30
 def _prompt_order(prompts: list) -> list[int]:
     """Row indices grouped by prompt (first appearance order), so a prompt's responses are adjacent."""
     first: dict[str, int] = {}
-    keys = []
-    for i, prompt in enumerate(prompts):
-        key = prompt if isinstance(prompt, str) else repr([(m["role"], m["content"]) for m in prompt])
-        keys.append(first.setdefault(key, i))
+    keys = [first.setdefault(prompt_key(prompt), i) for i, prompt in enumerate(prompts)]
     return sorted(range(len(prompts)), key=lambda i: (keys[i], i))
 
 

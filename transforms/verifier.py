@@ -114,9 +114,6 @@ class VerifierConfig:
             mapping[source.strip()] = verifier.strip()
         return mapping
 
-    def verifier_for(self, source: str | None) -> str:
-        return self.source_verifiers().get(source, "math") if self.sources else "math"
-
     def resolved_workers(self, processes_on_host: int = 1) -> int:
         """num_workers, or (when unset) this host's usable cores divided by the engine processes on it."""
         if self.num_workers is not None:
@@ -125,10 +122,7 @@ class VerifierConfig:
 
     def load_judge(self):
         """The judge function named by `judge`."""
-        import importlib
-
-        module, function = self.judge.split(":")
-        return getattr(importlib.import_module(module), function)
+        return _import(self.judge)
 
 
 def usable_cores() -> int:
@@ -250,17 +244,14 @@ def judge_response(gold: Gold, response: str, timeout_s: int) -> tuple[float | N
     text = clean_text(response)
     found, _ = final_answer(text)
     if gold.choice:
-        letter = choice_letter(found) if found is not None else None
-        if letter is None:
-            return 0.0, VerifierStatus.NO_ANSWER, None
-        return (1.0 if letter == gold.choice else 0.0), VerifierStatus.OK, letter
+        return _letter_verdict(found, gold.choice)
+    gold_parsed = gold.parsed
     try:
         if found is None:
             # No marked answer: math-verify's own extraction over the whole text (its last expression),
             # read again as a chain's last member when it is one ("... = 20 \times 2 = 40").
             predicted = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
             extracted = _answer_text(predicted) if predicted else None
-            gold_parsed = gold.parsed
             if extracted and answers.last_of_chain(extracted) != extracted:
                 found = extracted
         if found is not None:
@@ -270,12 +261,10 @@ def judge_response(gold: Gold, response: str, timeout_s: int) -> tuple[float | N
             if answers.order_conflict(gold.text, answer) or answers.states_no_value(answer, gold.text) \
                     or answers.qualified_by_words(answer):
                 return 0.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]
-            gold_parsed = gold.parsed
             if gold.angle == "degrees" and (re.search(r"\\pi\b", answer) or answers.RADIANS.search(found)):
                 # A gold in degrees against an answer in radians: compare in radians.
                 answer = answers.RADIANS.sub("", answer).strip()
-                gold_parsed = _parse_latex(answers.DEGREES.sub(lambda m: rf"\frac{{{m.group(1)}\pi}}{{180}}",
-                                                               gold.text), timeout_s)
+                gold_parsed = _parse_latex(answers.degrees_to_radians(gold.text), timeout_s)
             predicted = _parse_latex(answer, timeout_s)
             extracted = answer[:MAX_EXTRACTED_CHARS]
     except TimeoutException:
@@ -337,13 +326,17 @@ def judge_numeric(tolerance: float, gold: float, response: str, timeout_s: int):
     return (1.0 if abs(value - gold) <= tolerance else 0.0), VerifierStatus.OK, repr(value)
 
 
-def judge_choice(gold: str, response: str, timeout_s: int):
-    """The option letter of the final answer ("(B)", "B", "The answer is (C) 12") must be the reference's."""
-    found, _ = final_answer(clean_text(response))
+def _letter_verdict(found: str | None, gold_letter: str):
+    """(score, status, letter) of a final answer against an option letter."""
     letter = choice_letter(found) if found is not None else None
     if letter is None:
         return 0.0, VerifierStatus.NO_ANSWER, None
-    return (1.0 if letter == gold else 0.0), VerifierStatus.OK, letter
+    return (1.0 if letter == gold_letter else 0.0), VerifierStatus.OK, letter
+
+
+def judge_choice(gold: str, response: str, timeout_s: int):
+    """The option letter of the final answer ("(B)", "B", "The answer is (C) 12") must be the reference's."""
+    return _letter_verdict(final_answer(clean_text(response))[0], gold)
 
 
 def check_verifier_name(name: str) -> None:
@@ -715,7 +708,6 @@ class VerifierPool:
             log.warning("verifier worker %s on a response (row %d); replacing the worker",
                         "timed out" if stuck_status == VerifierStatus.TIMEOUT else "died", head.rows[stuck])
             unanswered = [k for k in range(head.answered, len(head.rows)) if k != stuck]
-            head.answered = len(head.rows)
             for task in reversed(list(worker.inflight)[1:]):
                 if task.answered < len(task.rows):
                     queue.appendleft(self._new_task(task.verifier, task.reference, task.rows[task.answered:],
