@@ -100,6 +100,19 @@ def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool) ->
                "    path: data/*.parquet"]
     if pairs:
         configs += ["- config_name: pairs", "  data_files:", "  - split: train", "    path: pairs/*.parquet"]
+    # Sizes and row counts per config, as the hub writes them. datasets caches a local directory's configs
+    # under its base name and a hash of this metadata, not of the files: without it, two outputs both
+    # named "out" loaded the first one's rows.
+    infos = ["dataset_info:"]
+    for name, files, rows in (("data", manifest.get("data_files", []), manifest.get("output_rows", 0)),
+                              *((("pairs", manifest["pairs"]["files"], manifest["pairs"]["rows"]),) if pairs else ())):
+        size = 0
+        for url in files:
+            fs, path = fsspec.core.url_to_fs(url)
+            size += fs.size(path)
+        infos += [f"- config_name: {name}", "  splits:", "  - name: train", f"    num_bytes: {size}",
+                  f"    num_examples: {rows}", f"  download_size: {size}", f"  dataset_size: {size}"]
+    configs += infos
     columns = "\n".join(f"| `{f.name}` | {f.type} | {COLUMN_NOTES.get(f.name, 'from the input')} |"
                         for f in data_schema)
     identity = manifest.get("reward_model", {})

@@ -60,3 +60,20 @@ def test_output_loads_with_datasets_by_config(tmp_path, rows):
     assert direct.features == data.features
     card = (tmp_path / "out" / "README.md").read_text()
     assert card.startswith("---\nconfigs:") and "config_name: pairs" in card and "| `hero_reward` |" in card
+
+
+def test_two_outputs_with_the_same_name_load_their_own_rows(tmp_path, rows):
+    """datasets caches a local directory's configs by its base name and the card's metadata; the card's
+    sizes and counts keep two outputs both named "out" apart."""
+    import datasets
+
+    loaded = []
+    for run, count in (("first", 16), ("second", 40)):
+        pq.write_table(rows.slice(0, count), tmp_path / f"{run}.parquet")
+        label(tmp_path / f"{run}.parquet", tmp_path / run / "out", rm_score_column="qwen_rm_score", pairs=True,
+              pairs_within_band=True)
+        loaded.append((len(datasets.load_dataset(str(tmp_path / run / "out"), split="train")),
+                       len(datasets.load_dataset(str(tmp_path / run / "out"), "pairs", split="train")),
+                       pq.read_table(tmp_path / run / "out" / "pairs").num_rows))
+    assert [n for n, _, _ in loaded] == [16, 40]
+    assert all(pairs == expected for _, pairs, expected in loaded)
