@@ -75,8 +75,8 @@ def _print_sample(path: str, rows: int = 8):
     """The first prompt group of a shard, as an aligned table."""
     import pyarrow.parquet as pq
 
-    columns = ["verifier_status", "verifier_score", "extracted_answer", "rm_score", "hero_normalized",
-               "difficulty_weight", "hero_reward", "advantage"]
+    columns = ["verifier_status", "verifier_score", "extracted_answer", "verifier_rule", "rm_score",
+               "hero_normalized", "difficulty_weight", "hero_reward", "advantage"]
     table = pq.read_table(path, columns=["prompt_id", "prompt"] + columns).slice(0, rows)
     print(f"\nfirst rows of {path}  (prompt {table.column('prompt_id')[0]}: {table.column('prompt')[0].as_py()[:70]})")
     cells = [[("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)[:16]) for v in row.values()]

@@ -1,19 +1,31 @@
 #!/usr/bin/env python
-"""Verifier quality against labels: recall, precision, false-positive rate and accuracy per file.
+"""Verifier quality against labels, and against plain math-verify: recall, precision, false-positive rate,
+the rule behind every verdict, and the rows plain math-verify credits that the verifier rejects.
 
-    python benchmarks/verifier_quality.py FILE.parquet [FILE ...] [--show 20] [--check]
-    python benchmarks/verifier_quality.py --shared          # the three labelled files in ../shared/data
+    python benchmarks/verifier_quality.py FILE.parquet [FILE ...] [--show 20] [--check] [--variants]
+    python benchmarks/verifier_quality.py --shared [--check]   # the labelled files in ../shared/data
+    python benchmarks/verifier_quality.py --table [--check]    # the hand-written table (tests/verifier_cases.py)
 
 Any Parquet with prompt/response/reference columns and a boolean `label_correct` works (data_source, if
-present, picks the verifier as --verifier-sources says). Runs the verifier stage alone (the pool of
-math-verify workers, no engine). Prints one JSON line per file (rows, judged correct, misses = labelled
-correct but judged wrong, false positives = labelled wrong but judged correct, recall, precision,
-false_positive_rate, accuracy, statuses) and then the disagreements to read: gold | extracted | label.
+present, picks the verifier as --verifier-sources says; the prompt is the question the verifier sees).
+Runs the verifier stage alone (the pool of math-verify workers, no engine), and plain math-verify
+(transforms.math_judge.plain_verdict: verify(parse(gold in $...$), parse(response))) in processes of its
+own. Prints one JSON line per file: rows, judged correct, misses (labelled correct, judged wrong), false
+positives (labelled wrong, judged correct), recall, precision, false_positive_rate, accuracy, statuses,
+verdicts per verifier_rule, plain math-verify's recall and false-positive rate, `below_plain` (rows plain
+credits and the verifier rejects without a refusal rule: the target is 0) and `refused_plain` (rows plain
+credits that a refusal rule rejects, per rule). Then the disagreements to read: gold | extracted | label.
 A null verdict (timeout, error, no/bad reference) counts as "judged wrong", as in the fusion.
 
---check compares the shared files with the counts this project has reached (gsm8k_gpt3_solutions: 0
-disagreements; qwen25_math_cot100: at most 1; processbench_gsm8k_math: at most 2 misses and 3 false
-positives) and exits 1 on any regression; CI runs it through tests/test_verifier_quality.py.
+--variants also judges each row's final answer written five ways (bare, \\boxed{}, after "The final answer
+is", in $...$, in \\(...\\)): `variant_disagreements` counts rows where a form changes the verdict (rows the
+plain path decided are left out: plain read another expression than that final answer), and the variants
+join the differential. --table judges the table the same way (labels = its expected verdicts).
+
+--check fails (exit 1) on any regression: the shared files' counts (gsm8k_gpt3_solutions: 0 disagreements;
+qwen25_math_cot100: at most 1; processbench_gsm8k_math: at most 2 misses and 3 false positives), any row
+below plain, any variant disagreement. CI runs `--shared --check` through tests/test_verifier_quality.py.
+About 2 minutes for --shared on 2 cores (plain math-verify's share included), 5 with --variants.
 """
 
 from __future__ import annotations
@@ -23,13 +35,18 @@ import json
 import os
 import sys
 import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 
 import pyarrow.parquet as pq
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from transforms.verifier import VerifierConfig, VerifierPool  # noqa: E402
+from transforms.answers import clean_text, final_answer, strip_delimiters  # noqa: E402
+from transforms.math_judge import plain_verdict  # noqa: E402
+from transforms.parts import join_math_spans  # noqa: E402
+from transforms.verifier import VerifierConfig, VerifierPool, question_texts  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 # The counts reached on the shared labelled files: (most misses, most false positives, most disagreements).
@@ -38,70 +55,152 @@ TARGETS = {
     "qwen25_math_cot100.parquet": (1, 1, 1),
     "processbench_gsm8k_math.parquet": (2, 3, 5),
 }
+# Labelled files measured without a count to hold: answer forms to read, labels from a looser judge.
+OTHER_SHARED = ("mathodyssey_judged.parquet",)
+ANSWER_FORMS = ("{}", "\\boxed{{{}}}", "The final answer is {}.", "${}$", "\\({}\\)")
 
 
-def measure(path: str, pool: VerifierPool, show: int) -> dict:
-    columns = ["prompt", "response", "reference", "label_correct"]
+def _plain_chunk(rows: list[tuple[str, str]]) -> list[bool]:
+    import logging
+
+    logging.disable(logging.WARNING)  # math-verify logs every timeout with its whole input
+    return [isinstance(reference, str) and bool(reference.strip()) and plain_verdict(reference.strip(), response)
+            for reference, response in rows]
+
+
+def plain_verdicts(references: list, responses: list, executor: ProcessPoolExecutor) -> list[bool]:
+    rows = list(zip(references, responses))
+    chunks = [rows[i:i + 256] for i in range(0, len(rows), 256)]
+    return [verdict for chunk in executor.map(_plain_chunk, chunks) for verdict in chunk]
+
+
+def load(path: str) -> dict:
     schema = pq.read_schema(path)
-    if "data_source" in schema.names:
-        columns.append("data_source")
+    columns = [c for c in ("prompt", "response", "reference", "label_correct", "data_source") if c in schema.names]
     table = pq.read_table(path, columns=columns)
-    references = table.column("reference").to_pylist()
-    responses = table.column("response").to_pylist()
-    sources = table.column("data_source").to_pylist() if "data_source" in columns else None
+    return {
+        "file": os.path.basename(path),
+        "references": table.column("reference").to_pylist(),
+        "responses": table.column("response").to_pylist(),
+        "labels": [bool(x) for x in table.column("label_correct").to_pylist()],
+        "questions": question_texts(table.column("prompt").to_pylist()) if "prompt" in columns else None,
+        "sources": table.column("data_source").to_pylist() if "data_source" in columns else None,
+    }
+
+
+def load_table() -> dict:
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from verifier_cases import TABLE
+
+    return {"file": "tests/verifier_cases.py", "references": [c[1] for c in TABLE], "responses": [c[2] for c in TABLE],
+            "labels": [c[3] for c in TABLE], "questions": [c[0] for c in TABLE], "sources": None}
+
+
+def variants(data: dict, rules: list) -> dict:
+    """Each row's final answer in ANSWER_FORMS, labelled as the row (rows the plain path decided left out)."""
+    out = {key: [] for key in ("references", "responses", "labels", "questions", "sources", "origin")}
+    for i, response in enumerate(data["responses"]):
+        found, _ = final_answer(clean_text(response or ""))
+        if found is None or "\n" in found or rules[i] == "math_verify":
+            continue
+        joined = join_math_spans(found)
+        answer = joined if joined != found else strip_delimiters(found)
+        for form in ANSWER_FORMS:
+            out["references"].append(data["references"][i])
+            out["responses"].append(form.format(answer))
+            out["labels"].append(data["labels"][i])
+            out["questions"].append(data["questions"][i] if data["questions"] else None)
+            out["sources"].append(data["sources"][i] if data["sources"] else None)
+            out["origin"].append(i)
+    return out
+
+
+def measure(data: dict, pool: VerifierPool, executor: ProcessPoolExecutor, show: int, with_variants: bool) -> dict:
+    references, responses, labels = data["references"], data["responses"], data["labels"]
     started = time.perf_counter()
-    scores, statuses, extracted = pool.verify(references, responses, sources)
+    verdicts = pool.verify(references, responses, data["sources"], data["questions"])
     elapsed = time.perf_counter() - started
-    labels = [bool(x) for x in table.column("label_correct").to_pylist()]
+    scores, statuses, extracted, rules = verdicts
+    plain = plain_verdicts(references, responses, executor)
     judged = [s == 1.0 for s in scores]
     misses = [i for i in range(len(labels)) if labels[i] and not judged[i]]
     false_positives = [i for i in range(len(labels)) if judged[i] and not labels[i]]
-    positives, predicted = sum(labels), sum(judged)
-    counts: dict[str, int] = {}
-    for status in statuses:
-        counts[status] = counts.get(status, 0) + 1
+    below = [i for i in range(len(labels)) if plain[i] and not judged[i] and not (rules[i] or "").startswith("refused:")]
+    refused_plain = Counter(rules[i] for i in range(len(labels)) if plain[i] and not judged[i] and i not in below)
+    positives, negatives = sum(labels), len(labels) - sum(labels)
+    plain_fp = sum(1 for p, label in zip(plain, labels) if p and not label)
     result = {
-        "file": os.path.basename(path), "rows": len(labels), "labelled_correct": positives,
-        "judged_correct": predicted, "misses": len(misses), "false_positives": len(false_positives),
+        "file": data["file"], "rows": len(labels), "labelled_correct": positives,
+        "judged_correct": sum(judged), "misses": len(misses), "false_positives": len(false_positives),
         "recall": round((positives - len(misses)) / max(positives, 1), 5),
-        "precision": round((predicted - len(false_positives)) / max(predicted, 1), 5),
-        "false_positive_rate": round(len(false_positives) / max(len(labels) - positives, 1), 5),
+        "precision": round((sum(judged) - len(false_positives)) / max(sum(judged), 1), 5),
+        "false_positive_rate": round(len(false_positives) / max(negatives, 1), 5),
         "accuracy": round(1 - (len(misses) + len(false_positives)) / max(len(labels), 1), 5),
-        "statuses": counts, "seconds": round(elapsed, 2),
+        "plain_recall": round(sum(1 for p, label in zip(plain, labels) if p and label) / max(positives, 1), 5),
+        "plain_false_positive_rate": round(plain_fp / max(negatives, 1), 5),
+        "below_plain": len(below), "refused_plain": dict(sorted(refused_plain.items())),
+        "rules": dict(sorted(Counter(r or "(none)" for r in rules).items())),
+        "statuses": dict(sorted(Counter(statuses).items())), "seconds": round(elapsed, 2),
     }
+    if with_variants:
+        forms = variants(data, rules)
+        forms_verdicts = pool.verify(forms["references"], forms["responses"], forms["sources"], forms["questions"])
+        forms_plain = plain_verdicts(forms["references"], forms["responses"], executor)
+        changed = sorted({k for k, score in zip(forms["origin"], forms_verdicts.scores) if (score == 1.0) != judged[k]})
+        result["variant_rows"] = len(forms["responses"])
+        result["variant_disagreements"] = len(changed)
+        result["variant_below_plain"] = sum(
+            1 for p, score, rule in zip(forms_plain, forms_verdicts.scores, forms_verdicts.rules)
+            if p and score != 1.0 and not (rule or "").startswith("refused:"))
+        for k in changed[:show]:
+            print(f"  variant changes the verdict: gold {references[k]!r} | response ...{responses[k][-120:]!r}")
     print(json.dumps(result), flush=True)
-    for kind, rows in (("miss", misses), ("false positive", false_positives)):
+    for kind, rows in (("miss", misses), ("false positive", false_positives), ("below plain", below)):
         for i in rows[:show]:
-            tail = responses[i][-160:].replace("\n", " ")
-            print(f"  {kind}: gold {references[i]!r} | extracted {extracted[i]!r} | status {statuses[i]} | "
+            tail = (responses[i] or "")[-160:].replace("\n", " ")
+            print(f"  {kind}: gold {references[i]!r} | extracted {extracted[i]!r} | {statuses[i]} {rules[i]} | "
                   f"...{tail!r}")
     return result
+
+
+def regressions(result: dict) -> list[str]:
+    failures = []
+    target = TARGETS.get(result["file"])
+    if target:
+        most_misses, most_false_positives, most_disagreements = target
+        if (result["misses"] > most_misses or result["false_positives"] > most_false_positives
+                or result["misses"] + result["false_positives"] > most_disagreements):
+            failures.append(f"{result['file']}: {result['misses']} misses, {result['false_positives']} false "
+                            f"positives (at most {most_misses}, {most_false_positives}, {most_disagreements} in all)")
+    for key in ("below_plain", "variant_disagreements", "variant_below_plain"):
+        if result.get(key):
+            failures.append(f"{result['file']}: {key} = {result[key]} (must be 0)")
+    return failures
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*")
     parser.add_argument("--shared", action="store_true", help=f"the labelled files in {SHARED}")
+    parser.add_argument("--table", action="store_true", help="the hand-written table in tests/verifier_cases.py")
+    parser.add_argument("--variants", action="store_true", help="also judge each final answer written five ways")
     parser.add_argument("--show", type=int, default=20, help="disagreements printed per kind and file")
     parser.add_argument("--workers", type=int, default=None, help="verifier processes (default: all cores)")
     parser.add_argument("--verifier-sources", default="", help="data_source -> verifier, as in the pipeline")
-    parser.add_argument("--check", action="store_true", help="exit 1 if a shared file regresses")
+    parser.add_argument("--check", action="store_true", help="exit 1 on a regression (see above)")
     args = parser.parse_args(argv)
-    files = list(args.files) + ([os.path.join(SHARED, name) for name in TARGETS] if args.shared else [])
-    if not files:
-        parser.error("name Parquet files or --shared")
+    files = list(args.files)
+    if args.shared:
+        files += [os.path.join(SHARED, name) for name in (*TARGETS, *OTHER_SHARED)
+                  if name in TARGETS or os.path.exists(os.path.join(SHARED, name))]
+    if not files and not args.table:
+        parser.error("name Parquet files, --shared or --table")
     failures = []
-    with VerifierPool(VerifierConfig(num_workers=args.workers, sources=args.verifier_sources)) as pool:
-        for path in files:
-            result = measure(path, pool, args.show)
-            target = TARGETS.get(result["file"])
-            if args.check and target:
-                most_misses, most_false_positives, most_disagreements = target
-                if (result["misses"] > most_misses or result["false_positives"] > most_false_positives
-                        or result["misses"] + result["false_positives"] > most_disagreements):
-                    failures.append(f"{result['file']}: {result['misses']} misses, {result['false_positives']} "
-                                    f"false positives (at most {most_misses}, {most_false_positives}, "
-                                    f"{most_disagreements} in all)")
+    config = VerifierConfig(num_workers=args.workers, sources=args.verifier_sources)
+    with VerifierPool(config) as pool, ProcessPoolExecutor(max(1, pool.num_workers)) as executor:
+        datasets = ([load_table()] if args.table else []) + [load(path) for path in files]
+        for data in datasets:
+            failures += regressions(measure(data, pool, executor, args.show, args.variants or data["file"].endswith(".py")))
     for failure in failures:
         print(f"REGRESSION {failure}", file=sys.stderr)
     return 1 if failures else 0

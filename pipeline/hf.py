@@ -82,6 +82,8 @@ COLUMN_NOTES = {
     "verifier_score": "1 when the final answer equals the reference, 0 otherwise; null when not judgeable",
     "verifier_status": "ok, no_answer, timeout, error, no_reference, bad_reference",
     "extracted_answer": "the final answer as compared (normalized)",
+    "verifier_rule": "the rule that decided the verdict: math_verify, extraction, refused:<name>, or the "
+                     "data_source's verifier (exact, numeric:TOL, choice, package.module:function)",
     "rm_score": "the reward model's raw score (a logit)",
     "rm_status": "ok, truncated, missing, error, skipped",
     "group_size": "responses of the prompt",

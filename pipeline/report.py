@@ -3,14 +3,17 @@
 run_report.json: rows per stage and per status, per-data_source verifier pass rates, RM score statistics per verifier
 class, sigma_bar, time per stage (the engine's busy milliseconds), the RM-vs-verifier AUROC (pooled over
 the rows of groups with mixed verdicts, and the mean of per-group AUROCs: how far the RM agrees with
-the verifier, the paper's check), and the pairs summary when --pairs ran.
+the verifier, the paper's check), and the pairs summary when --pairs ran. With a verifier_rule column also
+verdicts per rule and data_source, and the refusals (rules "refused:<name>") that fired on rows the input's
+own boolean label_correct calls correct: where a refusal rule costs true positives.
 
 report.html: one self-contained file (inline SVG images, no script, no network) with the RM score
-distribution per verifier class, the hero_reward distribution, difficulty weight against sigma_u, and
-pass rates per data_source. `herolabel report OUTPUT` rebuilds both from an existing output.
+distribution per verifier class, the hero_reward distribution, difficulty weight against sigma_u, pass
+rates per data_source, the rule x data_source table and the refusals on labelled-correct rows.
+`herolabel report OUTPUT` rebuilds both from an existing output.
 
 Reads only the columns it needs from the shards (about 40 bytes a row); plots are drawn from at most
-20,000 sampled points.
+20,000 sampled points. The rule counts are tallied shard by shard and keep no rows but the listed refusals.
 """
 
 from __future__ import annotations
@@ -19,38 +22,130 @@ import base64
 import html
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import io
 from schemas.rollouts import VERDICT_STATUSES
 
-COLUMNS = ("prompt_id", "data_source", "verifier_score", "verifier_status", "rm_score", "hero_reward",
-           "difficulty_weight", "group_rm_std")
+COLUMN_TYPES = {"prompt_id": pa.string(), "data_source": pa.string(), "verifier_score": pa.float64(),
+                "verifier_status": pa.string(), "rm_score": pa.float64(), "hero_reward": pa.float64(),
+                "difficulty_weight": pa.float64(), "group_rm_std": pa.float64()}
+COLUMNS = tuple(COLUMN_TYPES)
 PLOT_POINTS = 20_000
 CLASS_COLORS = {"correct": "#2e7d32", "incorrect": "#c62828", "unverified": "#757575"}
 
 
-def read_columns(output: str) -> pa.Table:
+RULE = "verifier_rule"
+REFUSED = "refused:"  # prefix of the rules that rejected an answer the comparison would have accepted
+LABEL = "label_correct"  # the input's own correctness label, when it has one (the shared labelled files do)
+REFUSALS_LISTED = 1_000  # refusal rows kept in run_report.json (all of them are counted)
+REFUSALS_SHOWN = 100  # of those, rows shown in report.html
+MISSING = "(none)"  # a null data_source or rule, as a key
+
+
+class RuleTally:
+    """Verdicts per verifier_rule x data_source, and refusals against label_correct, added shard by shard.
+
+    Keeps counts and at most REFUSALS_LISTED refusal rows, so memory does not grow with the output. Outputs
+    written before verifier_rule existed have no such column: `has_rule` stays false and the sections are None.
+    """
+
+    def __init__(self):
+        self.has_rule = False
+        self.has_label = False
+        self.verdicts: Counter = Counter()  # (rule, data_source) -> verdict rows
+        self.refusals: Counter = Counter()  # (rule, label_correct True / False / None) -> rows
+        self.listed: list[dict] = []
+        self.total = 0  # refusals on rows labelled correct
+
+    def columns(self, schema: pa.Schema) -> list[str]:
+        """The columns a shard of this schema must be read with, besides COLUMNS."""
+        if RULE not in schema.names:
+            return []
+        # A label of another type (0/1, "yes") is not guessed at: the listing says there is no label column.
+        labelled = LABEL in schema.names and pa.types.is_boolean(schema.field(LABEL).type)
+        return [RULE, LABEL] if labelled else [RULE]
+
+    def add(self, table: pa.Table, extra: pa.Table, parquet: pq.ParquetFile) -> None:
+        """One shard: `table` its COLUMNS, `extra` the columns() of it, `parquet` the file (for listed refusals)."""
+        if RULE not in extra.column_names:
+            return
+        self.has_rule = True
+        labelled = LABEL in extra.column_names
+        self.has_label |= labelled
+        rules = extra.column(RULE).cast(pa.string())
+        sources = pc.fill_null(table.column("data_source").cast(pa.string()), MISSING)
+        verdict = pc.fill_null(pc.is_in(table.column("verifier_status"),
+                                        value_set=pa.array(list(VERDICT_STATUSES), pa.string())), False)
+        counts = (pa.table({"rule": pc.fill_null(rules, MISSING), "source": sources}).filter(verdict)
+                  .group_by(["rule", "source"]).aggregate([([], "count_all")]))
+        for rule, source, n in zip(*(counts.column(c).to_pylist() for c in ("rule", "source", "count_all"))):
+            self.verdicts[(rule, source)] += n
+        refused = pc.fill_null(pc.starts_with(rules, REFUSED), False)
+        if not pc.any(refused).as_py():
+            return
+        labels = extra.column(LABEL) if labelled else pa.nulls(len(rules), pa.bool_())
+        for rule, label in zip(rules.filter(refused).to_pylist(), labels.filter(refused).to_pylist()):
+            self.refusals[(rule, label)] += 1
+        hits = np.flatnonzero(pc.and_(refused, pc.fill_null(labels, False)).to_numpy(zero_copy_only=False))
+        self.total += len(hits)
+        room = REFUSALS_LISTED - len(self.listed)
+        if not len(hits) or room <= 0:
+            return
+        # Two string columns of one shard, read only when it has a refusal to list: bounded by the shard,
+        # which the writer held in memory whole.
+        take = pa.array(hits[:room], pa.int64())
+        texts = parquet.read(columns=["extracted_answer", "reference"]).take(take)
+        for prompt_id, source, rule, answer, reference in zip(
+                table.column("prompt_id").take(take).to_pylist(), sources.take(take).to_pylist(),
+                rules.take(take).to_pylist(), texts.column("extracted_answer").to_pylist(),
+                texts.column("reference").to_pylist()):
+            self.listed.append({"prompt_id": prompt_id, "data_source": source, "rule": rule,
+                                "extracted_answer": answer, "reference": reference})
+
+    def verdicts_by_rule(self) -> dict | None:
+        """{rule: {data_source: verdict rows}}, rules and sources sorted; None without a verifier_rule column."""
+        if not self.has_rule:
+            return None
+        table: dict[str, dict[str, int]] = {}
+        for (rule, source), n in sorted(self.verdicts.items()):
+            table.setdefault(rule, {})[source] = n
+        return table
+
+    def refusals_on_labelled_correct(self) -> dict | None:
+        """Refusals that fired on rows labelled correct (total, first REFUSALS_LISTED rows) and per rule by label."""
+        if not self.has_rule:
+            return None
+        if not self.has_label:
+            return {"label_column": None, "total": None, "by_rule": {}, "rows": []}
+        by_rule: dict[str, dict[str, int]] = {}
+        for (rule, label), n in sorted(self.refusals.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+            counts = by_rule.setdefault(rule, {"labelled_correct": 0, "labelled_incorrect": 0, "unlabelled": 0})
+            counts["unlabelled" if label is None else "labelled_correct" if label else "labelled_incorrect"] += n
+        return {"label_column": LABEL, "total": self.total, "by_rule": by_rule, "rows": self.listed}
+
+
+def read_columns(output: str, tally: RuleTally | None = None) -> pa.Table:
+    """COLUMNS of every shard, missing ones as nulls; `tally` (when given) counts the rules on the way."""
     fs, path = fsspec.core.url_to_fs(output)
     tables = []
     for name in sorted(fs.glob(f"{path}/data/*.parquet")):
         with fs.open(name, "rb") as handle:
             parquet = pq.ParquetFile(handle)
-            present = [c for c in COLUMNS if c in parquet.schema_arrow.names]
-            table = parquet.read(columns=present)
-        for column in COLUMNS:
-            if column not in table.column_names:
-                table = table.append_column(column, pa.nulls(table.num_rows, pa.string() if column == "data_source"
-                                                             else pa.float64()))
-        tables.append(table.select(list(COLUMNS)).cast(pa.schema([
-            ("prompt_id", pa.string()), ("data_source", pa.string()), ("verifier_score", pa.float64()),
-            ("verifier_status", pa.string()), ("rm_score", pa.float64()), ("hero_reward", pa.float64()),
-            ("difficulty_weight", pa.float64()), ("group_rm_std", pa.float64())])))
+            names = parquet.schema_arrow.names
+            extra = tally.columns(parquet.schema_arrow) if tally is not None else []
+            read = parquet.read(columns=[c for c in COLUMNS if c in names] + extra)
+            table = pa.table({c: read.column(c).cast(t) if c in names else pa.nulls(read.num_rows, t)
+                              for c, t in COLUMN_TYPES.items()})
+            if tally is not None:
+                tally.add(table, read.select(extra), parquet)
+        tables.append(table)
     return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.float64()) for c in COLUMNS})
 
 
@@ -87,12 +182,13 @@ def _stats(values: np.ndarray) -> dict:
 
 def build_report(output: str, manifest: dict) -> dict:
     """The numbers of run_report.json, from the written shards and the run's manifest fields."""
-    table = read_columns(output)
+    tally = RuleTally()
+    table = read_columns(output, tally)
     scores = table.column("verifier_score").to_numpy(zero_copy_only=False).astype(float)
     statuses = np.array(table.column("verifier_status").to_pylist(), dtype=object)
     rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
     classes = verifier_class(scores, statuses) if table.num_rows else np.array([], dtype=str)
-    sources = np.array([s if s is not None else "(none)" for s in table.column("data_source").to_pylist()], dtype=object)
+    sources = np.array([s if s is not None else MISSING for s in table.column("data_source").to_pylist()], dtype=object)
     prompt_ids = np.array(table.column("prompt_id").to_pylist(), dtype=object)
 
     pass_rates = {}
@@ -130,6 +226,8 @@ def build_report(output: str, manifest: dict) -> dict:
                                  "mean_per_group": round(float(np.mean(per_group)), 6) if per_group else None},
         "rm_rows": manifest.get("rm_rows"),
         "pairs": manifest.get("pairs"),
+        "verdicts_by_rule_and_source": tally.verdicts_by_rule(),
+        "refusals_on_labelled_correct": tally.refusals_on_labelled_correct(),
     }
     return report, table, classes
 
@@ -212,6 +310,51 @@ def bars_svg(labels: list[str], values: list[float], title: str) -> str:
     return _svg(w, h, body, title)
 
 
+def _cells(values, tag: str = "td", limit: int = 200) -> str:
+    return "".join(f"<{tag}>{html.escape(_clip(v, limit))}</{tag}>" for v in values)
+
+
+def _clip(value, limit: int) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def rules_html(report: dict) -> str:
+    """The rule x data_source table of verdicts and the refusals on rows labelled correct."""
+    verdicts = report.get("verdicts_by_rule_and_source")
+    if verdicts is None:
+        return ("<h2>Verdicts by rule</h2><p>No shard of this output has a verifier_rule column (written before "
+                "the column existed): no counts per rule and no refusal listing.</p>")
+    sources = sorted({source for counts in verdicts.values() for source in counts})
+    rows = [f"<tr>{_cells(['rule', *sources, 'total'], 'th')}</tr>"]
+    for rule, counts in verdicts.items():
+        rows.append(f"<tr><th>{html.escape(rule)}</th>"
+                    f"{_cells([counts.get(s, 0) for s in sources] + [sum(counts.values())])}</tr>")
+    rows.append(f"<tr><th>total</th>{_cells([sum(c.get(s, 0) for c in verdicts.values()) for s in sources])}"
+                f"<td>{sum(sum(c.values()) for c in verdicts.values())}</td></tr>")
+    parts = ["<h2>Verdicts by rule</h2><p>Rows with a verdict (status ok or no_answer), by the rule that decided "
+             "it and data_source.</p>", f"<table>{''.join(rows)}</table>", "<h2>Refusals on rows labelled correct</h2>"]
+    refusals = report["refusals_on_labelled_correct"]
+    if refusals["label_column"] is None:
+        parts.append(f"<p>The output has no boolean {LABEL} column: refusals cannot be checked against labels.</p>")
+        return "".join(parts)
+    listed = refusals["rows"]
+    parts.append(f"<p>{refusals['total']} refusals fired on rows {html.escape(LABEL)} calls correct"
+                 + (f"; the first {min(len(listed), REFUSALS_SHOWN)} are listed (run_report.json lists up to "
+                    f"{REFUSALS_LISTED:,})" if refusals["total"] > REFUSALS_SHOWN else "") + ".</p>")
+    if refusals["by_rule"]:
+        by_rule = [f"<tr>{_cells(['rule', 'labelled correct', 'labelled incorrect', 'unlabelled'], 'th')}</tr>"]
+        by_rule += [f"<tr><th>{html.escape(rule)}</th>{_cells(counts.values())}</tr>"
+                    for rule, counts in refusals["by_rule"].items()]
+        parts.append(f"<table>{''.join(by_rule)}</table>")
+    if listed:
+        columns = ["prompt_id", "data_source", "rule", "extracted_answer", "reference"]
+        lines = [f"<tr>{_cells(columns, 'th')}</tr>"]
+        lines += [f"<tr>{_cells([row[c] for c in columns])}</tr>" for row in listed[:REFUSALS_SHOWN]]
+        parts.append(f"<table>{''.join(lines)}</table>")
+    return "".join(parts)
+
+
 def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
     rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
     plots = [
@@ -235,12 +378,15 @@ def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
     images = "".join(f'<figure><img alt="{html.escape(name)}" src="{uri}"><figcaption>{html.escape(name)}</figcaption></figure>'
                      for name, uri in plots)
+    refusals = report.get("refusals_on_labelled_correct")
+    if refusals and len(refusals["rows"]) > REFUSALS_SHOWN:  # the page shows no more rows than its own table
+        report = {**report, "refusals_on_labelled_correct": {**refusals, "rows": refusals["rows"][:REFUSALS_SHOWN]}}
     details = html.escape(json.dumps(report, indent=2, default=str))
     return ("<!doctype html><html><head><meta charset='utf-8'><title>herolabel run report</title><style>"
             "body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}figure{display:inline-block;margin:8px}"
             "pre{background:#f5f5f5;padding:8px;overflow:auto}</style></head><body>"
-            f"<h1>herolabel run report</h1><table>{rows}</table>{images}"
+            f"<h1>herolabel run report</h1><table>{rows}</table>{images}{rules_html(report)}"
             f"<h2>run_report.json</h2><pre>{details}</pre></body></html>")
 
 

@@ -33,6 +33,9 @@ VERIFIER_FIELDS = [
     pa.field("verifier_score", pa.float32()),  # 1/0; null when not judgeable (see verifier_status)
     pa.field("verifier_status", pa.string()),
     pa.field("extracted_answer", pa.string()),
+    # Which rule decided the verdict (math_verify, extraction, refused:<name>, or the per-source verifier's
+    # name), so a disputed verdict points at the code that made it; null unless the status is ok/no_answer.
+    pa.field("verifier_rule", pa.string()),
 ]
 RM_FIELDS = [
     pa.field("rm_score", pa.float32()),  # raw reward-model score (a logit)

@@ -34,3 +34,9 @@ def errors_on_marker(gold, response, timeout_s):
 def length_matches(reference, response, timeout_s):
     """A custom per-data_source verifier (by import path): correct when the lengths match."""
     return (1.0 if len(reference) == len(response) else 0.0), "ok", str(len(response))
+
+
+def question_mentions_answer(reference, response, timeout_s, question=None):
+    """A custom verifier that asks for the question: correct when the response's last word is in it."""
+    last = response.split()[-1]
+    return (1.0 if question and last in question else 0.0), "ok", last

@@ -35,6 +35,7 @@ def scored_rows() -> pa.Table:
     return (valid.append_column("verifier_score", pa.array([1.0, 0.0, 1.0], pa.float32()))
             .append_column("verifier_status", pa.array(["ok", "ok", "ok"]))
             .append_column("extracted_answer", pa.array(["2", "3", "4"]))
+            .append_column("verifier_rule", pa.array(["extraction", "extraction", "extraction"]))
             .append_column("rm_score", pa.array([0.5, -1.0, 2.0], pa.float32()))
             .append_column("rm_status", pa.array(["ok", "ok", "ok"])))
 

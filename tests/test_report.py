@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import pipeline.report as report_module
 from conftest import label, shared_file
-from pipeline.report import auroc
+from pipeline.report import auroc, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -128,3 +130,118 @@ def test_report_html_renders_in_headless_chromium(qwen_output, tmp_path):
         with Image.open(io.BytesIO(png)) as picture:
             colors = picture.convert("RGB").getcolors(maxcolors=1 << 20)
             assert colors is not None and len(colors) > 10, name
+
+
+# ------------------------------------------------------------------------------------------------
+# verifier_rule: verdicts per rule x data_source and refusals against label_correct, on tables built here.
+# ------------------------------------------------------------------------------------------------
+
+def _shard(rows: list[tuple], label_type=pa.bool_(), rule: bool = True) -> pa.Table:
+    """rows: (prompt_id, data_source, status, score, rule, label, extracted, reference)."""
+    columns = list(zip(*rows))
+    table = pa.table({
+        "prompt_id": pa.array(columns[0], pa.string()), "prompt": pa.array([f"q {p}" for p in columns[0]]),
+        "response": pa.array(["r"] * len(rows)), "reference": pa.array(columns[7], pa.string()),
+        "data_source": pa.array(columns[1], pa.string()),
+        "verifier_score": pa.array(columns[3], pa.float32()), "verifier_status": pa.array(columns[2], pa.string()),
+        "extracted_answer": pa.array(columns[6], pa.string()), "verifier_rule": pa.array(columns[4], pa.string()),
+        "rm_score": pa.array([0.5] * len(rows), pa.float32()), "hero_reward": pa.array([0.1] * len(rows)),
+        "difficulty_weight": pa.array([1.0] * len(rows)), "group_rm_std": pa.array([0.2] * len(rows)),
+    })
+    if label_type is not None:
+        table = table.append_column("label_correct", pa.array(columns[5], label_type))
+    return table if rule else table.drop_columns(["verifier_rule"])
+
+
+SHARD_A = [  # prompt_id, data_source, status, score, rule, label, extracted, reference
+    ("a1", "gsm8k", "ok", 1.0, "math_verify", True, "18", "18"),
+    ("a1", "gsm8k", "ok", 0.0, "refused:unsolved_equation", True, "2x = 10", "10"),
+    ("a2", "gsm8k", "no_answer", 0.0, "extraction", False, None, "7"),
+    ("a3", "gsm8k", "timeout", None, None, True, None, "3"),  # no verdict: not counted
+    ("a4", "math", "ok", 0.0, "refused:set_vs_tuple", False, "{1, 2}", "(1, 2)"),
+]
+SHARD_B = [
+    ("b1", "math", "ok", 1.0, "extraction", True, "\\frac{1}{2}", "0.5"),
+    ("b1", "math", "ok", 0.0, "refused:unsolved_equation", True, "y = 3", "3"),
+    ("b2", None, "ok", 1.0, "exact", None, "yes", "yes"),
+    ("b3", "mmlu", "ok", 0.0, "refused:set_vs_tuple", None, "{3}", "(3)"),
+]
+
+
+def _output(tmp_path, *shards: pa.Table) -> Path:
+    output = tmp_path / "out"
+    (output / "data").mkdir(parents=True)
+    for i, shard in enumerate(shards):
+        pq.write_table(shard, output / "data" / f"part-{i:05d}-of-{len(shards):05d}.parquet")
+    return output
+
+
+def _written_report(output: Path) -> tuple[dict, str]:
+    report = write_report(str(output), {"input_rows": 9, "output_rows": 9, "error_rows": 0})
+    assert json.loads((output / "run_report.json").read_text()) == json.loads(json.dumps(report))
+    return report, (output / "report.html").read_text()
+
+
+def test_report_counts_verdicts_per_rule_and_data_source(tmp_path):
+    report, page = _written_report(_output(tmp_path, _shard(SHARD_A), _shard(SHARD_B)))
+    assert report["verdicts_by_rule_and_source"] == {
+        "exact": {"(none)": 1},
+        "extraction": {"gsm8k": 1, "math": 1},
+        "math_verify": {"gsm8k": 1},
+        "refused:set_vs_tuple": {"math": 1, "mmlu": 1},
+        "refused:unsolved_equation": {"gsm8k": 1, "math": 1},
+    }
+    # The HTML table: one column per data_source, zeros filled in, totals per rule and per source.
+    assert "<tr><th>rule</th><th>(none)</th><th>gsm8k</th><th>math</th><th>mmlu</th><th>total</th></tr>" in page
+    assert "<tr><th>refused:set_vs_tuple</th><td>0</td><td>0</td><td>1</td><td>1</td><td>2</td></tr>" in page
+    assert "<tr><th>total</th><td>1</td><td>3</td><td>3</td><td>1</td><td>8</td></tr>" in page
+
+
+def test_report_lists_refusals_on_rows_labelled_correct(tmp_path):
+    report, page = _written_report(_output(tmp_path, _shard(SHARD_A), _shard(SHARD_B)))
+    refusals = report["refusals_on_labelled_correct"]
+    assert refusals["label_column"] == "label_correct" and refusals["total"] == 2
+    assert refusals["rows"] == [
+        {"prompt_id": "a1", "data_source": "gsm8k", "rule": "refused:unsolved_equation", "extracted_answer": "2x = 10",
+         "reference": "10"},
+        {"prompt_id": "b1", "data_source": "math", "rule": "refused:unsolved_equation", "extracted_answer": "y = 3",
+         "reference": "3"},
+    ]
+    assert refusals["by_rule"] == {
+        "refused:set_vs_tuple": {"labelled_correct": 0, "labelled_incorrect": 1, "unlabelled": 1},
+        "refused:unsolved_equation": {"labelled_correct": 2, "labelled_incorrect": 0, "unlabelled": 0},
+    }
+    assert "2 refusals fired on rows label_correct calls correct." in page
+    assert "<tr><td>a1</td><td>gsm8k</td><td>refused:unsolved_equation</td><td>2x = 10</td><td>10</td></tr>" in page
+
+
+def test_refusal_listing_is_capped_and_the_total_always_given(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_module, "REFUSALS_LISTED", 3)
+    monkeypatch.setattr(report_module, "REFUSALS_SHOWN", 2)
+    refused = [(f"p{i}", "gsm8k", "ok", 0.0, "refused:unsolved_equation", True, f"x = {i}", str(i)) for i in range(5)]
+    report, page = _written_report(_output(tmp_path, _shard(refused[:2]), _shard(refused[2:])))
+    refusals = report["refusals_on_labelled_correct"]
+    assert refusals["total"] == 5 and [r["prompt_id"] for r in refusals["rows"]] == ["p0", "p1", "p2"]
+    assert "5 refusals fired on rows label_correct calls correct; the first 2 are listed" in page
+    assert "<td>p1</td>" in page and "<td>p2</td>" not in page
+    assert "&quot;p1&quot;" in page and "&quot;p2&quot;" not in page  # the page's JSON dump is cut the same way
+
+
+@pytest.mark.parametrize("label_type", [None, pa.int64()])  # no label column; a label that is not boolean
+def test_refusals_without_a_boolean_label_column(tmp_path, label_type):
+    rows = [(p, s, st, sc, r, None if label_type is None else int(bool(lab)), e, ref)
+            for p, s, st, sc, r, lab, e, ref in SHARD_A]
+    report, page = _written_report(_output(tmp_path, _shard(rows, label_type=label_type)))
+    assert report["refusals_on_labelled_correct"] == {"label_column": None, "total": None, "by_rule": {}, "rows": []}
+    assert report["verdicts_by_rule_and_source"]["refused:unsolved_equation"] == {"gsm8k": 1}
+    assert "The output has no boolean label_correct column" in page
+
+
+def test_report_of_an_output_written_before_verifier_rule(tmp_path):
+    report, page = _written_report(_output(tmp_path, _shard(SHARD_A, rule=False), _shard(SHARD_B, rule=False)))
+    assert report["verdicts_by_rule_and_source"] is None and report["refusals_on_labelled_correct"] is None
+    assert "No shard of this output has a verifier_rule column" in page
+    # The other sections are unaffected.
+    assert report["verifier_pass_rate_by_source"]["gsm8k"] == {"rows": 4, "verified": 3,
+                                                               "pass_rate": pytest.approx(1 / 3, abs=1e-6)}
+    assert report["rm_score_by_verifier_class"]["correct"]["rows"] == 3

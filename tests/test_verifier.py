@@ -57,12 +57,12 @@ def pool():
 def test_judgement_in_process(reference, response, score, status, extracted):
     in_process = VerifierPool(VerifierConfig(num_workers=0, timeout_s=1, hard_timeout_s=5))
     in_process.start()
-    scores, statuses, answers = in_process.verify([reference], [response])
+    scores, statuses, answers, _ = in_process.verify([reference], [response])
     assert (scores[0], statuses[0], answers[0]) == (score, status, extracted)
 
 
 def test_worker_pool_matches_in_process_verdicts(pool):
-    scores, statuses, answers = pool.verify([c[0] for c in CASES], [c[1] for c in CASES])
+    scores, statuses, answers, _ = pool.verify([c[0] for c in CASES], [c[1] for c in CASES])
     assert list(zip(scores, statuses, answers)) == [(c[2], c[3], c[4]) for c in CASES]
 
 
@@ -100,7 +100,7 @@ def test_the_row_a_worker_stops_on_is_blamed_even_with_results_unsent(marker, st
     config = VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=3, task_size=64, judge=judge)
     responses = ["A: 18"] * 25 + [marker] + ["A: 7"] * 10
     with VerifierPool(config) as pool:
-        scores, statuses, _ = pool.verify(["18"] * len(responses), responses)
+        scores, statuses, _, _ = pool.verify(["18"] * len(responses), responses)
         assert pool.restarts == 1
     assert statuses == ["ok"] * 25 + [status] + ["ok"] * 10
     assert scores == [1.0] * 25 + [None] + [0.0] * 10
@@ -110,7 +110,7 @@ def test_hung_worker_is_killed_and_only_its_row_times_out():
     config = VerifierConfig(num_workers=2, timeout_s=1, hard_timeout_s=3, task_size=2, judge="judges:hangs_on_marker")
     responses = ["A: 18", "A: 7", "HANG forever", "A: 18", "A: 3", "A: 18"]
     with VerifierPool(config) as hanging_pool:
-        scores, statuses, _ = hanging_pool.verify(["18"] * len(responses), responses)
+        scores, statuses, _, _ = hanging_pool.verify(["18"] * len(responses), responses)
         assert hanging_pool.restarts == 1
         # The replacement worker keeps serving later batches.
         assert hanging_pool.verify(["7"], ["A: 7"])[0] == [1.0]
@@ -122,7 +122,7 @@ def test_crashed_worker_marks_its_row_error_and_work_continues():
     config = VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=10, task_size=4, judge="judges:dies_on_marker")
     responses = ["A: 1", "CRASH now", "A: 2", "A: 1"]
     with VerifierPool(config) as crashing_pool:
-        scores, statuses, _ = crashing_pool.verify(["1"] * 4, responses)
+        scores, statuses, _, _ = crashing_pool.verify(["1"] * 4, responses)
     assert statuses == ["ok", "error", "ok", "ok"]
     assert scores == [1.0, None, 0.0, 1.0]
 
@@ -147,7 +147,7 @@ def test_a_worker_that_died_while_idle_is_replaced_without_blaming_a_row():
         worker = idle_pool._workers[0]  # noqa: SLF001 - the test kills the real process
         worker.process.kill()
         worker.process.wait()
-        scores, statuses, _ = idle_pool.verify(["2", "3"], ["\\boxed{2}", "\\boxed{4}"])
+        scores, statuses, _, _ = idle_pool.verify(["2", "3"], ["\\boxed{2}", "\\boxed{4}"])
         assert (scores, statuses) == ([1.0, 0.0], ["ok", "ok"])
         assert idle_pool.restarts == 1
 
@@ -200,7 +200,7 @@ def test_every_adversarial_row_comes_back_labelled_even_when_a_worker_is_killed(
         victim = adversarial_pool._workers[0].process  # noqa: SLF001 - the test kills the real process
         killer = threading.Timer(2.0, victim.kill)
         killer.start()
-        scores, statuses, extracted = adversarial_pool.verify(references, responses)
+        scores, statuses, extracted, _ = adversarial_pool.verify(references, responses)
         killer.join()
         assert victim.poll() is not None and adversarial_pool.restarts >= 1
     assert len(statuses) == len(corpus) and all(s in VERIFIER_STATUSES for s in statuses)

@@ -13,7 +13,7 @@ Each entry of ``CASES`` is ``(gold, response, expected_correct, comment)``:
 Semantics of ``expected_correct``:
 
 * True iff the response's FINAL answer equals the gold mathematically: no relative tolerance, no
-  "x/100 or 100x" percentage guessing; text answers must match in meaning ("no solution" is not a number).
+  guessing of "x/100 or 100x" beyond the percent rule below; text answers must match in meaning ("no solution" is not a number).
 * The final answer is the last ``\\boxed{...}`` (nested braces allowed; with several boxes the last one,
   unless the boxes are clearly all the answers of a multi-answer question), else "the final answer is ...",
   "#### N", "A: N", a bold answer at the end or the last line "Answer: ...", else the whole response when
@@ -23,8 +23,9 @@ Semantics of ``expected_correct``:
   correct iff it rounds to the gold there ("0.33" vs 1/3 -> True, "0.34" vs 1/3 -> False, "3.14" vs pi ->
   True). An exact gold (pi, 1/3, an integer) is never matched by a decimal approximation or by a
   different exact value ("\\pi" vs 3.14 -> False, "\\frac{1}{3}" vs 0.33 -> False, "3" vs pi -> False).
-* Percent: the unit may be dropped ("50\\%" vs 50 -> True) but never rescaled ("50\\%" vs 0.5 -> False,
-  "0.5" vs "50\\%" -> False).
+* Percent: a percent gold "p%" equals p (with or without the sign) and p/100 ("50\\%" vs 0.5 -> True, and
+  under the rounded-gold rule "33.3\\%" vs 1/3 -> True); a percent sign on an answer against a gold without
+  one is a unit, dropped, never a rescaling ("0.5" vs "50\\%" -> False, "20" vs "20\\%" -> True).
 * Units and angles: units may be dropped ("5 \\text{ cm}" vs 5, "\\$18" vs 18), but a different unit is a
   different answer; degrees and radians are interchangeable when the gold carries pi or a degree sign.
 * Labels ("w = 16", "f(x)=2x", "Minimum: 1", "y=x^2") are ignored; a function may use another variable.
@@ -218,13 +219,15 @@ CASES: list[tuple[str, str, bool, str]] = [
     (r"\frac{2}{3}", "0.6667", False, "exact gold 2/3, rounded decimal is not exact"),
     (r"50\%", "50", True, "percent gold, answer drops the percent sign"),
     (r"50\%", r"50\%", True, "percent identical"),
-    (r"50\%", "0.5", False, "no percentage guessing: 0.5 is not written as 50 percent"),
+    # A percent gold states a quantity; its value over 100 is the same quantity (labelled data, ProcessBench's
+    # among them, counts these as one answer). A gold without a sign is still never rescaled.
+    (r"50\%", "0.5", True, "percent gold: 0.5 is the quantity 50 percent states"),
     ("0.5", r"50\%", False, "no percentage guessing: decimal gold 0.5 vs 50 percent"),
     (r"50\%", "50 percent", True, "percent spelled as a word"),
     (r"25\%", r"The probability is $25\%$.", True, "percent in a final sentence"),
     (r"12.5\%", r"\frac{25}{2}\%", True, "25/2 percent is 12.5 percent"),
     (r"5\%", "5", True, "small percent, unit dropped"),
-    (r"5\%", "0.05", False, "no percentage guessing: 0.05 vs 5 percent"),
+    (r"5\%", "0.05", True, "percent gold: 0.05 is 5 percent as a fraction"),
     (r"20\%", "20 %", True, "percent sign separated by a space"),
     (r"20\%", r"2\%", False, "2 percent is not 20 percent"),
     (r"\frac{1}{2}", r"\frac{1}{2}\%", True, "the percent sign is a unit, dropped on either side, never a rescaling"),
@@ -452,7 +455,7 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("2.23", r"\sqrt{5}", False, "sqrt 5 rounds to 2.24, not 2.23"),
     ("0.14", r"\frac{1}{7}", True, "1/7 = 0.142857... rounds to 0.14"),
     (r"33.3\%", r"\frac{100}{3}\%", True, "100/3 percent rounds to 33.3 percent"),
-    (r"33.3\%", r"\frac{1}{3}", False, "no percentage guessing, even with a rounded gold"),
+    (r"33.3\%", r"\frac{1}{3}", True, "percent gold over 100 is 0.333, and 1/3 rounds to it at that precision"),
     (r"\pi", "3.14", False, "exact gold pi, decimal approximation is not exact"),
     (r"\frac{1}{3}", "0.33", False, "exact gold 1/3, rounded decimal is not exact"),
     ("3", r"\pi", False, "integer gold is exact, not a rounded decimal; pi is not 3"),
@@ -611,3 +614,10 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("10", r"\boxed{ab = 10}", False, "ab = 10 is a product, not a name"),
     ("10", "The answer is 1_0", False, "an underscore is no digit separator"),
 ]
+
+# The whole table with its question column, (question, gold, response, expected_correct, comment): the cases
+# above need no question (None); tests/verifier_cases_forms.py holds the forms that need one, or more than
+# the final answer: lists, several boxes, labels, percent, formatting, sentences, sets, options, plus-minus.
+from verifier_cases_forms import FORM_CASES  # noqa: E402
+
+TABLE: list[tuple[str | None, str, str, bool, str]] = [(None, *case) for case in CASES] + FORM_CASES

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from transforms.parts import join_math_spans
+
 BARE_MAX_CHARS = 200
 BARE_MAX_WORDS = 3
 
@@ -43,7 +45,8 @@ _SPELLINGS = [
     (re.compile(r"\\[dt]frac"), r"\\frac"), (re.compile(r"\\leqslant|\\leq\b"), r"\\le"),
     (re.compile(r"\\geqslant|\\geq\b"), r"\\ge"), (re.compile(r"\\varnothing|\\\{\s*\\\}"), r"\\emptyset"),
     (re.compile(r"\\left\b|\\right\b|\\bigl\b|\\bigr\b|\\Bigl\b|\\Bigr\b"), ""), (re.compile(r"\\displaystyle"), ""),
-    (re.compile(r"\\!"), ""), (re.compile(r"bmatrix|vmatrix|Bmatrix"), "pmatrix"),
+    (re.compile(r"\\!"), ""), (re.compile(r"(?<=[,(\[])\\[ ,;]|\\[ ,;](?=[)\],])"), " "),
+    (re.compile(r"\\(?:left|right)\."), ""), (re.compile(r"bmatrix|vmatrix|Bmatrix"), "pmatrix"),
     (re.compile(r"\\langle"), "("), (re.compile(r"\\rangle"), ")"),
 ]
 
@@ -113,13 +116,26 @@ def words_to_number(text: str) -> int | None:
 _STRAY_BACKSLASH = re.compile(r"(?<!\\)\\(?=\d)")
 
 
+# Full-width forms ("＞", "，", "（３）") are their ASCII characters shifted by 0xFEE0 (NFKC would also fold
+# "²" and "½", which the table below reads). Fixes: "x＞3" and "（1，2）" parsed as nothing.
+_FULL_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+# HTML left in golds and answers: "2<sup>n</sup> ≥ n<sup>3</sup>" keeps both exponents (dropping the tags
+# lost one and made "2^n >= n^2" equal); other tags are markup.
+_HTML_SCRIPT = re.compile(r"<(sup|sub)>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
+_HTML_TAG = re.compile(r"</?(?:b|i|em|strong|span|br|p|div|code)\b[^<>]{0,80}>", re.IGNORECASE)
+
+
 def clean_text(text: str) -> str:
-    """Control characters back to the LaTeX commands they came from, unicode math to LaTeX, stray
-    backslashes before digits dropped."""
+    """Control characters back to the LaTeX commands they came from, unicode math to LaTeX, HTML
+    exponents to LaTeX, stray backslashes before digits dropped."""
     for pattern, replacement in _CONTROL:
         text = pattern.sub(replacement, text)
     text = _STRAY_BACKSLASH.sub("", text)
+    if "<" in text:
+        text = _HTML_SCRIPT.sub(lambda m: ("^{" if m.group(1).lower() == "sup" else "_{") + m.group(2) + "}", text)
+        text = _HTML_TAG.sub(" ", text)
     if any(ord(c) > 127 for c in text):
+        text = text.translate(_FULL_WIDTH)
         text = _ROOT.sub(lambda m: r"\sqrt{" + m.group(1).strip("(){}") + "}", text)
         text = _SUPERSCRIPT_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPTS) + "}", text)
         for symbol, latex in _UNICODE.items():
@@ -155,8 +171,12 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
     return sorted(spans)
 
 
-_BOX_SEPARATOR = re.compile(r"[\s$,;]{0,20}(?:\\quad|\\qquad|and|or|\\text\{\s{0,3}(?:and|or)\s{0,3}\})?"
-                            r"[\s$,;]{0,20}(?:[a-z](?:_\d)?\s{0,3}=\s{0,3})?")
+_ENUMERATOR_TEXT = r"\(\s?[a-h]\s?\)|\b[a-h]\)"
+_ENUMERATOR = re.compile(_ENUMERATOR_TEXT)
+_RESPECTIVELY = re.compile(r"[\s$.,;]{0,6}(?:\\text\{\s*)?respectively", re.IGNORECASE)
+_BOX_CONNECTOR = r"(?:\\quad|\\qquad|\\,|\\;|and|or|\\text\{\s{0,3}(?:and|or)?\s{0,3}\}|" + _ENUMERATOR_TEXT + ")"
+_BOX_SEPARATOR = re.compile(r"[\s$,;]{0,20}(?:" + _BOX_CONNECTOR + r"[\s$,;]{0,20}){0,3}"
+                            r"(?:[a-z](?:_\d)?\s{0,3}=\s{0,3})?")
 _FINAL_ANSWER = re.compile(r"\b(?:final answer|the answer|answer)\s*(?:is|=|:)\s*:?\s*(.+?)(?=\.\s|\.?\s*$|\n|;\s|\s+I hope)",
                            re.IGNORECASE)
 _HASHES = re.compile(r"^[ \t]*####[ \t]*(.+?)[ \t]*$", re.MULTILINE)
@@ -164,6 +184,15 @@ _HASHES = re.compile(r"^[ \t]*####[ \t]*(.+?)[ \t]*$", re.MULTILINE)
 _ANSWER_LINE = re.compile(r"^[ \t]*(?:\*\*)?(?:[Ff]inal [Aa]nswer|[Aa]nswer|ANSWER|A)[ \t]*[:：][ \t]*(?:\*\*)?[ \t]*"
                           r"(.+?)[ \t]*$", re.MULTILINE)
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
+_BOLD_ENDS = re.compile(r"^\s*\*\*\s*|\s*\*\*\s*$")  # "**Final Answer:** 5": the phrase's bold, not the answer's
+
+
+_MATH_AT_END = re.compile(r"([^$]*?[A-Za-z]{2,}[^$]*?)(?:\$([^$]+)\$|\\\((.+?)\\\))[\s.!]*")
+_HEDGE = re.compile(r"\b(?:not|no|never|cannot|can't|isn't|wrong|incorrect|false|impossible|none|maybe|perhaps|"
+                    r"possibly|either|or|unless|except|approximately|about|roughly|if)\b|n't\b", re.IGNORECASE)
+# Words that make a short line a sentence rather than an answer ("5 is not possible", "It is not 5").
+_SENTENCE_WORDS = re.compile(r"\b(?:is|are|was|were|be|equals|find|get|that|the|we|it|this|there|so|then|thus|"
+                             r"hence|therefore|not|no)\b", re.IGNORECASE)
 
 
 def is_bare_answer(text: str) -> bool:
@@ -173,6 +202,9 @@ def is_bare_answer(text: str) -> bool:
     thought is never judged whole."""
     stripped = text.strip()
     if not stripped or "\n" in stripped or len(stripped) > BARE_MAX_CHARS:
+        return False
+    prose = re.sub(r"\\[A-Za-z]+", " ", re.sub(r"\\text\{[^{}]*\}", " ", stripped))
+    if _SENTENCE_WORDS.search(prose):
         return False
     words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", " ", stripped))
     return len(words) <= BARE_MAX_WORDS
@@ -203,7 +235,12 @@ def final_answer(text: str) -> tuple[str | None, str]:
             if box[1] > together[0][0] or box[0] < line_start or not _BOX_SEPARATOR.fullmatch(between):
                 break
             together.insert(0, box)
-        found.append((last_start, ", ".join(content for _, _, content in together), "boxed"))
+        answer = ", ".join(content for _, _, content in together)
+        line_end = text.find("\n", boxes[-1][1])
+        rest = text[boxes[-1][1]:line_end if line_end >= 0 else len(text)]
+        if len(together) > 1 and (_RESPECTIVELY.match(rest) or _ENUMERATOR.search(text[max(0, together[0][0] - 8):together[1][0]])):
+            answer += " respectively"  # "\\boxed{3} and \\boxed{4}, respectively": the order is the answer's
+        found.append((last_start, answer, "boxed" if len(together) == 1 else "boxes"))
     finals = list(_FINAL_ANSWER.finditer(text))
     if finals:
         answer = finals[-1].group(1)
@@ -212,7 +249,10 @@ def final_answer(text: str) -> tuple[str | None, str]:
             if not inner or inner[-1] == answer:
                 break
             answer = inner[-1]
-        found.append((finals[-1].start(), answer, "final answer"))
+        answer = _BOLD_ENDS.sub("", answer)
+        # "the answer is independent of the choice of $y$" is prose, not an answer: it overrides no marker.
+        if not _SENTENCE_WORDS.search(re.sub(r"\$[^$]*\$|\\\(.*?\\\)", " ", answer)):
+            found.append((finals[-1].start(), answer, "final answer"))
     for pattern, how in ((_HASHES, "####"), (_ANSWER_LINE, "answer line")):
         matches = list(pattern.finditer(text))
         if matches:
@@ -224,6 +264,16 @@ def final_answer(text: str) -> tuple[str | None, str]:
     bold = _BOLD.findall(last_line)
     if bold:
         return bold[-1], "bold"
+    joined = join_math_spans(text.strip())
+    if joined != text.strip() and "\n" not in joined:
+        return joined, "spans"  # "$3$ and $\\frac12$": several math spans are one listed answer
+    sentence = _MATH_AT_END.fullmatch(text.strip())
+    if sentence and "\n" not in text.strip() and len(text.strip()) <= BARE_MAX_CHARS:
+        # "We find that $x \\lt 3$.": a one-line sentence ending in its math is answered by that math,
+        # unless its words deny or hedge it ("It is not $5$.", "Maybe $3$"): then no answer.
+        if _HEDGE.search(sentence.group(1)):
+            return None, "none"
+        return sentence.group(2) or sentence.group(3), "sentence"
     if is_bare_answer(text):
         return text.strip(), "bare"
     return None, "none"
@@ -234,9 +284,11 @@ def final_answer(text: str) -> tuple[str | None, str]:
 # ------------------------------------------------------------------------------------------------
 
 _DELIMITERS = re.compile(r"^\s*(?:\$\$?|\\\(|\\\[|\*\*)\s*|\s*(?:\$\$?|\\\)|\\\]|\*\*)\s*$")
-_PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercent\b)")
+PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercent\b)")
 _DOLLAR = re.compile(r"\\\$|\bdollars?\b|\\text\{\s*dollars?\s*\}")
-_GROUPED_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|\\,|\\ |\\;|\\thinspace\s*)(?=\d{3}(?!\d))")
+_GROUPED_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,|\\ |\\;|\\thinspace\s*)(?=\d{3}(?!\d))")
+# Spacing commands and a lone backslash around a whole answer ("\\, ( -\\sqrt{3},\\ \\sqrt{3} ) \\"): layout.
+_SPACING_ENDS = re.compile(r"^(?:\s|\\[,;:! ]|\\q?quad\b)+|(?:\s|\\[,;:! ]|\\q?quad\b|\\(?=\s*$))+$")
 _PLAIN_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _WORD_LABEL = re.compile(r"^\s*(?:\\text\{\s*)?(?!(?:wrong|incorrect|not|no|false|error|mistake)\b)"
                          r"([A-Za-z][A-Za-z ]{0,30}?)\s*:\s*\}?\s*(?=\S)", re.IGNORECASE)
@@ -304,6 +356,12 @@ class Gold:
     variable: str | None  # the variable of a function label "f(x) = ..."
     unit: str | None
     percent: bool = False  # written with a percent sign
+    plain: tuple = ()  # plain math-verify's parse of the reference as given
+    parts: tuple = ()  # the values a list gold lists ("3, \\frac12" -> 2 parts); one part otherwise
+    parsed_parts: tuple = ()  # math-verify's parse of each part, when there are several
+    ordered: bool = False  # a list whose order is the answer's ("respectively", "(a) ... (b) ...")
+    fraction: tuple = ()  # a percent gold's value over 100, parsed ("62.5\\%" -> 0.625)
+    fraction_decimals: int | None = None  # its printed precision, for the rounded-gold rule
 
 
 def strip_delimiters(text: str) -> str:
@@ -329,18 +387,53 @@ def last_of_chain(text: str) -> str:
     return text[cuts[-1] + 1:].strip() if len(cuts) >= 2 else text
 
 
-def states_no_value(answer: str, gold_text: str) -> bool:
+# A single name: "x", "w_1", "m_{\\max}", "f(x)", "f^{-1}(3)", "\\text{Area}", "Area", "(a, b)", "\\theta".
+_NAME = re.compile(r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:'+)?(?:_\{?\\?\w+\}?|_\{[^{}]{1,12}\})?(?:\^\{?-1\}?)?(?:\([^()]{1,12}\))?"
+                   r"|\\text\{[^{}]*\}|[A-Za-z]{3,}(?: [A-Za-z]+)*|\(\s*[a-z](?:\s*,\s*[a-z])+\s*\)")
+
+
+def math_key(text: str) -> str:
+    """A form for finding an expression inside a question: no spaces, delimiters, braces or sizing."""
+    text = re.sub(r"\\(?:left|right|[,;!: ]|displaystyle)|[\s{}$]", "", text)
+    return re.sub(r"\\[dt]frac", r"\\frac", text)
+
+
+def states_no_value(answer: str, gold_text: str, question: str | None = None) -> bool:
     """An equation whose left side is an expression ("2x = 10", "x^2 = 4") against a gold that is a
-    value: math-verify compares the right side and calls "2x = 10" equal to 10. A left side that is a
-    name ("x", "w_1", "f(x)", "\\text{Area}") is a label and stays math-verify's to read. Fixes that
+    value: math-verify compares the right side and calls "2x = 10" equal to 10. The left side is a label
+    instead when it is a single name ("x", "m_{\\max}", "f(x)", "\\text{Area}") or an expression the
+    question names ("a + b = 12" for "find $a+b$", "|p - q| = 7", "\\cos\\phi = \\frac13"). Fixes that
     false positive."""
     if "=" in gold_text or answer.count("=") != 1 or re.search(r"[<>]|\\[lg]e", answer):
         return False
     left = answer.split("=")[0].strip()
-    if re.fullmatch(r"[A-Za-z](?:_\{?\w+\}?)?(?:\([a-z]\))?|\\text\{[^{}]*\}|[A-Za-z]{3,}(?: [A-Za-z]+)*"
-                    r"|\(\s*[a-z](?:\s*,\s*[a-z])+\s*\)", left):
+    if _NAME.fullmatch(left):
         return False
-    return True  # an expression ("2x", "x^2", "ab"): the right side is not its value
+    return not (question and names_in_question(left, question))
+
+
+def names_in_question(expression: str, question: str) -> bool:
+    """Does the question name this expression as a whole ("a+b" in "Find $a + b$.", "Then $x_1+x_2=\\_\\_$"),
+    not inside a longer one ("x+1" in "x + 15", "2x" in "2x + 3 = 13") and not as the left side of an
+    equation it states ("Solve 2x = 10")?"""
+    key = math_key(expression)
+    if len(key) < 2:
+        return False
+    text = re.sub(r"\\(?:left|right|displaystyle|[,;!: ])|[{}$]", " ", clean_text(question))
+    text = re.sub(r"\\[dt]frac", r"\\frac", text)
+    pattern = r"(?<![\w\\])" + r"\s*".join(map(re.escape, key)) + r"(?!\s*\w)"
+    for match in re.finditer(pattern, text):
+        before, after = text[:match.start()].rstrip()[-1:], text[match.end():].lstrip()
+        if before and before in "+-*/^=<>" or after[:1] and after[:1] in "+-*/^" \
+                or re.match(r"\\(?:cdot|times|div)\b", after):
+            continue  # a piece of a longer expression ("2x" in "2x + 3 = 13")
+        if not after[:1] in ("=", "<", ">") or _BLANK.match(after[1:].lstrip()):
+            return True
+    return False
+
+
+# What a fill-in-the-blank question puts after "=": "\\_\\_\\_", "____", "?", "\\square", "(\\quad)", nothing.
+_BLANK = re.compile(r"(?:\\_|_|\?|\\square|\\underline|\\quad|\(\s*\)|\.|$)")  # an expression ("2x", "x^2", "ab"): the right side is not its value
 
 
 def qualified_by_words(answer: str) -> bool:
@@ -349,7 +442,9 @@ def qualified_by_words(answer: str) -> bool:
     for phrase in re.findall(r"\\(?:text|mbox|mathrm)\{([^{}]*)\}", answer):
         if set(re.findall(r"[a-z]+", phrase.lower())) & _NOT_UNITS:
             return True
-    return False
+    # The same words written plainly after a value ("2 thirds", "5 squared"); "or"/"and" separate parts.
+    words = re.findall(r"(?<![\\A-Za-z])[a-z]{2,}", re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", " ", answer.lower()))
+    return bool(set(words) & (_NOT_UNITS - {"or", "and"}))
 
 
 def unit_of(text: str) -> tuple[str, str | None]:
@@ -372,12 +467,13 @@ def normalize(text: str, gold: Gold | None = None) -> tuple[str, dict]:
     """An answer (or, with gold None, a reference) as LaTeX for math-verify, and facts about it
     (percent, unit, label variable). Gold-dependent rules (angles, labels) need the prepared gold."""
     facts: dict = {}
-    text = strip_delimiters(text)
+    text = strip_delimiters(_SPACING_ENDS.sub("", join_math_spans(_BOLD_ENDS.sub("", text))))
+    text = _GROUPED_THOUSANDS.sub("", text)
     for pattern, replacement in _SPELLINGS:
         text = pattern.sub(replacement, text)
     # "50\%" vs 0.5: math-verify rescales percentages; the sign is dropped on both sides instead, so
     # 50% = 50 and never 0.5.
-    text, percents = _PERCENT.subn("", text)
+    text, percents = PERCENT.subn("", text)
     facts["percent"] = bool(percents)
     text = _DOLLAR.sub("", text).strip()
     # "10{,}000", "10\,000", "10,000": thousands separators, never a list ("1,2" stays a list).
@@ -395,13 +491,17 @@ def normalize(text: str, gold: Gold | None = None) -> tuple[str, dict]:
     if number is not None:
         text = str(number)
     label = _FUNCTION_LABEL.match(text)
-    if label:  # "f(x) = 2x" -> "2x", remembering x (the same function may use another variable name)
+    if label and not _FUNCTION_LABEL.search(text, label.end()) and not re.search(r",\s*[A-Za-z]\s*\(\s*[a-z]\s*\)\s*=", text):  # "f(x) = 2x" -> "2x", remembering x (the same function may use another variable name)
         facts["variable"] = label.group(1)
         text = text[label.end():]
     word_label = _WORD_LABEL.match(text)
     if word_label and (gold is None or ":" not in gold.text) and not _CHOICE.match(text):
         text = text[word_label.end():]  # "Minimum: 1" -> "1"
     text = last_of_chain(text)
+    if gold is not None and "=" not in gold.text and text.count("=") == 1 and "," not in text:
+        left, right = (side.strip() for side in text.split("="))
+        if right and _NAME.fullmatch(left):
+            text = right  # "m_{\\max} = n^2 - 1": a label on the value (math-verify misreads some names)
     text, facts["unit"] = unit_of(text)
     text = _OR.sub(", ", text).strip(" ,")
     if gold is not None:
@@ -433,10 +533,11 @@ def prepare_gold_text(reference: str) -> tuple[str, dict]:
 
 
 def bracket_kind(text: str) -> str | None:
-    """"set" for "\\{...\\}", "tuple" for "(a, b, ...)" with a comma at the top level, else None."""
+    """"set" for "\\{...\\}" ("solutions" when its members are tuples), "tuple" for "(a, b, ...)" with a comma at the top level, else None."""
     text = text.strip()
     if text.startswith("\\{") and text.endswith("\\}"):
-        return "set"
+        # "\\{(3,2),(-3,2)\\}" is a set of solutions, each a tuple: a list of the same tuples is its equal.
+        return "solutions" if text[2:].lstrip().startswith("(") else "set"
     if text.startswith("(") and text.endswith(")"):
         depth = 0
         for i, c in enumerate(text):
@@ -454,7 +555,36 @@ def order_conflict(gold_text: str, answer_text: str) -> bool:
     return {bracket_kind(gold_text), bracket_kind(answer_text)} == {"set", "tuple"}
 
 
-_OPTION = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?(?:\(\s*([A-E])\s*\)|([A-E])(?=\s*(?:$|[.,;:)}]|\s+\d)))")
+# Options a question lists: "(A) 10 (B) 12", "A) ...\\\\ B) ...", "\\text{A)}\\ & ... &" in an align block.
+_OPTION_MARK = re.compile(r"\\text(?:bf)?\{\s*\(?([A-E])\s*[).:]?\s*\}")
+_OPTION_LAYOUT = re.compile(r"\\\\|&|\\noindent|\\begin\{[a-z*]+\}|\\end\{[a-z*]+\}|\\hline")
+_OPTION_ITEM = re.compile(r"(?:^|\s)\(?([A-E])[).:]\s*(.+?)(?=\s+\(?[A-E][).:]\s|$)", re.MULTILINE)
+
+
+def question_options(question: str | None) -> dict[str, str]:
+    """{letter: the option's text} for a question that lists at least two options, else {}."""
+    if not question:
+        return {}
+    text = _OPTION_MARK.sub(lambda m: f" {m.group(1)}) ", clean_text(question)[-4000:])
+    text = _OPTION_LAYOUT.sub("\n", text).replace("\\ ", " ")
+    options = {}
+    for letter, value in _OPTION_ITEM.findall(text):
+        value = strip_delimiters(value.strip(" .;,"))
+        if value:
+            options.setdefault(letter, value)
+    return options if len(options) >= 2 else {}
+
+
+_LETTER_WITH_VALUE = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?\(?([A-E])\s*[).:]\s*\}?\s*(\S.*)$", re.DOTALL)
+
+
+def letter_and_value(text: str) -> tuple[str, str] | None:
+    """("C", "f(15) = -5") for an answer "C) f(15) = -5": an option letter followed by a stated value."""
+    match = _LETTER_WITH_VALUE.match(strip_delimiters(text))
+    return (match.group(1), match.group(2).strip()) if match else None
+
+
+_OPTION = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?(?:(?:[Oo]ption|[Cc]hoice)\s*:?\s*)?(?:\(\s*([A-E])\s*\)|([A-E])(?=\s*(?:$|[.,;:)}]|\s+\d)))")
 
 
 def choice_letter(text: str) -> str | None:

@@ -31,21 +31,27 @@ import time
 import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from itertools import product
+import inspect
+from typing import NamedTuple
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 
 import numpy as np
 import pyarrow as pa
 
-from schemas.rollouts import DATA_SOURCE, REFERENCE, RESPONSE, VERIFIER_FIELDS, VerifierStatus
+from schemas.rollouts import DATA_SOURCE, PROMPT, REFERENCE, RESPONSE, VERDICT_STATUSES, VERIFIER_FIELDS, VerifierStatus
 from transforms import answers
-from transforms.answers import Gold, choice_letter, clean_text, final_answer, normalize, prepare_gold_text
+from transforms.answers import choice_letter, clean_text, final_answer, normalize
 from transforms.checks import is_finite_number, is_whole
+from transforms.math_judge import MAX_EXTRACTED_CHARS, Verdict, _parse_latex, judge_response, option_letter, parse_reference
+
+__all__ = ["VerifierConfig", "VerifierPool", "Verdict", "judge_response", "verify_table", "question_texts"]
 
 log = logging.getLogger(__name__)
 
-MAX_EXTRACTED_CHARS = 512
+# The question a verifier sees: the prompt's text (a chat's last user message), its last characters only
+# (a few-shot prompt ends with the question asked).
+QUESTION_MAX_CHARS = 8000
 _REFERENCE_CACHE_SIZE = 4096
 _STARTUP_TIMEOUT_S = 180.0
 
@@ -60,12 +66,14 @@ class VerifierConfig:
     timeout_s: math-verify's own per-parse / per-comparison timeout; whole seconds (it uses signal.alarm).
     hard_timeout_s: wall-clock limit per response, enforced by killing the worker.
     task_size: responses sent to a worker per message; larger amortizes IPC, smaller balances load.
-    judge: "module:function" judging one response for the "math" verifier, (gold, response, timeout_s) ->
-    (score, status, answer); the default is judge_response below. The worker imports it by name.
+    judge: "module:function" judging one response for the "math" verifier, (gold, response, timeout_s[,
+    question=...]) -> (score, status, answer[, rule]); the default is transforms.math_judge's judge_response
+    (kept importable from this module). The worker imports it by name.
     sources: which verifier judges which data_source, "SOURCE=VERIFIER,..." (others use "math"):
     "math", "exact" (string equality of the final answer), "numeric:TOL" (absolute tolerance TOL),
     "choice" (multiple-choice letter), or "package.module:function" taking (reference, response,
-    timeout_s) -> (score, status, extracted).
+    timeout_s) -> (score, status, extracted), and the row's question too when it has a `question`
+    parameter. Its verifier_rule is its name.
     """
 
     num_workers: int | None = None
@@ -134,156 +142,8 @@ def usable_cores() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Judging one response: runs inside a worker's main thread (or in-process when num_workers == 0).
-# ---------------------------------------------------------------------------------------------------
-
-def _parse_latex(text: str, timeout_s: int):
-    r"""math-verify's parse of an answer given as LaTeX (wrapped in $...$: its plain-expression extractor
-    misreads bare LaTeX, "f(x)=2 x" -> 2, "\frac{\sqrt3}{2}" -> nothing), else as plain text."""
-    from math_verify import parse
-
-    if not text:
-        return []
-    delimited = re.search(r"(?<!\\)\$|\\boxed|\\\(|\\\[", text)
-    for candidate in ([text] if delimited else [f"${text}$", text]):
-        parsed = parse(candidate, parsing_timeout=timeout_s, raise_on_error=True)
-        if parsed:
-            return parsed
-    return []
-
-
-def parse_reference(reference: str, timeout_s: int) -> Gold | None:
-    """A gold answer prepared for judging (answers.Gold), or None when it cannot be parsed. A bare
-    reference with no delimiters is the normal case."""
-    text, facts = prepare_gold_text(reference)
-    parsed = _parse_latex(text, timeout_s) or _parse_latex(clean_text(reference).strip(), timeout_s)
-    if not parsed and not facts["choice"]:
-        return None
-    return Gold(text=text, parsed=tuple(parsed), decimals=facts["decimals"], choice=facts["choice"],
-                angle=facts.get("angle"), variable=facts.get("variable"), unit=facts.get("unit"),
-                percent=facts.get("percent", False))
-
-
-def _answer_text(parsed) -> str:
-    text = next((x for x in parsed if isinstance(x, str)), None)
-    if text is None:
-        text = str(parsed[0])
-    return text[:MAX_EXTRACTED_CHARS]
-
-
-def _rounds_to_gold(gold: Gold, predicted, timeout_s: int) -> bool:
-    """A gold printed as a rounded decimal ("0.33", "1.414": two or more decimals) against an exact answer
-    whose decimal expansion does not end (1/3, pi, sqrt 2): equal when the answer rounds (half up) to
-    the gold at the gold's printed precision. Never a tolerance: not for an answer that is itself a
-    decimal or a terminating fraction (13/25 is 0.52, not "0.5"), and not for a short gold ("0.5", "3.5"),
-    which is as likely exact as rounded. Fixes: "0.33" vs \frac{1}{3} judged wrong."""
-    import sympy
-    from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-    from math_verify.utils import timeout
-
-    if gold.decimals is None:
-        return False
-    significant = len(re.sub(r"[^0-9]", "", gold.text).lstrip("0"))
-    if gold.decimals < 2 and significant < 3:
-        return False
-
-    @timeout(timeout_seconds=timeout_s)
-    def rounds(value) -> bool:
-        if value.is_Rational:
-            denominator = int(value.q)
-            while denominator % 2 == 0:
-                denominator //= 2
-            while denominator % 5 == 0:
-                denominator //= 5
-            if denominator == 1:
-                return False  # a terminating decimal is compared exactly, by math-verify
-        rounded = Decimal(str(sympy.N(value, 40))).quantize(Decimal(1).scaleb(-gold.decimals), ROUND_HALF_UP)
-        return rounded == Decimal(gold.text)
-
-    for value in predicted:
-        if not isinstance(value, sympy.Basic) or not value.is_number or value.has(sympy.Float) \
-                or value.count_ops() > 40 or not value.is_real:
-            continue
-        try:
-            return rounds(value)
-        except (InvalidOperation, TypeError, ValueError, ArithmeticError):
-            continue
-    return False
-
-
-def _equal(gold_parsed, predicted, timeout_s: int) -> tuple[bool, bool]:
-    r"""(equal, timed out) under math-verify's verify, any gold/prediction pair; intervals and
-    inequalities compare both ways (allow_set_relation_comp: fixes "(-\infty, 3)" vs "x < 3")."""
-    from math_verify import verify
-    from math_verify.errors import TimeoutException
-
-    timed_out = False
-    for g, p in product(gold_parsed, predicted):
-        try:
-            if verify(g, p, timeout_seconds=timeout_s, raise_on_error=True, allow_set_relation_comp=True):
-                return True, False
-        except TimeoutException:
-            timed_out = True
-        except Exception:  # noqa: BLE001 - math-verify's own default: an erroring comparison is "not equal"
-            continue
-    return False, timed_out
-
-
-def judge_response(gold: Gold, response: str, timeout_s: int) -> tuple[float | None, str, str | None]:
-    """(verifier_score, verifier_status, extracted_answer) of one response against a prepared gold.
-
-    The final answer is found by answers.final_answer (boxed, "final answer is", ####, "Answer:", bold,
-    or the whole response when it is a bare answer), normalized (answers.normalize) and compared by
-    math-verify; extracted_answer is that normalized text, what was compared. A response with none of
-    those falls back to math-verify's own extraction over the whole text. A timeout is status "timeout"
-    with a null score, never a silent 0.
-    """
-    from math_verify import parse
-    from math_verify.errors import TimeoutException
-
-    text = clean_text(response)
-    found, _ = final_answer(text)
-    if gold.choice:
-        return _letter_verdict(found, gold.choice)
-    gold_parsed = gold.parsed
-    try:
-        if found is None:
-            # No marked answer: math-verify's own extraction over the whole text (its last expression),
-            # read again as a chain's last member when it is one ("... = 20 \times 2 = 40").
-            predicted = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
-            extracted = _answer_text(predicted) if predicted else None
-            if extracted and answers.last_of_chain(extracted) != extracted:
-                found = extracted
-        if found is not None:
-            answer, facts = normalize(found, gold)
-            if facts["unit"] and gold.unit and facts["unit"] != gold.unit:
-                return 0.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]  # "5 m" is not "5 cm"
-            if answers.order_conflict(gold.text, answer) or answers.states_no_value(answer, gold.text) \
-                    or answers.qualified_by_words(answer):
-                return 0.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]
-            if gold.angle == "degrees" and (re.search(r"\\pi\b", answer) or answers.RADIANS.search(found)):
-                # A gold in degrees against an answer in radians: compare in radians.
-                answer = answers.RADIANS.sub("", answer).strip()
-                gold_parsed = _parse_latex(answers.degrees_to_radians(gold.text), timeout_s)
-            predicted = _parse_latex(answer, timeout_s)
-            extracted = answer[:MAX_EXTRACTED_CHARS]
-    except TimeoutException:
-        return None, VerifierStatus.TIMEOUT, None
-    except Exception as exc:  # math-verify raises arbitrary sympy/antlr errors on odd input
-        return None, VerifierStatus.ERROR, f"parse error: {type(exc).__name__}"[:MAX_EXTRACTED_CHARS]
-    if not predicted:
-        return 0.0, VerifierStatus.NO_ANSWER, extracted
-    equal, timed_out = _equal(gold_parsed, predicted, timeout_s)
-    if equal or (not timed_out and _rounds_to_gold(gold, predicted, timeout_s)):
-        return 1.0, VerifierStatus.OK, extracted
-    if timed_out:
-        return None, VerifierStatus.TIMEOUT, extracted
-    return 0.0, VerifierStatus.OK, extracted
-
-
-# ---------------------------------------------------------------------------------------------------
 # Verifiers by data_source: "math" (the default, judge_response), "exact", "numeric:TOL", "choice", or a
-# custom "package.module:function" taking (reference, response, timeout_s) -> (score, status, extracted).
+# custom "package.module:function" taking (reference, response, timeout_s[, question]) -> (score, status, extracted).
 # ---------------------------------------------------------------------------------------------------
 
 def _exact_form(text: str) -> str:
@@ -334,9 +194,15 @@ def _letter_verdict(found: str | None, gold_letter: str):
     return (1.0 if letter == gold_letter else 0.0), VerifierStatus.OK, letter
 
 
-def judge_choice(gold: str, response: str, timeout_s: int):
-    """The option letter of the final answer ("(B)", "B", "The answer is (C) 12") must be the reference's."""
-    return _letter_verdict(final_answer(clean_text(response))[0], gold)
+def judge_choice(gold: str, response: str, timeout_s: int, question: str | None = None):
+    """The option letter of the final answer ("(B)", "B", "The answer is (C) 12") must be the reference's;
+    an answer giving one listed option's value ("12" where the question lists "(B) 12") names that option."""
+    found = final_answer(clean_text(response))[0]
+    if found is not None and choice_letter(found) is None:
+        letter = option_letter(found, question, timeout_s)
+        if letter is not None:
+            return (1.0 if letter == gold else 0.0), VerifierStatus.OK, letter
+    return _letter_verdict(found, gold)
 
 
 def check_verifier_name(name: str) -> None:
@@ -362,34 +228,59 @@ def _import(path: str):
     return getattr(importlib.import_module(module), function)
 
 
-def make_verifier(name: str, math_judge=None):
-    """(prepare(reference, timeout_s) -> gold or None, judge(gold, response, timeout_s)) for `name`."""
+def _takes_question(function) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin or C function: called the old way
+        return False
+    return "question" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _verdict_judge(judge, rule: str):
+    """`judge` as (gold, response, timeout_s, question) -> Verdict: the question passed only to a judge
+    that takes one; a judge returning (score, status, answer) gets `rule` as its verifier_rule."""
+    takes_question = _takes_question(judge)
+
+    def run(gold, response: str, timeout_s: int, question: str | None) -> Verdict:
+        result = judge(gold, response, timeout_s, question=question) if takes_question else judge(gold, response, timeout_s)
+        score, status, answer, *decided = result
+        decided_by = decided[0] if decided else rule
+        return Verdict(score, status, answer, decided_by if status in VERDICT_STATUSES else None)
+
+    return run
+
+
+def make_verifier(name: str, math_judge=None, math_judge_name: str = "math"):
+    """(prepare(reference, timeout_s) -> gold or None, judge(gold, response, timeout_s, question) -> Verdict)
+    for `name`."""
     if name == "math":
-        return parse_reference, math_judge or judge_response
+        return parse_reference, _verdict_judge(math_judge or judge_response, math_judge_name)
     if name == "exact":
-        return (lambda reference, timeout_s: _exact_form(reference) or None), judge_exact
+        return (lambda reference, timeout_s: _exact_form(reference) or None), _verdict_judge(judge_exact, name)
     if name == "choice":
-        return (lambda reference, timeout_s: choice_letter(clean_text(reference))), judge_choice
+        return (lambda reference, timeout_s: choice_letter(clean_text(reference))), _verdict_judge(judge_choice, name)
     if name.startswith("numeric:"):
         tolerance = float(name.split(":", 1)[1])
-        return _numeric_gold, (lambda gold, response, timeout_s: judge_numeric(tolerance, gold, response, timeout_s))
-    custom = _import(name)
-    return (lambda reference, timeout_s: reference), custom
+        return _numeric_gold, _verdict_judge(
+            lambda gold, response, timeout_s: judge_numeric(tolerance, gold, response, timeout_s), name)
+    return (lambda reference, timeout_s: reference), _verdict_judge(_import(name), name)
 
 
 class _ReferenceCache:
     """Prepared references per (verifier, reference), least recently used evicted; failures cached too."""
 
-    def __init__(self, timeout_s: int, judge=judge_response, size: int = _REFERENCE_CACHE_SIZE):
+    def __init__(self, timeout_s: int, judge=judge_response, size: int = _REFERENCE_CACHE_SIZE,
+                 judge_name: str = "math"):
         self.timeout_s = timeout_s
         self.math_judge = judge
+        self.math_judge_name = judge_name
         self.size = size
         self._verifiers: dict[str, tuple] = {}
         self._prepared: OrderedDict[tuple[str, str], tuple[object, str | None]] = OrderedDict()
 
     def verifier(self, name: str):
         if name not in self._verifiers:
-            self._verifiers[name] = make_verifier(name, self.math_judge)
+            self._verifiers[name] = make_verifier(name, self.math_judge, self.math_judge_name)
         return self._verifiers[name]
 
     def get(self, verifier: str, reference: str) -> tuple[object, str | None]:
@@ -415,22 +306,24 @@ class _ReferenceCache:
         return entry
 
 
-def judge_task(cache: _ReferenceCache, verifier: str, reference: str, responses: list[str]):
-    """Yields one (score, status, extracted) per response of a task sharing `verifier` and `reference`."""
+def judge_task(cache: _ReferenceCache, verifier: str, reference: str, responses: list[str],
+               questions: list[str | None] | None = None):
+    """Yields one Verdict per response of a task sharing `verifier` and `reference` (questions aligned
+    with responses, or None)."""
     from math_verify.errors import TimeoutException
 
     gold, failure = cache.get(verifier, reference)
     _, judge = cache.verifier(verifier)
-    for response in responses:
+    for k, response in enumerate(responses):
         if failure is not None:
-            yield None, failure, None
+            yield Verdict(None, failure, None, None)
             continue
         try:
-            yield judge(gold, response, cache.timeout_s)
+            yield judge(gold, response, cache.timeout_s, questions[k] if questions else None)
         except TimeoutException:
-            yield None, VerifierStatus.TIMEOUT, None
+            yield Verdict(None, VerifierStatus.TIMEOUT, None, None)
         except Exception as exc:  # noqa: BLE001 - a verifier failing on one row is that row's error, not the worker's
-            yield None, VerifierStatus.ERROR, f"{verifier}: {type(exc).__name__}: {exc}"[:MAX_EXTRACTED_CHARS]
+            yield Verdict(None, VerifierStatus.ERROR, f"{verifier}: {type(exc).__name__}: {exc}"[:MAX_EXTRACTED_CHARS], None)
 
 
 def _quiet_math_verify_logs():
@@ -458,7 +351,7 @@ def _worker_main(conn, config: VerifierConfig, progress=None):
     """Worker process loop: receive (task_id, verifier, reference, [response]) and answer in order."""
     try:
         _quiet_math_verify_logs()
-        cache = _ReferenceCache(config.timeout_s, config.load_judge())
+        cache = _ReferenceCache(config.timeout_s, config.load_judge(), judge_name=config.judge)
         list(judge_task(cache, "math", "1", ["The answer is $\\boxed{1}$."]))  # warm up the grammar before timing
         conn.send(("ready",))
     except BaseException:  # noqa: BLE001 - report why the worker cannot start, then exit
@@ -471,8 +364,8 @@ def _worker_main(conn, config: VerifierConfig, progress=None):
             return
         if message is None:
             return
-        task_id, verifier, reference, responses = message
-        results = judge_task(cache, verifier, reference, responses)
+        task_id, verifier, reference, responses, questions = message
+        results = judge_task(cache, verifier, reference, responses, questions)
         pending, flushed = [], time.monotonic()
         for position in range(len(responses)):
             if progress is not None:
@@ -496,6 +389,7 @@ class _Task:
     reference: str
     rows: list[int]  # row positions in the caller's batch, in the order the worker answers them
     responses: list[str]
+    questions: list[str | None] | None = None
     answered: int = 0
 
 
@@ -507,6 +401,15 @@ class _Worker:
     ready: bool = False
     last_progress: float = field(default_factory=time.monotonic)
     inflight: deque = field(default_factory=deque)
+
+
+class Verdicts(NamedTuple):
+    """Verdicts of a batch, as aligned lists."""
+
+    scores: list
+    statuses: list
+    extracted: list
+    rules: list
 
 
 class VerifierPool:
@@ -537,7 +440,8 @@ class VerifierPool:
     def start(self):
         if self.num_workers == 0:
             _quiet_math_verify_logs()
-            self._reference_cache = _ReferenceCache(self.config.timeout_s, self.config.load_judge())
+            self._reference_cache = _ReferenceCache(self.config.timeout_s, self.config.load_judge(),
+                                                    judge_name=self.config.judge)
             return
         while len(self._workers) < self.num_workers:
             self._workers.append(self._spawn())
@@ -586,39 +490,42 @@ class VerifierPool:
             self._stop(worker, grace_s=grace_s)
         self._workers = []
 
-    def verify(self, references: list[str | None], responses: list[str], sources: list[str | None] | None = None):
-        """Judges aligned lists (each row by the verifier its data_source maps to in config.sources);
-        returns three lists: score (1.0, 0.0 or None), status, extracted answer."""
-        n = len(responses)
-        scores: list[float | None] = [None] * n
-        statuses: list[str | None] = [None] * n
-        extracted: list[str | None] = [None] * n
+    def verify(self, references: list[str | None], responses: list[str], sources: list[str | None] | None = None,
+               questions: list[str | None] | None = None) -> Verdicts:
+        """Judges aligned lists (each row by the verifier its data_source maps to in config.sources, with
+        its question in view when `questions` is given); returns Verdicts: four lists, score (1.0, 0.0 or
+        None), status, extracted answer, rule."""
+        verdicts: list[Verdict | None] = [None] * len(responses)
         by_reference: dict[tuple[str, str], list[int]] = {}
         mapping = self.config.source_verifiers()
         for i, reference in enumerate(references):
             reference = reference.strip() if isinstance(reference, str) else None
             if not reference:
-                statuses[i] = VerifierStatus.NO_REFERENCE
+                verdicts[i] = Verdict(None, VerifierStatus.NO_REFERENCE, None, None)
                 continue
             verifier = mapping.get(sources[i], "math") if sources is not None and mapping else "math"
             by_reference.setdefault((verifier, reference), []).append(i)
+        if questions is not None:  # one object per distinct question: a task message pickles each once
+            distinct: dict = {}
+            questions = [distinct.setdefault(q, q) for q in questions]
         if self.num_workers == 0:
             for (verifier, reference), rows in by_reference.items():
-                results = judge_task(self._reference_cache, verifier, reference, [responses[i] for i in rows])
+                results = judge_task(self._reference_cache, verifier, reference, [responses[i] for i in rows],
+                                     [questions[i] for i in rows] if questions is not None else None)
                 for i, result in zip(rows, results):
-                    scores[i], statuses[i], extracted[i] = result
+                    verdicts[i] = result
         elif by_reference:
             with self._lock:
                 try:
-                    self._run_tasks(by_reference, responses, scores, statuses, extracted)
+                    self._run_tasks(by_reference, responses, questions, verdicts)
                 except BaseException:
                     # Workers may still hold this call's tasks or unread answers; the next call must not
                     # read them as its own, so it starts from fresh workers.
                     self._shutdown(grace_s=0)
                     raise
-        return scores, statuses, extracted
+        return Verdicts(*(list(column) for column in zip(*verdicts))) if verdicts else Verdicts([], [], [], [])
 
-    def _run_tasks(self, by_reference, responses, scores, statuses, extracted):
+    def _run_tasks(self, by_reference, responses, questions, verdicts):
         if not self._workers:
             self.start()
         queue: deque[_Task] = deque()
@@ -626,13 +533,14 @@ class VerifierPool:
         for (verifier, reference), rows in by_reference.items():
             for start in range(0, len(rows), size):
                 chunk = rows[start:start + size]
-                queue.append(self._new_task(verifier, reference, chunk, [responses[i] for i in chunk]))
+                queue.append(self._new_task(verifier, reference, chunk, [responses[i] for i in chunk],
+                                            [questions[i] for i in chunk] if questions is not None else None))
         remaining = sum(len(t.rows) for t in queue)
         startup_failures = 0
         while remaining:
             for worker in self._workers:
                 if worker.ready and not worker.inflight and worker.process.poll() is not None:
-                    self._replace(worker, queue, statuses, VerifierStatus.ERROR)  # died idle: nothing to blame
+                    self._replace(worker, queue, verdicts, VerifierStatus.ERROR)  # died idle: nothing to blame
                     continue
                 while worker.ready and len(worker.inflight) < 2 and queue:
                     task = queue.popleft()
@@ -640,11 +548,11 @@ class VerifierPool:
                         worker.last_progress = time.monotonic()
                     worker.inflight.append(task)
                     try:
-                        worker.conn.send((task.task_id, task.verifier, task.reference, task.responses))
+                        worker.conn.send((task.task_id, task.verifier, task.reference, task.responses, task.questions))
                     except (BrokenPipeError, OSError):  # it died while idle or queued: replace it, keep its work
                         worker.inflight.pop()
                         queue.appendleft(task)
-                        remaining -= self._replace(worker, queue, statuses, VerifierStatus.ERROR)
+                        remaining -= self._replace(worker, queue, verdicts, VerifierStatus.ERROR)
                         break
             now = time.monotonic()
             deadlines = [w.last_progress + (self.config.hard_timeout_s if w.ready else _STARTUP_TIMEOUT_S)
@@ -664,12 +572,12 @@ class VerifierPool:
                         else:
                             _, task_id, answers = message
                             task = worker.inflight[0]
-                            for position, score, status, answer in answers:
+                            for position, *verdict in answers:
                                 if task.task_id != task_id or task.answered != position:
                                     raise RuntimeError(f"verifier worker answered out of order: task {task_id} row "
                                                        f"{position}, expected task {task.task_id} row {task.answered}")
                                 i = task.rows[position]
-                                scores[i], statuses[i], extracted[i] = score, status, answer
+                                verdicts[i] = Verdict(*verdict)
                                 task.answered += 1
                                 remaining -= 1
                             if task.answered == len(task.rows):
@@ -679,19 +587,19 @@ class VerifierPool:
                         startup_failures += 1
                         if startup_failures > 3:
                             raise RuntimeError("verifier workers keep dying during start-up") from None
-                    remaining -= self._replace(worker, queue, statuses, VerifierStatus.ERROR)
+                    remaining -= self._replace(worker, queue, verdicts, VerifierStatus.ERROR)
             now = time.monotonic()
             for worker in list(self._workers):
                 if worker.ready and worker.inflight and now - worker.last_progress > self.config.hard_timeout_s:
-                    remaining -= self._replace(worker, queue, statuses, VerifierStatus.TIMEOUT)
+                    remaining -= self._replace(worker, queue, verdicts, VerifierStatus.TIMEOUT)
                 elif not worker.ready and now - worker.last_progress > _STARTUP_TIMEOUT_S:
                     raise RuntimeError(f"verifier worker did not start within {_STARTUP_TIMEOUT_S:.0f} s")
 
-    def _new_task(self, verifier, reference, rows, task_responses) -> _Task:
+    def _new_task(self, verifier, reference, rows, task_responses, task_questions=None) -> _Task:
         self._next_task_id += 1
-        return _Task(self._next_task_id, verifier, reference, rows, task_responses)
+        return _Task(self._next_task_id, verifier, reference, rows, task_responses, task_questions)
 
-    def _replace(self, worker: _Worker, queue: deque, statuses: list, stuck_status: str) -> int:
+    def _replace(self, worker: _Worker, queue: deque, verdicts: list, stuck_status: str) -> int:
         """Kills `worker`, marks the row it was on with `stuck_status`, re-queues the rest of its tasks.
 
         Returns how many rows were settled (0 or 1)."""
@@ -703,7 +611,7 @@ class VerifierPool:
                 task_id, position = _PROGRESS.unpack_from(worker.progress, 0)
                 if task_id == head.task_id and head.answered <= position < len(head.rows):
                     stuck = position  # rows before it were judged, their results not yet sent: re-queued
-            statuses[head.rows[stuck]] = stuck_status
+            verdicts[head.rows[stuck]] = Verdict(None, stuck_status, None, None)
             settled = 1
             log.warning("verifier worker %s on a response (row %d); replacing the worker",
                         "timed out" if stuck_status == VerifierStatus.TIMEOUT else "died", head.rows[stuck])
@@ -711,10 +619,12 @@ class VerifierPool:
             for task in reversed(list(worker.inflight)[1:]):
                 if task.answered < len(task.rows):
                     queue.appendleft(self._new_task(task.verifier, task.reference, task.rows[task.answered:],
-                                                    task.responses[task.answered:]))
+                                                    task.responses[task.answered:],
+                                                    task.questions and task.questions[task.answered:]))
             if unanswered:
                 queue.appendleft(self._new_task(head.verifier, head.reference, [head.rows[k] for k in unanswered],
-                                                [head.responses[k] for k in unanswered]))
+                                                [head.responses[k] for k in unanswered],
+                                                head.questions and [head.questions[k] for k in unanswered]))
         worker.process.kill()
         self._stop(worker, grace_s=0)
         self._workers[self._workers.index(worker)] = self._spawn()
@@ -722,17 +632,30 @@ class VerifierPool:
         return settled
 
 
+def question_texts(prompts: list) -> list[str | None]:
+    """The question of each prompt: its text, or a chat's last user message (its last characters)."""
+    questions = []
+    for prompt in prompts:
+        if isinstance(prompt, list):
+            users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+            prompt = users[-1] if users else None
+        questions.append(prompt[-QUESTION_MAX_CHARS:] if isinstance(prompt, str) else None)
+    return questions
+
+
 def verify_table(table: pa.Table, pool: VerifierPool) -> pa.Table:
-    """Appends verifier_score, verifier_status and extracted_answer to a table of rollouts."""
+    """Appends verifier_score, verifier_status, extracted_answer and verifier_rule to a table of rollouts."""
     references = table.column(REFERENCE).to_pylist()
     responses = table.column(RESPONSE).to_pylist()
     sources = table.column(DATA_SOURCE).to_pylist() if DATA_SOURCE in table.column_names else None
-    scores, statuses, extracted = pool.verify(references, responses, sources)
+    questions = question_texts(table.column(PROMPT).to_pylist()) if PROMPT in table.column_names else None
+    scores, statuses, extracted, rules = pool.verify(references, responses, sources, questions)
     columns = [
         pa.array(np.array([np.nan if s is None else s for s in scores], dtype=np.float32),
                  mask=np.array([s is None for s in scores], dtype=bool)),
         pa.array(statuses, pa.string()),
         pa.array(extracted, pa.string()),
+        pa.array(rules, pa.string()),
     ]
     for f, column in zip(VERIFIER_FIELDS, columns):
         table = table.append_column(f, column)

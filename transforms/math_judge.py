@@ -1,0 +1,382 @@
+"""The "math" verifier: one response against a prepared gold, never below plain math-verify.
+
+Two paths, then the refusals (transforms/refusals.py):
+1. extraction: the project's own final answer (answers.final_answer), normalized (answers.normalize), split
+   into parts when it lists several (transforms/parts.py), compared by math-verify, with the question in
+   view for labels and multiple-choice option values;
+2. plain math-verify, run only where the first path did not credit the response: `verify(parse(g),
+   parse(x))` with g the gold wrapped in `$...$` unless it has `$` or `\\boxed`, x the project's final
+   answer and, unless x was the response's only box (plain reads the last box too), the whole response.
+   Any exception is a rejection there, and it runs under its own timeout, so a timeout of the first path
+   never hides plain math-verify's credit.
+Any credit then passes the closed list of refusals; the verdict names what decided it (Verdict.rule):
+"extraction", "math_verify" or "refused:<name>". Where both paths credit, extraction wins.
+
+Cost: the first path is about one math-verify parse of a short string per response; the second runs on
+rejections only (a short parse, and a whole-response parse where the answer is not a single box).
+Runs in a worker's main thread (math-verify's timeouts use signal.alarm).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from itertools import product
+from typing import NamedTuple
+
+from schemas.rollouts import VerifierStatus
+from transforms import answers, parts
+from transforms.answers import Gold, choice_letter, clean_text, final_answer, normalize, prepare_gold_text
+from transforms.refusals import EXTRACTION, MATH_VERIFY, Acceptance, covers, refusal
+
+MAX_EXTRACTED_CHARS = 512
+
+
+class Verdict(NamedTuple):
+    """One response's verdict: verifier_score (1.0, 0.0 or None), verifier_status, extracted_answer, and
+    verifier_rule (what decided it; None where the status is neither ok nor no_answer)."""
+
+    score: float | None
+    status: str
+    answer: str | None
+    rule: str | None
+
+
+def _parse_latex(text: str, timeout_s: int):
+    r"""math-verify's parse of an answer given as LaTeX (wrapped in $...$: its plain-expression extractor
+    misreads bare LaTeX, "f(x)=2 x" -> 2, "\frac{\sqrt3}{2}" -> nothing), else as plain text."""
+    from math_verify import parse
+
+    if not text:
+        return []
+    delimited = re.search(r"(?<!\\)\$|\\boxed|\\\(|\\\[", text)
+    for candidate in ([text] if delimited else [f"${text}$", text]):
+        parsed = parse(candidate, parsing_timeout=timeout_s, raise_on_error=True)
+        if parsed:
+            return parsed
+    return []
+
+
+def plain_wrap(text: str) -> str:
+    """The gold as plain math-verify is given it: in `$...$` unless it has `$` or `\\boxed` already."""
+    return text if "$" in text or "\\boxed" in text else f"${text}$"
+
+
+def _plain_parse(text: str, timeout_s: int) -> list:
+    """math-verify's parse with default settings; any exception (its timeout included) is nothing."""
+    from math_verify import parse
+
+    try:
+        return parse(text, parsing_timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - plain math-verify as a user calls it: an exception is a rejection
+        return []
+
+
+def _plain_verify(gold_parsed, predicted, timeout_s: int) -> bool:
+    from math_verify import verify
+
+    if not gold_parsed or not predicted:
+        return False
+    try:
+        return bool(verify(list(gold_parsed), predicted, timeout_seconds=timeout_s))
+    except Exception:  # noqa: BLE001 - as above
+        return False
+
+
+def plain_verdict(reference: str, response: str, timeout_s: int = 5) -> bool:
+    """Plain math-verify as a user calls it, the baseline this verifier never falls below:
+    `verify(parse(g), parse(response))` with g the reference wrapped in `$...$` unless it already has `$`
+    or `\\boxed`, default settings, any exception a rejection."""
+    return _plain_verify(_plain_parse(plain_wrap(reference), timeout_s), _plain_parse(response, timeout_s), timeout_s)
+
+
+def parse_reference(reference: str, timeout_s: int) -> Gold | None:
+    """A gold answer prepared for judging (answers.Gold), or None when neither path can read it. A bare
+    reference with no delimiters is the normal case."""
+    text, facts = prepare_gold_text(reference)
+    parsed = _parse_latex(text, timeout_s) or _parse_latex(clean_text(reference).strip(), timeout_s)
+    plain = tuple(_plain_parse(plain_wrap(reference), timeout_s))
+    if not parsed and not facts["choice"] and not plain:
+        return None
+    gold_parts = parts.gold_parts(text)
+    parsed_parts = tuple(tuple(_parse_latex(part, timeout_s)) for part in gold_parts) if len(gold_parts) >= 2 else ()
+    if parsed_parts and not all(parsed_parts):
+        gold_parts, parsed_parts = [text], ()  # a part math-verify cannot read: the list is compared whole
+    elif parsed_parts and all(_equal(parsed_parts[0], other, timeout_s)[0] for other in parsed_parts[1:]):
+        # "$\\frac{\\sqrt2\\pi}{4}$ or $\\frac{\\pi}{2\\sqrt2}$": one value spelled twice, not a list
+        gold_parts, parsed = [text], [value for spelling in parsed_parts for value in spelling]
+        parsed_parts = ()
+    percent_of = _percent_as_fraction(text) if facts.get("percent") else None
+    return Gold(text=text, parsed=tuple(parsed), decimals=facts["decimals"], choice=facts["choice"],
+                angle=facts.get("angle"), variable=facts.get("variable"), unit=facts.get("unit"),
+                percent=facts.get("percent", False), plain=plain, parts=tuple(gold_parts), parsed_parts=parsed_parts,
+                ordered=parts.is_ordered(clean_text(reference)),
+                fraction=percent_of and tuple(_parse_latex(percent_of[0], timeout_s)), fraction_decimals=percent_of
+                and percent_of[1])
+
+
+def _percent_as_fraction(text: str) -> tuple[str, int | None] | None:
+    """A percent gold's value over 100: "62.5" -> ("0.625", 3), "\\frac{100}{3}" -> ("\\frac{\\frac{100}{3}}{100}",
+    None). The decimals say at what precision a rounded gold was printed."""
+    try:
+        value = Decimal(text)
+    except (InvalidOperation, ValueError):
+        return (rf"\frac{{{text}}}{{100}}", None) if text else None
+    scaled = value.scaleb(-2)
+    decimals = -scaled.as_tuple().exponent if scaled.as_tuple().exponent < 0 else 0
+    return format(scaled, "f"), decimals
+
+
+def _answer_text(parsed) -> str:
+    text = next((x for x in parsed if isinstance(x, str)), None)
+    if text is None:
+        text = str(parsed[0])
+    return text[:MAX_EXTRACTED_CHARS]
+
+
+def _rounds_to(gold_text: str, decimals: int | None, predicted, timeout_s: int) -> bool:
+    """A gold printed as a rounded decimal ("0.33", "1.414": two or more decimals) against an exact answer
+    whose decimal expansion does not end (1/3, pi, sqrt 2): equal when the answer rounds (half up) to
+    the gold at the gold's printed precision. Never a tolerance: not for an answer that is itself a
+    decimal or a terminating fraction (13/25 is 0.52, not "0.5"), and not for a short gold ("0.5", "3.5"),
+    which is as likely exact as rounded. Fixes: "0.33" vs \\frac{1}{3} judged wrong."""
+    import sympy
+    from decimal import ROUND_HALF_UP
+    from math_verify.utils import timeout
+
+    if decimals is None:
+        return False
+    significant = len(re.sub(r"[^0-9]", "", gold_text).lstrip("0"))
+    if decimals < 2 and significant < 3:
+        return False
+
+    @timeout(timeout_seconds=timeout_s)
+    def rounds(value) -> bool:
+        if value.is_Rational:
+            denominator = int(value.q)
+            while denominator % 2 == 0:
+                denominator //= 2
+            while denominator % 5 == 0:
+                denominator //= 5
+            if denominator == 1:
+                return False  # a terminating decimal is compared exactly, by math-verify
+        rounded = Decimal(str(sympy.N(value, 40))).quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP)
+        return rounded == Decimal(gold_text)
+
+    for value in predicted:
+        if not isinstance(value, sympy.Basic) or not value.is_number or value.has(sympy.Float) \
+                or value.count_ops() > 40 or not value.is_real:
+            continue
+        try:
+            return rounds(value)
+        except (InvalidOperation, TypeError, ValueError, ArithmeticError):
+            continue
+    return False
+
+
+def _equal(gold_parsed, predicted, timeout_s: int) -> tuple[bool, bool]:
+    r"""(equal, timed out) under math-verify's verify, any gold/prediction pair; intervals and
+    inequalities compare both ways (allow_set_relation_comp: fixes "(-\infty, 3)" vs "x < 3")."""
+    from math_verify import verify
+    from math_verify.errors import TimeoutException
+
+    timed_out = False
+    for g, p in product(gold_parsed, predicted):
+        try:
+            if verify(g, p, timeout_seconds=timeout_s, raise_on_error=True, allow_set_relation_comp=True):
+                return True, False
+        except TimeoutException:
+            timed_out = True
+        except Exception:  # noqa: BLE001 - math-verify's own default: an erroring comparison is "not equal"
+            continue
+    return False, timed_out
+
+
+def _value_equal(gold: Gold, predicted, timeout_s: int) -> tuple[bool, bool]:
+    """(equal, timed out) of a parsed answer against the gold's value: exactly, under the rounded-gold
+    rule, and for a percent gold "p%" also against p/100 (exactly or rounded at the gold's precision +2)."""
+    equal, timed_out = _equal(gold.parsed, predicted, timeout_s)
+    if equal or (not timed_out and _rounds_to(gold.text, gold.decimals, predicted, timeout_s)):
+        return True, False
+    if gold.fraction:
+        equal, late = _equal(gold.fraction, predicted, timeout_s)
+        if equal:
+            return True, False
+        timed_out = timed_out or late
+        if gold.fraction_decimals is not None and not late:
+            scaled = format(Decimal(gold.text).scaleb(-2), "f")
+            if _rounds_to(scaled, gold.fraction_decimals, predicted, timeout_s):
+                return True, False
+    return False, timed_out
+
+
+class _Attempt(NamedTuple):
+    """The extraction path's result: equal (None when it could not judge), status, the compared answer,
+    and math-verify's parse of the whole response when this path needed it (plain math-verify's too)."""
+
+    equal: bool | None
+    status: str
+    answer: str | None
+    whole: list | None = None
+
+
+def _parts_equal(gold: Gold, answer: str, timeout_s: int, question: str | None = None) -> bool:
+    """A list gold against the answer's parts: each gold part matched by its own answer part, none left
+    over (a multiset; in order when the gold or the answer says the order is the answer's)."""
+    from math_verify.errors import TimeoutException
+
+    answer_parts = parts.gold_parts(answer)
+    gold_texts, gold_parsed = list(gold.parts), list(gold.parsed_parts)
+    if len(answer_parts) != len(gold_texts):
+        signed = parts.parts_with_signs(answer_parts)
+        if len(signed) == len(gold_texts):
+            answer_parts = signed
+    if len(answer_parts) != len(gold_texts) or len(answer_parts) > parts.MAX_PARTS:
+        return False
+    parsed_answers = [_parse_latex(part, timeout_s) for part in answer_parts]
+    labelled = [re.match(r"\s*([A-Za-z])\s*=", g) for g in gold_texts]
+    # "x=2, y=3" lists a tuple's components by name: unlabelled answers must keep the gold's order.
+    by_name = all(labelled) and len({m.group(1) for m in labelled}) == len(labelled) \
+        and not any(re.match(r"\s*[A-Za-z]\s*=", a) for a in answer_parts)
+    asked_in_order = bool(question and re.search(r"\brespectively\b", question, re.IGNORECASE))
+    ordered = gold.ordered or parts.is_ordered(answer) or by_name or asked_in_order
+
+    def equal(g: int, a: int) -> bool:
+        same, timed_out = _equal(gold_parsed[g], parsed_answers[a], timeout_s)
+        if timed_out:
+            raise TimeoutException("comparing a part")
+        return same
+
+    return parts.match_parts(list(range(len(gold_texts))), list(range(len(answer_parts))), ordered,
+                             lambda g, a: bool(parsed_answers[a]) and equal(g, a))
+
+
+def option_letter(answer: str, question: str | None, timeout_s: int) -> str | None:
+    """The letter of the one option whose value the answer states, when the question lists options
+    ("(A) 10 (B) 12": "12" -> "B"); None when none or several match."""
+    if not question or re.search(r"(?<![A-Za-z\\])[A-E](?![A-Za-z])", answer):
+        return None  # an answer naming a letter is read as that letter (or as a hedge), never as a value
+    options = answers.question_options(question)
+    if not options:
+        return None
+    normalized = normalize(answer)[0]
+    if re.fullmatch(r"-?\d*\.\d{3,}", normalized):
+        return None  # a decimal approximation picks no option (math-verify compares numbers to 6 digits)
+    predicted = _parse_latex(normalized, timeout_s)
+    if not predicted or not covers(_answer_text(predicted), normalized):
+        return None  # a fragment of the answer ("4(x+8)" of a cut formula) names no option
+    matches = [letter for letter, value in options.items()
+               if _equal(_parse_latex(normalize(value)[0], timeout_s), predicted, timeout_s)[0]]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, question: str | None) -> _Attempt:
+    """The project's own path: its final answer, normalized, compared (see the module docstring)."""
+    from math_verify import parse
+    from math_verify.errors import TimeoutException
+
+    if gold.choice:
+        letter = choice_letter(found) if found is not None else None
+        if letter is None and found is not None:
+            letter = option_letter(found, question, timeout_s)
+        if letter is None:
+            return _Attempt(False, VerifierStatus.NO_ANSWER, None)
+        return _Attempt(letter == gold.choice, VerifierStatus.OK, letter)
+    whole = None
+    gold_parsed = gold.parsed
+    try:
+        if found is None:
+            # No marked answer: math-verify's own extraction over the whole text (its last expression),
+            # read again as a chain's last member when it is one ("... = 20 \times 2 = 40").
+            whole = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
+            predicted = whole
+            extracted = _answer_text(whole) if whole else None
+            if extracted and answers.last_of_chain(extracted) != extracted:
+                found = extracted
+        if found is not None:
+            answer, facts = normalize(found, gold)
+            extracted = answer[:MAX_EXTRACTED_CHARS]
+            if len(gold.parts) >= 2:
+                return _Attempt(_parts_equal(gold, answer, timeout_s, question), VerifierStatus.OK, extracted)
+            if gold.angle == "degrees" and (re.search(r"\\pi\b", answer) or answers.RADIANS.search(found)):
+                # A gold in degrees against an answer in radians: compare in radians.
+                answer = answers.RADIANS.sub("", answer).strip()
+                gold_parsed = _parse_latex(answers.degrees_to_radians(gold.text), timeout_s)
+            predicted = _parse_latex(answer, timeout_s)
+    except TimeoutException:
+        return _Attempt(None, VerifierStatus.TIMEOUT, None, whole)
+    except Exception as exc:  # math-verify raises arbitrary sympy/antlr errors on odd input
+        return _Attempt(None, VerifierStatus.ERROR, f"parse error: {type(exc).__name__}"[:MAX_EXTRACTED_CHARS], whole)
+    if not predicted:
+        return _Attempt(False, VerifierStatus.NO_ANSWER, extracted, whole)
+    if gold_parsed is gold.parsed:
+        equal, timed_out = _value_equal(gold, predicted, timeout_s)
+    else:
+        equal, timed_out = _equal(gold_parsed, predicted, timeout_s)
+    if equal:
+        return _Attempt(True, VerifierStatus.OK, extracted, whole)
+    if timed_out:
+        return _Attempt(None, VerifierStatus.TIMEOUT, extracted, whole)
+    return _Attempt(False, VerifierStatus.OK, extracted, whole)
+
+
+def _plain_credit(gold: Gold, response: str, text: str, found: str | None, how: str, whole,
+                  timeout_s: int) -> tuple[str, str] | None:
+    """What plain math-verify credits, (its extracted string, its parsed value printed), or None: first the
+    project's final answer read by math-verify alone, then (unless that answer was the only box, which
+    plain reads the same way) the whole response as a user would pass it."""
+    if not gold.plain:
+        return None
+    credited = None
+    if found is not None:
+        predicted = _plain_parse(plain_wrap(found), timeout_s)
+        if _plain_verify(gold.plain, predicted, timeout_s):
+            credited = _answer_text(predicted), str(predicted[0])
+            if covers(credited[0], found) and covers(credited[1], credited[0]):
+                return credited
+    if how == "boxed" and credited is None:
+        return None
+    predicted = whole if whole and text == response else _plain_parse(response, timeout_s)
+    if _plain_verify(gold.plain, predicted, timeout_s):
+        return _answer_text(predicted), str(predicted[0])
+    return credited
+
+
+def judge_response(gold: Gold, response: str, timeout_s: int, question: str | None = None) -> Verdict:
+    """The verdict of one response against a prepared gold (see the module docstring); `question` is the
+    prompt's text (a chat's last user message), used for labels and option values only. A timeout is
+    status "timeout" with a null score, never a silent 0."""
+    text = clean_text(response)
+    found, how = final_answer(text)
+    ours = _extraction(gold, text, found, timeout_s, question)
+
+    def compare(answer: str) -> bool:
+        try:
+            return _value_equal(gold, _parse_latex(answer, timeout_s), timeout_s)[0]
+        except Exception:  # noqa: BLE001 - an answer math-verify cannot read equals nothing
+            return False
+
+    def same_value(first: str, second: str) -> bool | None:
+        """Equal, unequal, or None where math-verify cannot read one of them whole."""
+        try:
+            parsed = [_parse_latex(normalize(t)[0], timeout_s) for t in (first, second)]
+        except Exception:  # noqa: BLE001 - unreadable: no opinion
+            return None
+        if not all(parsed) or not all(covers(_answer_text(p), normalize(t)[0]) for p, t in zip(parsed, (first, second))):
+            return None
+        return _equal(parsed[0], parsed[1], timeout_s)[0]
+
+    def accept(path: str, answer: str, value: str | None = None) -> Verdict:
+        refused = refusal(Acceptance(path, answer, found, text, question, gold, compare, value, same_value))
+        if refused:
+            return Verdict(0.0, VerifierStatus.OK, (ours.answer or answer)[:MAX_EXTRACTED_CHARS], f"refused:{refused}")
+        return Verdict(1.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS], path)
+
+    if ours.equal:
+        return accept(EXTRACTION, ours.answer)
+    credited = _plain_credit(gold, response, text, found, how, ours.whole, timeout_s)
+    if credited is not None:
+        return accept(MATH_VERIFY, *credited)
+    if ours.equal is None:
+        return Verdict(None, ours.status, ours.answer, None)
+    return Verdict(0.0, ours.status, ours.answer, EXTRACTION)

@@ -1,0 +1,177 @@
+"""Refusals: the closed list of rules that turn an accepted answer into a rejection, each for a known
+false positive.
+
+The verifier accepts whatever plain math-verify accepts and whatever its own extraction accepts; a verdict
+of 1 then passes every rule below, in order, and the first that fires rejects it with
+verifier_rule = "refused:<name>". A rule only fires on an acceptance, so "refused:" always means "would
+have been credited without this rule". Each rule's docstring names the false positive it prevents; the
+table in tests/verifier_cases.py has accepted and refused cases for every one. Adding a rule means adding
+it here (REFUSALS) with its cases: nothing else refuses.
+
+Pure functions of strings (and one math-verify comparison for percent_rescaled); microseconds per check.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from transforms import answers, parts
+from transforms.answers import Gold
+
+EXTRACTION = "extraction"  # the project's own extraction and normalization decided
+MATH_VERIFY = "math_verify"  # plain math-verify decided
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """What was credited: by which path, the answer text it compared (plain math-verify's extracted string
+    on that path), the response's final answer as the project found it (None when it found none), the
+    cleaned response, and the question."""
+
+    path: str
+    answer: str
+    found: str | None
+    response: str
+    question: str | None
+    gold: Gold
+    compare: Callable[[str], bool]  # does this answer text (normalized) equal the gold's value?
+    value: str | None  # plain math-verify's parsed value, printed (None on the extraction path)
+    same_value: Callable[[str, str], bool | None]  # do two answer texts state one value (None: unreadable)?
+
+
+# Numbers (thousands separators removed) and single-letter identifiers outside \text{}: what an answer
+# states. Words of two or more letters are prose or units, LaTeX commands are notation.
+_TEXT_BLOCK = re.compile(r"\\(?:text|mbox|mathrm|textbf|operatorname)\s*\{[^{}]*\}")
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|(?<![A-Za-z\\])[A-Za-z](?![A-Za-z])")
+_SEPARATOR = re.compile(r"(?<=\d)(?:,\\!|\{,\}|,(?=\d{3}(?!\d))|\\,|\\!)(?=\d)")
+
+
+def stated_tokens(text: str) -> set[str]:
+    text = _SEPARATOR.sub("", _TEXT_BLOCK.sub(" ", text))
+    return {t.lstrip("0") or "0" if t[0].isdigit() and "." not in t else t.lower() for t in _TOKEN.findall(text)}
+
+
+def covers(credited: str, final: str) -> bool:
+    """Does the credited expression state everything the final answer states? Not when it is a fragment
+    ("8" of "8\\sqrt{2}", "1" of a matrix, "7" of "7 or 8") or another expression entirely."""
+    return stated_tokens(final) <= stated_tokens(credited)
+
+
+def other_expression(a: Acceptance) -> bool:
+    """Plain math-verify credited an expression other than the response's final answer: a fragment of it
+    ("8\\sqrt{2}" read as 8, "5*sqrt(2) - 3" as 3, a matrix as its first entry, "7 or 8" as 7) or an earlier
+    value ("the answer is 16 ... #### 9"), or a fragment of what it extracted itself (a matrix "[1, -2; 0, 1]"
+    parsed as 1). Where the response has a box and the project's final answer came from a later phrase, a
+    credit that covers the last box stands (a box is the stronger marker)."""
+    if a.path != MATH_VERIFY:
+        return False
+    if a.value is not None and not covers(a.value, a.answer):
+        return True
+    if a.found is None or covers(a.answer, a.found):
+        return False
+    boxes = answers.boxed_spans(a.response)
+    return not (boxes and covers(a.answer, boxes[-1][2]))
+
+
+def negated_answer(a: Acceptance) -> bool:
+    """A one-line response, without a box, credited by math-verify's reading (plain, or the project's own
+    fallback where it found no final answer), which states its value is wrong or impossible ("5 is not possible", "Wrong: 5", "It is not $5$."): math-verify reads the number and credits
+    it."""
+    line = a.response.strip()
+    if (a.path != MATH_VERIFY and a.found is not None) or "\\boxed" in line or "\n" in line or len(line) > answers.BARE_MAX_CHARS:
+        return False
+    prose = _TEXT_BLOCK.sub(lambda m: " " + m.group(0).split("{", 1)[1].rstrip("}") + " ", line)
+    prose = re.sub(r"\$[^$]*\$|\\\(.*?\\\)", " ", prose)
+    return bool(re.search(r"\b(?:not|no|never|cannot|can't|isn't|wrong|incorrect|false|impossible|none)\b|n't\b",
+                          prose, re.IGNORECASE))
+
+
+def unit_mismatch(a: Acceptance) -> bool:
+    """A unit other than the gold's ("5 m" for "5 cm", "7 g" for "7 kg", "5 cm^2" for "5 cm"), or an angle in
+    radians credited as degrees ("30 radians" for 30°): both drop the unit and compare the numbers."""
+    _, facts = answers.normalize(a.answer if a.path == MATH_VERIFY and a.found is None else (a.found or a.answer),
+                                 a.gold)
+    if facts["unit"] and a.gold.unit and facts["unit"] != a.gold.unit:
+        return True
+    text = a.found or a.answer
+    return a.path == MATH_VERIFY and a.gold.angle == "degrees" and bool(answers.RADIANS.search(text)) \
+        and not re.search(r"\\pi\b", text)
+
+
+def set_vs_tuple(a: Acceptance) -> bool:
+    """A set against one tuple, either way ("(1,2)" vs "\\{1,2\\}"): math-verify reads "(1,2)" as an interval
+    or tuple and calls it equal to the set. A list of solutions against the set of the same solutions
+    ("(3,2),(-3,2)" vs "\\{(3,2),(-3,2)\\}") is not this case."""
+    return answers.order_conflict(a.gold.text, _normalized(a))
+
+
+def unsolved_equation(a: Acceptance) -> bool:
+    """An equation whose left side is an expression the question does not ask for ("2x = 10" for 10,
+    "x^2 = 4" for 4): math-verify compares the right side. A label stays a label: a single name ("x",
+    "m_{\\max}", "f(x)") or a left side the question names ("a + b = 12" when it asks for $a+b$)."""
+    return answers.states_no_value(_normalized(a), a.gold.text, a.question)
+
+
+def qualified_by_words(a: Acceptance) -> bool:
+    """Words that change or hedge the value ("3 \\text{ or more}", "5 squared", "2 thirds"): math-verify
+    drops them and reads 3, 5 and 2."""
+    return answers.qualified_by_words(_normalized(a))
+
+
+def percent_rescaled(a: Acceptance) -> bool:
+    """A percent answer against a gold without a percent sign, equal only once rescaled ("50\\%" for gold
+    0.5): the sign on an answer is a unit and is dropped, never a division by 100."""
+    text = a.found or a.answer
+    if a.gold.percent or not answers.PERCENT.search(text):
+        return False
+    return not a.compare(answers.normalize(text, a.gold)[0])
+
+
+def list_mismatch(a: Acceptance) -> bool:
+    """A gold listing several values credited for an answer giving another number of them (one of two
+    roots, an extra value), or a single gold credited for a list ("5 or 7" for 5): math-verify may match
+    one member."""
+    gold_parts = parts.parts_with_signs(list(a.gold.parts) or parts.gold_parts(a.gold.text))
+    answer_parts = parts.parts_with_signs(parts.gold_parts(_normalized(a)))
+    if len(gold_parts) >= 2:
+        return len(answer_parts) != len(gold_parts)
+    bracketed = re.fullmatch(r"\s*[(\[].*[)\]]\s*", a.gold.text) is not None  # a tuple, interval or "[a, b]" list
+    single = not bracketed and answers.bracket_kind(a.gold.text) is None and "=" not in a.gold.text
+    return single and len(answer_parts) >= 2
+
+
+def option_mismatch(a: Acceptance) -> bool:
+    """An option letter credited for an answer whose stated value is another option's ("A) \\pi/3" where the
+    question lists "A) \\pi/6 ... C) \\pi/3"): the letter and the value disagree. Claimed only on that
+    evidence: a value equal to no option (often a response cut mid-formula) refuses nothing."""
+    if not a.gold.choice or a.found is None:
+        return False
+    stated = answers.letter_and_value(a.found)
+    options = answers.question_options(a.question)
+    if stated is None or stated[0] not in options or a.same_value(stated[1], options[stated[0]]):
+        return False
+    return any(a.same_value(stated[1], value) for letter, value in options.items() if letter != stated[0])
+
+
+def _normalized(a: Acceptance) -> str:
+    if a.path == EXTRACTION:
+        return a.answer
+    return answers.normalize(a.found if a.found is not None and covers(a.answer, a.found) else a.answer, a.gold)[0]
+
+
+REFUSALS: dict[str, Callable[[Acceptance], bool]] = {
+    rule.__name__: rule for rule in (
+        other_expression, negated_answer, unit_mismatch, set_vs_tuple, unsolved_equation, qualified_by_words,
+        percent_rescaled, list_mismatch, option_mismatch,
+    )
+}
+
+
+def refusal(acceptance: Acceptance) -> str | None:
+    """The name of the first rule that refuses this acceptance, or None."""
+    for name, rule in REFUSALS.items():
+        if rule(acceptance):
+            return name
+    return None
