@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -43,7 +44,7 @@ import pyarrow.parquet as pq
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from transforms.answers import clean_text, final_answer, strip_delimiters  # noqa: E402
+from transforms.answers import BARE_MAX_WORDS, clean_text, final_answer, strip_delimiters  # noqa: E402
 from transforms.math_judge import plain_verdict  # noqa: E402
 from transforms.parts import join_math_spans  # noqa: E402
 from transforms.verifier import VerifierConfig, VerifierPool, question_texts  # noqa: E402
@@ -96,18 +97,31 @@ def load_table() -> dict:
             "labels": [c[3] for c in TABLE], "questions": [c[0] for c in TABLE], "sources": None}
 
 
+def written_five_ways(response: str) -> list[str]:
+    """The response's final answer bare, boxed, after "The final answer is", in $...$ and in \\(...\\); []
+    when it has none, when it is prose or words around inline math (no model puts a sentence in math mode),
+    or when its braces do not balance (an answer cut short cannot be boxed)."""
+    found, _ = final_answer(clean_text(response or ""))
+    if found is None or "\n" in found or found.count("{") != found.count("}"):
+        return []
+    joined = join_math_spans(found)
+    answer = joined if joined != found else strip_delimiters(found)
+    if re.search(r"(?<!\\)\$|\\\(", answer):
+        return []  # words with math inside ("greater than $5$"): one expression is what goes in math mode
+    prose = re.sub(r"\\[A-Za-z]+|\\text\{[^{}]*\}|\$[^$]*\$", " ", answer)
+    if len(re.findall(r"[A-Za-z]{2,}", prose)) > BARE_MAX_WORDS:
+        return []
+    return [form.format(answer) for form in ANSWER_FORMS]
+
+
 def variants(data: dict, rules: list) -> dict:
-    """Each row's final answer in ANSWER_FORMS, labelled as the row (rows the plain path decided left out)."""
+    """Each row's final answer written five ways, labelled as the row (rows the plain path decided left out:
+    plain math-verify read another expression than that final answer)."""
     out = {key: [] for key in ("references", "responses", "labels", "questions", "sources", "origin")}
     for i, response in enumerate(data["responses"]):
-        found, _ = final_answer(clean_text(response or ""))
-        if found is None or "\n" in found or rules[i] == "math_verify":
-            continue
-        joined = join_math_spans(found)
-        answer = joined if joined != found else strip_delimiters(found)
-        for form in ANSWER_FORMS:
+        for written in ([] if rules[i] == "math_verify" else written_five_ways(response)):
             out["references"].append(data["references"][i])
-            out["responses"].append(form.format(answer))
+            out["responses"].append(written)
             out["labels"].append(data["labels"][i])
             out["questions"].append(data["questions"][i] if data["questions"] else None)
             out["sources"].append(data["sources"][i] if data["sources"] else None)

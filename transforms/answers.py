@@ -39,7 +39,7 @@ _UNICODE = {
 }
 _SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
 _SUPERSCRIPT_RUN = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁻]+")
-_ROOT = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\([^()]*\)|\{[^{}]*\})")
+_ROOT = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\((?:[^()]|\([^()]*\))*\)|\{[^{}]*\})")
 # Spellings of the same command (math-verify knows \frac but not every variant in every position).
 _SPELLINGS = [
     (re.compile(r"\\[dt]frac"), r"\\frac"), (re.compile(r"\\leqslant|\\leq\b"), r"\\le"),
@@ -136,7 +136,12 @@ def clean_text(text: str) -> str:
         text = _HTML_TAG.sub(" ", text)
     if any(ord(c) > 127 for c in text):
         text = text.translate(_FULL_WIDTH)
-        text = _ROOT.sub(lambda m: r"\sqrt{" + m.group(1).strip("(){}") + "}", text)
+        for _ in range(4):  # "√(2−√3)": the inner root too, innermost last
+            rooted = _ROOT.sub(lambda m: r"\sqrt{" + m.group(1)[1:-1] + "}" if m.group(1)[:1] in "({" else
+                               r"\sqrt{" + m.group(1) + "}", text)
+            if rooted == text:
+                break
+            text = rooted
         text = _SUPERSCRIPT_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPTS) + "}", text)
         for symbol, latex in _UNICODE.items():
             text = text.replace(symbol, latex)
@@ -171,14 +176,17 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
     return sorted(spans)
 
 
+_BOX_LABEL = re.compile(r"(?<![A-Za-z\\])([a-z](?:_\{?\d\}?)?)\s{0,3}=\s{0,3}\$?\s{0,3}$")
 _ENUMERATOR_TEXT = r"\(\s?[a-h]\s?\)|\b[a-h]\)"
 _ENUMERATOR = re.compile(_ENUMERATOR_TEXT)
 _RESPECTIVELY = re.compile(r"[\s$.,;]{0,6}(?:\\text\{\s*)?respectively", re.IGNORECASE)
 _BOX_CONNECTOR = r"(?:\\quad|\\qquad|\\,|\\;|and|or|\\text\{\s{0,3}(?:and|or)?\s{0,3}\}|" + _ENUMERATOR_TEXT + ")"
 _BOX_SEPARATOR = re.compile(r"[\s$,;]{0,20}(?:" + _BOX_CONNECTOR + r"[\s$,;]{0,20}){0,3}"
                             r"(?:[a-z](?:_\d)?\s{0,3}=\s{0,3})?")
-_FINAL_ANSWER = re.compile(r"\b(?:final answer|the answer|answer)\s*(?:is|=|:)\s*:?\s*(.+?)(?=\.\s|\.?\s*$|\n|;\s|\s+I hope)",
-                           re.IGNORECASE)
+# Ends at a sentence's end, a line's end or "; " (a second clause), but not at "; " before another
+# assignment ("a_1=-13; d=3"); a bracket left open is read to its close ("[3, 1; 1, 3]").
+_FINAL_ANSWER = re.compile(r"\b(?:final answer|the answer|answer)\s*(?:is\b|=|:)\s*:?\s*(.+?)"
+                           r"(?=\.\s|\.?\s*$|\n|;\s(?!\s*[A-Za-z]\w{0,5}\s*=)|\s+I hope)", re.IGNORECASE)
 _HASHES = re.compile(r"^[ \t]*####[ \t]*(.+?)[ \t]*$", re.MULTILINE)
 # "Answer: 7", "Final Answer: 7", GSM8K's "A: 7" (a capital A only: "a: 5" is a list item).
 _ANSWER_LINE = re.compile(r"^[ \t]*(?:\*\*)?(?:[Ff]inal [Aa]nswer|[Aa]nswer|ANSWER|A)[ \t]*[:：][ \t]*(?:\*\*)?[ \t]*"
@@ -188,11 +196,36 @@ _BOLD_ENDS = re.compile(r"^\s*\*\*\s*|\s*\*\*\s*$")  # "**Final Answer:** 5": th
 
 
 _MATH_AT_END = re.compile(r"([^$]*?[A-Za-z]{2,}[^$]*?)(?:\$([^$]+)\$|\\\((.+?)\\\))[\s.!]*")
-_HEDGE = re.compile(r"\b(?:not|no|never|cannot|can't|isn't|wrong|incorrect|false|impossible|none|maybe|perhaps|"
-                    r"possibly|either|or|unless|except|approximately|about|roughly|if)\b|n't\b", re.IGNORECASE)
+# Words that hedge or bound a value; "or" and "and" are left out: they join the parts of a listed answer.
+HEDGE_WORDS = re.compile(r"\b(?:maybe|perhaps|possibly|probably|approximately|about|roughly|around|almost|nearly|"
+                         r"either|unless|except|if|least|most|than|unlikely)\b", re.IGNORECASE)
+# Words that deny a value or rule it out ("It is not $5$.", "Anything but $5$.").
+DENIAL_WORDS = re.compile(r"\b(?:not|no|never|cannot|can't|isn't|wrong|incorrect|false|impossible|none|nobody|rule out|"
+                          r"excludes?|fails?|anything but|other than|different from|multiple of|factor of|divisible)\b"
+                          r"|n't\b", re.IGNORECASE)
+
+
+def denies_or_hedges(prose: str, joined: bool = False) -> bool:
+    """Words around a value that deny, hedge or bound it; with `joined`, "or" between values hedges too."""
+    return bool(DENIAL_WORDS.search(prose) or HEDGE_WORDS.search(prose)
+                or (joined and re.search(r"\bor\b", prose, re.IGNORECASE)))
 # Words that make a short line a sentence rather than an answer ("5 is not possible", "It is not 5").
 _SENTENCE_WORDS = re.compile(r"\b(?:is|are|was|were|be|equals|find|get|that|the|we|it|this|there|so|then|thus|"
                              r"hence|therefore|not|no)\b", re.IGNORECASE)
+
+
+def _to_bracket_close(text: str, start: int, answer: str) -> str:
+    """`answer` (text[start:...]) extended to the close of a bracket it leaves open, within its line."""
+    depth = sum(answer.count(c) for c in "([") - sum(answer.count(c) for c in ")]")
+    if depth <= 0:
+        return answer
+    end = start + len(answer)
+    line_end = text.find("\n", end)
+    for i in range(end, line_end if line_end >= 0 else len(text)):
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i + 1]
+    return answer
 
 
 def is_bare_answer(text: str) -> bool:
@@ -204,7 +237,7 @@ def is_bare_answer(text: str) -> bool:
     if not stripped or "\n" in stripped or len(stripped) > BARE_MAX_CHARS:
         return False
     prose = re.sub(r"\\[A-Za-z]+", " ", re.sub(r"\\text\{[^{}]*\}", " ", stripped))
-    if _SENTENCE_WORDS.search(prose):
+    if _SENTENCE_WORDS.search(prose) or HEDGE_WORDS.search(prose):
         return False
     words = re.findall(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", " ", stripped))
     return len(words) <= BARE_MAX_WORDS
@@ -232,10 +265,17 @@ def final_answer(text: str) -> tuple[str | None, str]:
         together = [boxes[-1]]
         for box in reversed(boxes[:-1]):
             between = text[box[1]:together[0][0]]
-            if box[1] > together[0][0] or box[0] < line_start or not _BOX_SEPARATOR.fullmatch(between):
+            # side by side on the answer's line, or stacked on the lines just above it with nothing between
+            stacked = between.count("\n") == 1 and not between.strip(" \t\n$,;")
+            if box[1] > together[0][0] or not (stacked or box[0] >= line_start and _BOX_SEPARATOR.fullmatch(between)):
                 break
             together.insert(0, box)
-        answer = ", ".join(content for _, _, content in together)
+            line_start = min(line_start, text.rfind("\n", 0, box[0]) + 1)
+        labels = [_BOX_LABEL.search(text[line_start:box[0]]) for box in together]
+        if len(together) > 1 and all(labels):  # "$x = \\boxed{3}$ and $y = \\boxed{2}$": the labels stay
+            answer = ", ".join(f"{label.group(1)} = {content}" for label, (_, _, content) in zip(labels, together))
+        else:
+            answer = ", ".join(content for _, _, content in together)
         line_end = text.find("\n", boxes[-1][1])
         rest = text[boxes[-1][1]:line_end if line_end >= 0 else len(text)]
         if len(together) > 1 and (_RESPECTIVELY.match(rest) or _ENUMERATOR.search(text[max(0, together[0][0] - 8):together[1][0]])):
@@ -243,7 +283,7 @@ def final_answer(text: str) -> tuple[str | None, str]:
         found.append((last_start, answer, "boxed" if len(together) == 1 else "boxes"))
     finals = list(_FINAL_ANSWER.finditer(text))
     if finals:
-        answer = finals[-1].group(1)
+        answer = _to_bracket_close(text, finals[-1].start(1), finals[-1].group(1))
         while True:  # "Final Answer: The final answer is 5." -> "5"
             inner = _FINAL_ANSWER.findall(answer)
             if not inner or inner[-1] == answer:
@@ -271,7 +311,7 @@ def final_answer(text: str) -> tuple[str | None, str]:
     if sentence and "\n" not in text.strip() and len(text.strip()) <= BARE_MAX_CHARS:
         # "We find that $x \\lt 3$.": a one-line sentence ending in its math is answered by that math,
         # unless its words deny or hedge it ("It is not $5$.", "Maybe $3$"): then no answer.
-        if _HEDGE.search(sentence.group(1)):
+        if denies_or_hedges(sentence.group(1), joined=True):
             return None, "none"
         return sentence.group(2) or sentence.group(3), "sentence"
     if is_bare_answer(text):
@@ -312,7 +352,8 @@ people students apples""".split())
 _NOT_UNITS = frozenset("""squared cubed square cube thousand thousands million millions billion billions hundred
 hundreds dozen dozens half halves third thirds fourth fourths quarter quarters fifth fifths percent factorial times
 more less fewer least most only approximately about roughly exactly or and not no none plus minus over under
-possible impossible""".split())
+possible impossible than greater multiple multiples factor factors divisible different except around almost nearly
+""".split())
 _UNIT_PHRASE = re.compile(r"[a-z]+(?:\^\d)?(?: [a-z]+(?:\^\d)?){0,2}")
 
 
@@ -387,6 +428,8 @@ def last_of_chain(text: str) -> str:
     return text[cuts[-1] + 1:].strip() if len(cuts) >= 2 else text
 
 
+# A computation with numbers only ("5 \\times 4", "3+4", "4!", "\\frac{10}{2}"): its equation states a value.
+ARITHMETIC = re.compile(r"(?:[\d.\s+\-*/^!()]|\\times|\\cdot|\\div|\\frac|\\binom|\\sqrt|\{|\})+")
 # A single name: "x", "w_1", "m_{\\max}", "f(x)", "f^{-1}(3)", "\\text{Area}", "Area", "(a, b)", "\\theta".
 _NAME = re.compile(r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:'+)?(?:_\{?\\?\w+\}?|_\{[^{}]{1,12}\})?(?:\^\{?-1\}?)?(?:\([^()]{1,12}\))?"
                    r"|\\text\{[^{}]*\}|[A-Za-z]{3,}(?: [A-Za-z]+)*|\(\s*[a-z](?:\s*,\s*[a-z])+\s*\)")
@@ -407,29 +450,115 @@ def states_no_value(answer: str, gold_text: str, question: str | None = None) ->
     if "=" in gold_text or answer.count("=") != 1 or re.search(r"[<>]|\\[lg]e", answer):
         return False
     left = answer.split("=")[0].strip()
-    if _NAME.fullmatch(left):
-        return False
-    return not (question and names_in_question(left, question))
+    if _NAME.fullmatch(left) or ARITHMETIC.fullmatch(left):
+        return False  # a name, or a computation with no unknown ("5 \\times 4 = 20", "4! = 24")
+    return not (question and names_in_question(left, asked_part(question) or question))
 
 
 def names_in_question(expression: str, question: str) -> bool:
     """Does the question name this expression as a whole ("a+b" in "Find $a + b$.", "Then $x_1+x_2=\\_\\_$"),
     not inside a longer one ("x+1" in "x + 15", "2x" in "2x + 3 = 13") and not as the left side of an
     equation it states ("Solve 2x = 10")?"""
+    return len(math_key(expression)) >= 2 and named_at(expression, question) is not None
+
+
+def named_at(expression: str, question: str) -> int | None:
+    """Where the question first names this expression as a whole (see names_in_question), or None."""
     key = math_key(expression)
-    if len(key) < 2:
-        return False
+    if not key:
+        return None
     text = re.sub(r"\\(?:left|right|displaystyle|[,;!: ])|[{}$]", " ", clean_text(question))
     text = re.sub(r"\\[dt]frac", r"\\frac", text)
-    pattern = r"(?<![\w\\])" + r"\s*".join(map(re.escape, key)) + r"(?!\s*\w)"
+    pattern = r"(?<![\w\\])" + r"\s*".join(map(re.escape, key)) + r"(?!\w)"
     for match in re.finditer(pattern, text):
         before, after = text[:match.start()].rstrip()[-1:], text[match.end():].lstrip()
         if before and before in "+-*/^=<>" or after[:1] and after[:1] in "+-*/^" \
                 or re.match(r"\\(?:cdot|times|div)\b", after):
             continue  # a piece of a longer expression ("2x" in "2x + 3 = 13")
         if not after[:1] in ("=", "<", ">") or _BLANK.match(after[1:].lstrip()):
-            return True
-    return False
+            return match.start()
+    return None
+
+
+_ASKING = re.compile(r"\b(?:find|what(?:'s| is| are)|compute|determine|evaluate|calculate|solve for|express|give)\b",
+                     re.IGNORECASE)
+_MATH_IN_TEXT = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
+
+
+_CONDITION = re.compile(r"\b(?:with|such that|for|if|where|given|satisfying|so that|when|which|that)\b|[.?;]\s|[.?]$")
+
+
+def asked_part(question: str | None) -> str | None:
+    """The part of a question that asks, up to its first condition ("find $n$" of "If $m+n=9$ and $m-n=3$,
+    find $n$."; "Find all functions $f$" of "Find all functions $f$ with ..."), or None."""
+    if not question:
+        return None
+    asks = list(_ASKING.finditer(question))
+    if not asks:
+        return None
+    asked = question[asks[-1].start():]
+    condition = _CONDITION.search(asked, asks[-1].end() - asks[-1].start())
+    return asked[:condition.start()] if condition else asked
+
+
+_BLANK_IN_QUESTION = re.compile(r"([^$=]{1,80}?)=\s*\$?\s*(?:\\_\s*){2,}|([^$=]{1,80}?)=\s*\$?\s*_{3,}")
+
+
+def blank_expression(question: str | None) -> str | None:
+    """What a fill-in-the-blank question asks for: the left side of its last "= \\_\\_\\_" ("x_1+x_2" of
+    "then $x_1+x_2=\\_\\_\\_$"); None without one."""
+    if not question:
+        return None
+    blanks = list(_BLANK_IN_QUESTION.finditer(clean_text(question)))
+    if not blanks:
+        return None
+    left = (blanks[-1].group(1) or blanks[-1].group(2)).strip()
+    left = re.split(r"\$|,\s|\bthen\b|\bis\b", left)[-1].strip()
+    return left or None
+
+
+def asks_for_several(question: str | None) -> bool:
+    """A question asking for named quantities in turn, so that its answer lists them in that order: variables
+    in math spans of their own ("Find $x$ and $y$."; not "Find all pairs $(x, y)$", a list of solutions),
+    "the mean and the median", "the sum and product", or "respectively" in the asking part (a problem's
+    statement says "respectively" for other reasons: "D and E lie on AB and AC, respectively")."""
+    asked = asked_part(question)
+    if asked is None:
+        return False
+    if re.search(r"\brespectively\b", asked, re.IGNORECASE):
+        return True
+    spans = [a or b for a, b in _MATH_IN_TEXT.findall(asked)]
+    single = [span.strip() for span in spans if re.fullmatch(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*", span)]
+    if len(set(single)) >= 2:
+        return True
+    return bool(re.match(r"\w+(?:'s| is| are)?\s+the\s+[a-z]+(?: [a-z]+)?,?\s+and\s+(?:the\s+)?[a-z]", asked,
+                         re.IGNORECASE))
+
+
+def asked_variables(question: str | None) -> set[str]:
+    """The single-letter variables named in the math of the asking part ("find $n$" -> {"n"})."""
+    asked = asked_part(question)
+    if asked is None:
+        return set()
+    spans = " ".join(a or b for a, b in _MATH_IN_TEXT.findall(asked))
+    return set(re.findall(r"(?<![A-Za-z\\])([A-Za-z])(?![A-Za-z])", re.sub(r"\\[A-Za-z]+", " ", spans)))
+
+
+def order_by_question(answer_parts: list[str], question: str | None) -> list[str] | None:
+    """Labelled parts ("y = 2", "x = 3") in the order the question names their labels ("find $x$ and $y$"
+    -> x first), so that they meet the gold's values in order; None where they are not all labelled with
+    distinct labels the question names."""
+    if not question or len(answer_parts) < 2 or any(part.count("=") != 1 for part in answer_parts):
+        return None
+    labels = [part.split("=")[0].strip() for part in answer_parts]
+    labels = [re.sub(r"^\\text\{\s*([^{}]*?)\s*\}$", r"\1", label) for label in labels]
+    if len({math_key(label) for label in labels}) != len(labels):
+        return None
+    asked = asked_part(question) or question
+    positions = [named_at(label, asked) for label in labels]
+    if any(p is None for p in positions):
+        return None
+    return [answer_parts[i] for i in sorted(range(len(labels)), key=lambda i: positions[i])]
 
 
 # What a fill-in-the-blank question puts after "=": "\\_\\_\\_", "____", "?", "\\square", "(\\quad)", nothing.
@@ -444,7 +573,10 @@ def qualified_by_words(answer: str) -> bool:
             return True
     # The same words written plainly after a value ("2 thirds", "5 squared"); "or"/"and" separate parts.
     words = re.findall(r"(?<![\\A-Za-z])[a-z]{2,}", re.sub(r"\\(?:text|mbox|mathrm)\{[^{}]*\}", " ", answer.lower()))
-    return bool(set(words) & (_NOT_UNITS - {"or", "and"}))
+    if set(words) & (_NOT_UNITS - {"or", "and"}):
+        return True
+    # A relation with nothing on its left ("\\neq 5", "> 3", "\\approx 2") bounds a value, it does not state one.
+    return bool(re.match(r"\s*(?:\\n?eq\b|\\ne\b|\\neq|\\approx|\\sim|\\[lg]eq?\b|[<>≈≠]|!=)", answer))
 
 
 def unit_of(text: str) -> tuple[str, str | None]:
@@ -575,7 +707,7 @@ def question_options(question: str | None) -> dict[str, str]:
     return options if len(options) >= 2 else {}
 
 
-_LETTER_WITH_VALUE = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?\(?([A-E])\s*[).:]\s*\}?\s*(\S.*)$", re.DOTALL)
+_LETTER_WITH_VALUE = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?\(?([A-E])\s*[).:,]\s*\}?\s*(\S.*)$", re.DOTALL)
 
 
 def letter_and_value(text: str) -> tuple[str, str] | None:

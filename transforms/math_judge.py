@@ -42,7 +42,7 @@ class Verdict(NamedTuple):
     rule: str | None
 
 
-def _parse_latex(text: str, timeout_s: int):
+def parse_latex(text: str, timeout_s: int):
     r"""math-verify's parse of an answer given as LaTeX (wrapped in $...$: its plain-expression extractor
     misreads bare LaTeX, "f(x)=2 x" -> 2, "\frac{\sqrt3}{2}" -> nothing), else as plain text."""
     from math_verify import parse
@@ -94,12 +94,12 @@ def parse_reference(reference: str, timeout_s: int) -> Gold | None:
     """A gold answer prepared for judging (answers.Gold), or None when neither path can read it. A bare
     reference with no delimiters is the normal case."""
     text, facts = prepare_gold_text(reference)
-    parsed = _parse_latex(text, timeout_s) or _parse_latex(clean_text(reference).strip(), timeout_s)
+    parsed = parse_latex(text, timeout_s) or parse_latex(clean_text(reference).strip(), timeout_s)
     plain = tuple(_plain_parse(plain_wrap(reference), timeout_s))
     if not parsed and not facts["choice"] and not plain:
         return None
     gold_parts = parts.gold_parts(text)
-    parsed_parts = tuple(tuple(_parse_latex(part, timeout_s)) for part in gold_parts) if len(gold_parts) >= 2 else ()
+    parsed_parts = tuple(tuple(parse_latex(part, timeout_s)) for part in gold_parts) if len(gold_parts) >= 2 else ()
     if parsed_parts and not all(parsed_parts):
         gold_parts, parsed_parts = [text], ()  # a part math-verify cannot read: the list is compared whole
     elif parsed_parts and all(_equal(parsed_parts[0], other, timeout_s)[0] for other in parsed_parts[1:]):
@@ -111,7 +111,7 @@ def parse_reference(reference: str, timeout_s: int) -> Gold | None:
                 angle=facts.get("angle"), variable=facts.get("variable"), unit=facts.get("unit"),
                 percent=facts.get("percent", False), plain=plain, parts=tuple(gold_parts), parsed_parts=parsed_parts,
                 ordered=parts.is_ordered(clean_text(reference)),
-                fraction=percent_of and tuple(_parse_latex(percent_of[0], timeout_s)), fraction_decimals=percent_of
+                fraction=percent_of and tuple(parse_latex(percent_of[0], timeout_s)), fraction_decimals=percent_of
                 and percent_of[1])
 
 
@@ -192,13 +192,14 @@ def _equal(gold_parsed, predicted, timeout_s: int) -> tuple[bool, bool]:
     return False, timed_out
 
 
-def _value_equal(gold: Gold, predicted, timeout_s: int) -> tuple[bool, bool]:
+def _value_equal(gold: Gold, predicted, timeout_s: int, answer_percent: bool = False) -> tuple[bool, bool]:
     """(equal, timed out) of a parsed answer against the gold's value: exactly, under the rounded-gold
-    rule, and for a percent gold "p%" also against p/100 (exactly or rounded at the gold's precision +2)."""
+    rule, and for a percent gold "p%" also against p/100 (exactly or rounded at the gold's precision +2),
+    unless the answer carries its own percent sign ("0.25\\%" is not 25%)."""
     equal, timed_out = _equal(gold.parsed, predicted, timeout_s)
     if equal or (not timed_out and _rounds_to(gold.text, gold.decimals, predicted, timeout_s)):
         return True, False
-    if gold.fraction:
+    if gold.fraction and not answer_percent:
         equal, late = _equal(gold.fraction, predicted, timeout_s)
         if equal:
             return True, False
@@ -218,37 +219,56 @@ class _Attempt(NamedTuple):
     status: str
     answer: str | None
     whole: list | None = None
+    parts_rejected: bool = False  # a list gold, and the answer's values, all readable, do not match it
 
 
-def _parts_equal(gold: Gold, answer: str, timeout_s: int, question: str | None = None) -> bool:
-    """A list gold against the answer's parts: each gold part matched by its own answer part, none left
-    over (a multiset; in order when the gold or the answer says the order is the answer's)."""
+def _parts_equal(gold: Gold, answer: str, timeout_s: int, question: str | None = None,
+                 ordered_hint: bool = False, answer_percent: bool = False) -> tuple[bool, bool]:
+    """(equal, every answer part readable) of a list gold against the answer's parts: each gold part matched
+    by its own answer part, none left over; a multiset, in order when the gold, the question or the answer
+    says the order is the answer's. Labelled answer parts ("y = 2, x = 3") go in the order the question
+    names them."""
     from math_verify.errors import TimeoutException
 
-    answer_parts = parts.gold_parts(answer)
+    answer_parts = answers.order_by_question(parts.gold_parts(answer), question)
+    by_question = answer_parts is not None
+    answer_parts = answer_parts or parts.gold_parts(answer)
     gold_texts, gold_parsed = list(gold.parts), list(gold.parsed_parts)
+    labelled = [re.match(r"\s*([A-Za-z])\s*=", g) for g in gold_texts]
+    # "x=2, y=3" lists a tuple's components by name: unlabelled answers must keep the gold's order, and the
+    # pair "(2, 3)" is those components.
+    by_name = all(labelled) and len({m.group(1) for m in labelled}) == len(labelled)
+    if by_name and len(answer_parts) == 1 and answers.bracket_kind(answer_parts[0]) == "tuple":
+        answer_parts = parts.split_parts(answer_parts[0][1:-1])
+    by_name = by_name and not any(re.match(r"\s*[A-Za-z]\s*=", a) for a in answer_parts)
     if len(answer_parts) != len(gold_texts):
         signed = parts.parts_with_signs(answer_parts)
         if len(signed) == len(gold_texts):
             answer_parts = signed
+    if len(answer_parts) != len(gold_texts):  # "\\pm 2, \\pm 3" against "2, -2, 3, -3": the gold's signs
+        signed = parts.parts_with_signs(gold_texts)
+        if len(signed) == len(answer_parts):
+            gold_texts, gold_parsed = signed, [parse_latex(part, timeout_s) for part in signed]
     if len(answer_parts) != len(gold_texts) or len(answer_parts) > parts.MAX_PARTS:
-        return False
-    parsed_answers = [_parse_latex(part, timeout_s) for part in answer_parts]
-    labelled = [re.match(r"\s*([A-Za-z])\s*=", g) for g in gold_texts]
-    # "x=2, y=3" lists a tuple's components by name: unlabelled answers must keep the gold's order.
-    by_name = all(labelled) and len({m.group(1) for m in labelled}) == len(labelled) \
-        and not any(re.match(r"\s*[A-Za-z]\s*=", a) for a in answer_parts)
-    asked_in_order = bool(question and re.search(r"\brespectively\b", question, re.IGNORECASE))
-    ordered = gold.ordered or parts.is_ordered(answer) or by_name or asked_in_order
+        return False, True
+    parsed_answers = [parse_latex(part, timeout_s) for part in answer_parts]
+    # a percent gold's parts are quantities too: "20\\%, 30\\%" lists 0.2 and 0.3
+    fractions = [parse_latex(rf"\frac{{{part}}}{{100}}", timeout_s) for part in gold_texts] \
+        if gold.percent and not answer_percent else []
+    asked_in_order = bool(question) and (parts.is_enumerated(question) or answers.asks_for_several(question))
+    ordered = gold.ordered or ordered_hint or parts.is_ordered(answer) or by_name or asked_in_order or by_question
 
     def equal(g: int, a: int) -> bool:
         same, timed_out = _equal(gold_parsed[g], parsed_answers[a], timeout_s)
+        if not same and fractions and not timed_out:
+            same, timed_out = _equal(fractions[g], parsed_answers[a], timeout_s)
         if timed_out:
             raise TimeoutException("comparing a part")
         return same
 
-    return parts.match_parts(list(range(len(gold_texts))), list(range(len(answer_parts))), ordered,
-                             lambda g, a: bool(parsed_answers[a]) and equal(g, a))
+    matched = parts.match_parts(list(range(len(gold_texts))), list(range(len(answer_parts))), ordered,
+                                lambda g, a: bool(parsed_answers[a]) and equal(g, a))
+    return matched, all(parsed_answers)
 
 
 def option_letter(answer: str, question: str | None, timeout_s: int) -> str | None:
@@ -262,11 +282,14 @@ def option_letter(answer: str, question: str | None, timeout_s: int) -> str | No
     normalized = normalize(answer)[0]
     if re.fullmatch(r"-?\d*\.\d{3,}", normalized):
         return None  # a decimal approximation picks no option (math-verify compares numbers to 6 digits)
-    predicted = _parse_latex(normalized, timeout_s)
+    if answers.qualified_by_words(normalized) or answers.HEDGE_WORDS.search(answer) \
+            or answers.states_no_value(normalized, "", question):
+        return None  # "approximately 12", "12 or more", "2x = 12": no option's value is stated
+    predicted = parse_latex(normalized, timeout_s)
     if not predicted or not covers(_answer_text(predicted), normalized):
         return None  # a fragment of the answer ("4(x+8)" of a cut formula) names no option
     matches = [letter for letter, value in options.items()
-               if _equal(_parse_latex(normalize(value)[0], timeout_s), predicted, timeout_s)[0]]
+               if _equal(parse_latex(normalize(value)[0], timeout_s), predicted, timeout_s)[0]]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -283,6 +306,7 @@ def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, questi
             return _Attempt(False, VerifierStatus.NO_ANSWER, None)
         return _Attempt(letter == gold.choice, VerifierStatus.OK, letter)
     whole = None
+    paired = False
     gold_parsed = gold.parsed
     try:
         if found is None:
@@ -291,18 +315,26 @@ def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, questi
             whole = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
             predicted = whole
             extracted = _answer_text(whole) if whole else None
-            if extracted and answers.last_of_chain(extracted) != extracted:
-                found = extracted
+            if extracted and (answers.last_of_chain(extracted) != extracted or len(gold.parts) >= 2):
+                found = extracted  # a chain's last member; or a list, matched part by part below
         if found is not None:
             answer, facts = normalize(found, gold)
             extracted = answer[:MAX_EXTRACTED_CHARS]
             if len(gold.parts) >= 2:
-                return _Attempt(_parts_equal(gold, answer, timeout_s, question), VerifierStatus.OK, extracted)
+                matched, readable = _parts_equal(gold, answer, timeout_s, question, parts.is_ordered(found),
+                                                 facts.get("percent", False))
+                return _Attempt(matched, VerifierStatus.OK, extracted, parts_rejected=not matched and readable)
+            paired = False
+            if len(gold.parts) == 1 and answers.bracket_kind(gold.text) == "tuple":
+                # "y=2, x=3" against the pair (2, 3) asked as "find $x$ and $y$": the pair in the question's order
+                labelled = answers.order_by_question(parts.gold_parts(answer), question)
+                if labelled:
+                    answer, paired = "(" + ", ".join(part.split("=")[1].strip() for part in labelled) + ")", True
             if gold.angle == "degrees" and (re.search(r"\\pi\b", answer) or answers.RADIANS.search(found)):
                 # A gold in degrees against an answer in radians: compare in radians.
                 answer = answers.RADIANS.sub("", answer).strip()
-                gold_parsed = _parse_latex(answers.degrees_to_radians(gold.text), timeout_s)
-            predicted = _parse_latex(answer, timeout_s)
+                gold_parsed = parse_latex(answers.degrees_to_radians(gold.text), timeout_s)
+            predicted = parse_latex(answer, timeout_s)
     except TimeoutException:
         return _Attempt(None, VerifierStatus.TIMEOUT, None, whole)
     except Exception as exc:  # math-verify raises arbitrary sympy/antlr errors on odd input
@@ -310,31 +342,34 @@ def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, questi
     if not predicted:
         return _Attempt(False, VerifierStatus.NO_ANSWER, extracted, whole)
     if gold_parsed is gold.parsed:
-        equal, timed_out = _value_equal(gold, predicted, timeout_s)
+        equal, timed_out = _value_equal(gold, predicted, timeout_s, facts.get("percent", False) if found else False)
     else:
         equal, timed_out = _equal(gold_parsed, predicted, timeout_s)
     if equal:
         return _Attempt(True, VerifierStatus.OK, extracted, whole)
     if timed_out:
         return _Attempt(None, VerifierStatus.TIMEOUT, extracted, whole)
-    return _Attempt(False, VerifierStatus.OK, extracted, whole)
+    return _Attempt(False, VerifierStatus.OK, extracted, whole, parts_rejected=paired)
 
 
 def _plain_credit(gold: Gold, response: str, text: str, found: str | None, how: str, whole,
                   timeout_s: int) -> tuple[str, str] | None:
     """What plain math-verify credits, (its extracted string, its parsed value printed), or None: first the
-    project's final answer read by math-verify alone, then (unless that answer was the only box, which
-    plain reads the same way) the whole response as a user would pass it."""
+    project's final answer read by math-verify alone, then the whole response as a user would pass it,
+    unless that answer is the response's only box, read, and no "final answer" phrase competes with it
+    (plain reads such a box first, and the same way)."""
     if not gold.plain:
         return None
-    credited = None
+    credited, read = None, False
     if found is not None:
         predicted = _plain_parse(plain_wrap(found), timeout_s)
+        read = bool(predicted)
         if _plain_verify(gold.plain, predicted, timeout_s):
             credited = _answer_text(predicted), str(predicted[0])
             if covers(credited[0], found) and covers(credited[1], credited[0]):
                 return credited
-    if how == "boxed" and credited is None:
+    if how == "boxed" and read and credited is None and len(answers.boxed_spans(response)) == 1 \
+            and not re.search(r"final answer", response, re.IGNORECASE):
         return None
     predicted = whole if whole and text == response else _plain_parse(response, timeout_s)
     if _plain_verify(gold.plain, predicted, timeout_s):
@@ -350,16 +385,16 @@ def judge_response(gold: Gold, response: str, timeout_s: int, question: str | No
     found, how = final_answer(text)
     ours = _extraction(gold, text, found, timeout_s, question)
 
-    def compare(answer: str) -> bool:
+    def compare(answer: str, answer_percent: bool = False) -> bool:
         try:
-            return _value_equal(gold, _parse_latex(answer, timeout_s), timeout_s)[0]
+            return _value_equal(gold, parse_latex(answer, timeout_s), timeout_s, answer_percent)[0]
         except Exception:  # noqa: BLE001 - an answer math-verify cannot read equals nothing
             return False
 
     def same_value(first: str, second: str) -> bool | None:
         """Equal, unequal, or None where math-verify cannot read one of them whole."""
         try:
-            parsed = [_parse_latex(normalize(t)[0], timeout_s) for t in (first, second)]
+            parsed = [parse_latex(normalize(t)[0], timeout_s) for t in (first, second)]
         except Exception:  # noqa: BLE001 - unreadable: no opinion
             return None
         if not all(parsed) or not all(covers(_answer_text(p), normalize(t)[0]) for p, t in zip(parsed, (first, second))):
@@ -367,7 +402,8 @@ def judge_response(gold: Gold, response: str, timeout_s: int, question: str | No
         return _equal(parsed[0], parsed[1], timeout_s)[0]
 
     def accept(path: str, answer: str, value: str | None = None) -> Verdict:
-        refused = refusal(Acceptance(path, answer, found, text, question, gold, compare, value, same_value))
+        refused = refusal(Acceptance(path, answer, found, text, question, gold, compare, value, same_value,
+                                     ours.parts_rejected))
         if refused:
             return Verdict(0.0, VerifierStatus.OK, (ours.answer or answer)[:MAX_EXTRACTED_CHARS], f"refused:{refused}")
         return Verdict(1.0, VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS], path)

@@ -33,14 +33,25 @@ def join_math_spans(text: str) -> str:
     return ", ".join((span.group(1) or span.group(2)).strip() for span in spans)
 
 
+_MEMBER_OF = re.compile(r"^[A-Za-z]\s*\\in\s*(?=\\\{)")
+
+
 def gold_parts(text: str) -> list[str]:
-    """A normalized gold's parts: its top-level list, or the members of a braced set of several."""
+    """A normalized answer's (or gold's) parts: its top-level list, or the members of a braced set of
+    several ("\\{1, 2\\}", "x \\in \\{-6, 2\\}"), a member written twice counted once."""
     found = split_parts(strip_enumeration(text))
-    if len(found) == 1 and found[0].startswith("\\{") and found[0].endswith("\\}"):
-        inner = split_parts(found[0][2:-2])
-        if len(inner) >= 2:
-            return inner
+    if len(found) == 1:
+        member = _MEMBER_OF.sub("", found[0])
+        if member.startswith("\\{") and member.endswith("\\}"):
+            inner = list(dict.fromkeys(split_parts(member[2:-2])))
+            if len(inner) >= 2:
+                return inner
     return found
+
+
+def is_enumerated(text: str) -> bool:
+    """Parts marked "(a) ... (b) ..." or "a. ..., b. ...": a question asking in parts, an answer in parts."""
+    return len(_ENUMERATED.findall(text)) >= 2
 
 
 def is_ordered(text: str) -> bool:

@@ -36,9 +36,10 @@ class Acceptance:
     response: str
     question: str | None
     gold: Gold
-    compare: Callable[[str], bool]  # does this answer text (normalized) equal the gold's value?
+    compare: Callable[[str, bool], bool]  # does this answer text (normalized; True: it had a % sign) equal the gold?
     value: str | None  # plain math-verify's parsed value, printed (None on the extraction path)
     same_value: Callable[[str, str], bool | None]  # do two answer texts state one value (None: unreadable)?
+    parts_rejected: bool = False  # the project matched the answer's values against a list gold: no match
 
 
 # Numbers (thousands separators removed) and single-letter identifiers outside \text{}: what an answer
@@ -75,17 +76,17 @@ def other_expression(a: Acceptance) -> bool:
     return not (boxes and covers(a.answer, boxes[-1][2]))
 
 
-def negated_answer(a: Acceptance) -> bool:
+def hedged_answer(a: Acceptance) -> bool:
     """A one-line response, without a box, credited by math-verify's reading (plain, or the project's own
-    fallback where it found no final answer), which states its value is wrong or impossible ("5 is not possible", "Wrong: 5", "It is not $5$."): math-verify reads the number and credits
-    it."""
+    fallback where it found no final answer), which denies, hedges or bounds its value ("5 is not possible",
+    "Wrong: 5", "It is not $5$.", "Perhaps $5$.", "We need at least $5$."): math-verify reads the number."""
     line = a.response.strip()
-    if (a.path != MATH_VERIFY and a.found is not None) or "\\boxed" in line or "\n" in line or len(line) > answers.BARE_MAX_CHARS:
+    if (a.path != MATH_VERIFY and a.found is not None) or "\\boxed" in line or "\n" in line \
+            or len(line) > answers.BARE_MAX_CHARS:
         return False
     prose = _TEXT_BLOCK.sub(lambda m: " " + m.group(0).split("{", 1)[1].rstrip("}") + " ", line)
     prose = re.sub(r"\$[^$]*\$|\\\(.*?\\\)", " ", prose)
-    return bool(re.search(r"\b(?:not|no|never|cannot|can't|isn't|wrong|incorrect|false|impossible|none)\b|n't\b",
-                          prose, re.IGNORECASE))
+    return answers.denies_or_hedges(prose)
 
 
 def unit_mismatch(a: Acceptance) -> bool:
@@ -109,9 +110,16 @@ def set_vs_tuple(a: Acceptance) -> bool:
 
 def unsolved_equation(a: Acceptance) -> bool:
     """An equation whose left side is an expression the question does not ask for ("2x = 10" for 10,
-    "x^2 = 4" for 4): math-verify compares the right side. A label stays a label: a single name ("x",
-    "m_{\\max}", "f(x)") or a left side the question names ("a + b = 12" when it asks for $a+b$)."""
-    return answers.states_no_value(_normalized(a), a.gold.text, a.question)
+    "x^2 = 4" for 4), or an equation of numbers that does not hold ("3 + 4 = 8"): math-verify compares the
+    right side. A label stays a label: a single name ("x", "m_{\\max}", "f(x)"), a left side the question
+    names ("a + b = 12" when it asks for $a+b$), or a computation that holds ("5 \\times 4 = 20")."""
+    answer = _normalized(a)
+    if answers.states_no_value(answer, a.gold.text, a.question):
+        return True
+    # "3 + 4 = 8": an equation of numbers that does not hold states no value
+    left, _, right = answer.partition("=")
+    return answer.count("=") == 1 and bool(answers.ARITHMETIC.fullmatch(left.strip())) and \
+        a.same_value(left.strip(), right.strip()) is False
 
 
 def qualified_by_words(a: Acceptance) -> bool:
@@ -121,18 +129,23 @@ def qualified_by_words(a: Acceptance) -> bool:
 
 
 def percent_rescaled(a: Acceptance) -> bool:
-    """A percent answer against a gold without a percent sign, equal only once rescaled ("50\\%" for gold
-    0.5): the sign on an answer is a unit and is dropped, never a division by 100."""
+    """A percent answer credited for a value it equals only once rescaled: "50\\%" for a gold of 0.5 (the sign
+    on an answer is a unit, dropped, never a division by 100), or "1\\%" read as 1 for a gold of 100\\%."""
     text = a.found or a.answer
-    if a.gold.percent or not answers.PERCENT.search(text):
+    if a.gold.choice or not answers.PERCENT.search(text):
         return False
-    return not a.compare(answers.normalize(text, a.gold)[0])
+    return not a.compare(answers.normalize(text, a.gold)[0], True)
 
 
 def list_mismatch(a: Acceptance) -> bool:
     """A gold listing several values credited for an answer giving another number of them (one of two
     roots, an extra value), or a single gold credited for a list ("5 or 7" for 5): math-verify may match
-    one member."""
+    one member; or a list the project matched value by value (in order where the order is the answer's)
+    and found wrong: math-verify compares lists as sets, or reads "(a) 3 (b) 4" as a product."""
+    if a.path != MATH_VERIFY:
+        return False  # the project's own path matches lists value by value (transforms/parts.py)
+    if a.parts_rejected:
+        return True
     gold_parts = parts.parts_with_signs(list(a.gold.parts) or parts.gold_parts(a.gold.text))
     answer_parts = parts.parts_with_signs(parts.gold_parts(_normalized(a)))
     if len(gold_parts) >= 2:
@@ -140,6 +153,35 @@ def list_mismatch(a: Acceptance) -> bool:
     bracketed = re.fullmatch(r"\s*[(\[].*[)\]]\s*", a.gold.text) is not None  # a tuple, interval or "[a, b]" list
     single = not bracketed and answers.bracket_kind(a.gold.text) is None and "=" not in a.gold.text
     return single and len(answer_parts) >= 2
+
+
+# Quantities a word label can name that a question names by the same word when it asks for them ("Perimeter:
+# 12" for an area); labels outside this list ("Maximum", "Total", "Answer") may be synonyms: never refused.
+_QUANTITY_LABELS = frozenset("""perimeter area volume radius diameter circumference length width height depth
+side hypotenuse angle mean median mode range variance probability speed distance time cost price profit
+age weight mass""".split())
+
+
+def label_not_asked(a: Acceptance) -> bool:
+    """A label on a quantity the question does not ask for: "m = 3" for "If $m+n=9$ and $m-n=3$, find $n$."
+    (the asking part names other variables, not m), "x_1 = 5" for "then $x_1+x_2=\\_\\_$" (not the blank's
+    left side), "\\text{Perimeter} = 12" or "Perimeter: 12" where the question never says perimeter.
+    math-verify, and the label rule, read the value and drop the name."""
+    if not a.question:
+        return False
+    text = answers.strip_delimiters(a.found if a.found is not None else a.answer)
+    blank = answers.blank_expression(a.question)
+    if blank and text.count("=") == 1 and "," not in text:
+        # "Then $x_1+x_2=\\_\\_$": a label must be the blank's own left side ("x_1 = 5" is not x_1+x_2)
+        return answers.math_key(text.split("=")[0]) != answers.math_key(blank)
+    variable = re.match(r"^([A-Za-z])(?:_\{?\w+\}?)?\s*=(?!=)", text)
+    if variable and text.count("=") == 1:
+        asked = answers.asked_variables(a.question)
+        return bool(asked) and variable.group(1) not in asked
+    word = re.match(r"^(?:\\text\{\s*)?([A-Za-z]{3,})\s*\}?\s*[:=]", text)
+    if word and word.group(1).lower() in _QUANTITY_LABELS:
+        return word.group(1).lower() not in a.question.lower()
+    return False
 
 
 def option_mismatch(a: Acceptance) -> bool:
@@ -163,8 +205,8 @@ def _normalized(a: Acceptance) -> str:
 
 REFUSALS: dict[str, Callable[[Acceptance], bool]] = {
     rule.__name__: rule for rule in (
-        other_expression, negated_answer, unit_mismatch, set_vs_tuple, unsolved_equation, qualified_by_words,
-        percent_rescaled, list_mismatch, option_mismatch,
+        other_expression, hedged_answer, unit_mismatch, set_vs_tuple, unsolved_equation, label_not_asked,
+        qualified_by_words, percent_rescaled, list_mismatch, option_mismatch,
     )
 }
 

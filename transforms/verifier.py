@@ -15,6 +15,7 @@ parsed once per worker (LRU cache), not once per response.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import mmap
@@ -31,10 +32,9 @@ import time
 import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-import inspect
-from typing import NamedTuple
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,7 @@ from schemas.rollouts import DATA_SOURCE, PROMPT, REFERENCE, RESPONSE, VERDICT_S
 from transforms import answers
 from transforms.answers import choice_letter, clean_text, final_answer, normalize
 from transforms.checks import is_finite_number, is_whole
-from transforms.math_judge import MAX_EXTRACTED_CHARS, Verdict, _parse_latex, judge_response, option_letter, parse_reference
+from transforms.math_judge import MAX_EXTRACTED_CHARS, Verdict, parse_latex, judge_response, option_letter, parse_reference
 
 __all__ = ["VerifierConfig", "VerifierPool", "Verdict", "judge_response", "verify_table", "question_texts"]
 
@@ -166,7 +166,7 @@ def _number(text: str, timeout_s: int) -> float | None:
     normalized, _ = normalize(clean_text(text))
     if re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", normalized):
         return float(normalized)
-    for value in _parse_latex(normalized, timeout_s):
+    for value in parse_latex(normalized, timeout_s):
         if isinstance(value, sympy.Basic) and value.is_number and value.is_real:
             return float(sympy.N(value, 30))
     return None
