@@ -602,3 +602,9 @@ FORM_CASES += [
      "a label on another quantity the question never names: the perimeter is not the area"),
     (r"What is the area of a square of side $3$?", "9", r"Area: 9", True, "a label on the quantity asked"),
 ]
+FORM_CASES += [
+    (r"Find the number of ordered pairs $(a, b)$ of positive integers with $a + b = 6$.", "5",
+     r"Counting, $\boxed{N = 5}$.", True, "a label the question never uses names the asked count afresh"),
+    (r"If $m + n = 9$ and $m - n = 3$, find $n$.", "3", r"Hence $\boxed{n = 3}$.", True,
+     "the label is the variable asked for"),
+]

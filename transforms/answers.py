@@ -538,9 +538,12 @@ def asks_for_several(question: str | None) -> bool:
 def asked_variables(question: str | None) -> set[str]:
     """The single-letter variables named in the math of the asking part ("find $n$" -> {"n"})."""
     asked = asked_part(question)
-    if asked is None:
-        return set()
-    spans = " ".join(a or b for a, b in _MATH_IN_TEXT.findall(asked))
+    return math_variables(asked) if asked is not None else set()
+
+
+def math_variables(text: str | None) -> set[str]:
+    """The single-letter variables in the math spans of a text."""
+    spans = " ".join(a or b for a, b in _MATH_IN_TEXT.findall(text or ""))
     return set(re.findall(r"(?<![A-Za-z\\])([A-Za-z])(?![A-Za-z])", re.sub(r"\\[A-Za-z]+", " ", spans)))
 
 

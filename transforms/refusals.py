@@ -176,8 +176,11 @@ def label_not_asked(a: Acceptance) -> bool:
         return answers.math_key(text.split("=")[0]) != answers.math_key(blank)
     variable = re.match(r"^([A-Za-z])(?:_\{?\w+\}?)?\s*=(?!=)", text)
     if variable and text.count("=") == 1:
+        # another quantity of the question's own ("m" where it asks for n); a name it never uses ("N = 5" for
+        # "find the number of pairs $(a, b)$") names the asked quantity afresh
         asked = answers.asked_variables(a.question)
-        return bool(asked) and variable.group(1) not in asked
+        return bool(asked) and variable.group(1) not in asked \
+            and variable.group(1) in answers.math_variables(a.question)
     word = re.match(r"^(?:\\text\{\s*)?([A-Za-z]{3,})\s*\}?\s*[:=]", text)
     if word and word.group(1).lower() in _QUANTITY_LABELS:
         return word.group(1).lower() not in a.question.lower()
