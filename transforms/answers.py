@@ -134,7 +134,7 @@ def clean_text(text: str) -> str:
     if "<" in text:
         text = _HTML_SCRIPT.sub(lambda m: ("^{" if m.group(1).lower() == "sup" else "_{") + m.group(2) + "}", text)
         text = _HTML_TAG.sub(" ", text)
-    if any(ord(c) > 127 for c in text):
+    if not text.isascii():
         text = text.translate(_FULL_WIDTH)
         for _ in range(4):  # "√(2−√3)": the inner root too, innermost last
             rooted = _ROOT.sub(lambda m: r"\sqrt{" + m.group(1)[1:-1] + "}" if m.group(1)[:1] in "({" else
@@ -307,8 +307,9 @@ def final_answer(text: str) -> tuple[str | None, str]:
     joined = join_math_spans(text.strip())
     if joined != text.strip() and "\n" not in joined:
         return joined, "spans"  # "$3$ and $\\frac12$": several math spans are one listed answer
-    sentence = _MATH_AT_END.fullmatch(text.strip())
-    if sentence and "\n" not in text.strip() and len(text.strip()) <= BARE_MAX_CHARS:
+    one_line = "\n" not in text.strip() and len(text.strip()) <= BARE_MAX_CHARS
+    sentence = _MATH_AT_END.fullmatch(text.strip()) if one_line else None
+    if sentence:
         # "We find that $x \\lt 3$.": a one-line sentence ending in its math is answered by that math,
         # unless its words deny or hedge it ("It is not $5$.", "Maybe $3$"): then no answer.
         if denies_or_hedges(sentence.group(1), joined=True):
@@ -507,7 +508,7 @@ _BLANK_IN_QUESTION = re.compile(r"([^$=]{1,80}?)=\s*\$?\s*(?:\\_\s*){2,}|([^$=]{
 def blank_expression(question: str | None) -> str | None:
     """What a fill-in-the-blank question asks for: the left side of its last "= \\_\\_\\_" ("x_1+x_2" of
     "then $x_1+x_2=\\_\\_\\_$"); None without one."""
-    if not question:
+    if not question or ("\\_" not in question and "___" not in question):
         return None
     blanks = list(_BLANK_IN_QUESTION.finditer(clean_text(question)))
     if not blanks:

@@ -20,14 +20,21 @@ Runs in a worker's main thread (math-verify's timeouts use signal.alarm).
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
-from itertools import product
+from collections import OrderedDict
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
+from itertools import groupby, product
 from typing import NamedTuple
+
+import sympy
+from math_verify import parse, verify
+from math_verify.errors import TimeoutException
+from math_verify.utils import timeout
 
 from schemas.rollouts import VerifierStatus
 from transforms import answers, parts
 from transforms.answers import Gold, choice_letter, clean_text, final_answer, normalize, prepare_gold_text
-from transforms.refusals import EXTRACTION, MATH_VERIFY, Acceptance, covers, refusal
+from transforms.refusals import EXTRACTION, MATH_VERIFY, Acceptance, covers, refusal, stated_tokens
 
 MAX_EXTRACTED_CHARS = 512
 
@@ -45,16 +52,38 @@ class Verdict(NamedTuple):
 def parse_latex(text: str, timeout_s: int):
     r"""math-verify's parse of an answer given as LaTeX (wrapped in $...$: its plain-expression extractor
     misreads bare LaTeX, "f(x)=2 x" -> 2, "\frac{\sqrt3}{2}" -> nothing), else as plain text."""
-    from math_verify import parse
-
     if not text:
         return []
+    if _PLAIN_NUMBER.fullmatch(text):
+        # "26", "-0.5": math-verify's expression reader gives the value its LaTeX parse of "$26$" gives, at a
+        # tenth of the cost (the LaTeX grammar costs about a millisecond per answer)
+        parsed = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
+        if parsed:
+            _remember(f"${text}$", parsed)
+            return parsed
     delimited = re.search(r"(?<!\\)\$|\\boxed|\\\(|\\\[", text)
     for candidate in ([text] if delimited else [f"${text}$", text]):
         parsed = parse(candidate, parsing_timeout=timeout_s, raise_on_error=True)
         if parsed:
+            _remember(candidate, parsed)
             return parsed
     return []
+
+
+# math-verify's parse of the last strings parsed, so that plain math-verify's reading of the project's final
+# answer (usually the very string the project's path just parsed) is not parsed twice.
+_RECENT_PARSES: OrderedDict[str, list] = OrderedDict()
+_RECENT_PARSES_SIZE = 64
+
+
+def _remember(text: str, parsed: list) -> None:
+    _RECENT_PARSES[text] = parsed
+    _RECENT_PARSES.move_to_end(text)
+    if len(_RECENT_PARSES) > _RECENT_PARSES_SIZE:
+        _RECENT_PARSES.popitem(last=False)
+
+
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 def plain_wrap(text: str) -> str:
@@ -64,16 +93,43 @@ def plain_wrap(text: str) -> str:
 
 def _plain_parse(text: str, timeout_s: int) -> list:
     """math-verify's parse with default settings; any exception (its timeout included) is nothing."""
-    from math_verify import parse
-
+    if text in _RECENT_PARSES:
+        return _RECENT_PARSES[text]
     try:
         return parse(text, parsing_timeout=timeout_s)
     except Exception:  # noqa: BLE001 - plain math-verify as a user calls it: an exception is a rejection
         return []
 
 
+def _plain_first_candidate(text: str) -> str | None:
+    """The text plain math-verify's parse tries first: its extraction regexes in priority order, the rightmost
+    match of the first group that matches (math_verify.parser.extract_target_from_pred, without the parse).
+    About a quarter of a parse's cost; it tells when a parse of the whole response would read the same answer
+    as one already compared."""
+    groups = _plain_pattern_groups()
+    for group in groups:
+        best = None
+        for pattern in group:
+            for match in pattern.finditer(text):
+                if best is None or (match.end(), -match.start()) > (best.end(), -best.start()):
+                    best = match
+        if best is not None:
+            return best.group(0)
+    return None
+
+
+@lru_cache(maxsize=1)
+def _plain_pattern_groups() -> list[list]:
+    from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig, get_extraction_regexes
+
+    patterns = [(pattern, priority) for target_patterns, _ in
+                get_extraction_regexes([LatexExtractionConfig(), ExprExtractionConfig()])
+                for pattern, priority in target_patterns]
+    ordered = sorted(patterns, key=lambda p: p[1])
+    return [[pattern for pattern, _ in group] for _, group in groupby(ordered, key=lambda p: p[1])]
+
+
 def _plain_verify(gold_parsed, predicted, timeout_s: int) -> bool:
-    from math_verify import verify
 
     if not gold_parsed or not predicted:
         return False
@@ -140,10 +196,6 @@ def _rounds_to(gold_text: str, decimals: int | None, predicted, timeout_s: int) 
     the gold at the gold's printed precision. Never a tolerance: not for an answer that is itself a
     decimal or a terminating fraction (13/25 is 0.52, not "0.5"), and not for a short gold ("0.5", "3.5"),
     which is as likely exact as rounded. Fixes: "0.33" vs \\frac{1}{3} judged wrong."""
-    import sympy
-    from decimal import ROUND_HALF_UP
-    from math_verify.utils import timeout
-
     if decimals is None:
         return False
     significant = len(re.sub(r"[^0-9]", "", gold_text).lstrip("0"))
@@ -177,9 +229,6 @@ def _rounds_to(gold_text: str, decimals: int | None, predicted, timeout_s: int) 
 def _equal(gold_parsed, predicted, timeout_s: int) -> tuple[bool, bool]:
     r"""(equal, timed out) under math-verify's verify, any gold/prediction pair; intervals and
     inequalities compare both ways (allow_set_relation_comp: fixes "(-\infty, 3)" vs "x < 3")."""
-    from math_verify import verify
-    from math_verify.errors import TimeoutException
-
     timed_out = False
     for g, p in product(gold_parsed, predicted):
         try:
@@ -228,8 +277,6 @@ def _parts_equal(gold: Gold, answer: str, timeout_s: int, question: str | None =
     by its own answer part, none left over; a multiset, in order when the gold, the question or the answer
     says the order is the answer's. Labelled answer parts ("y = 2, x = 3") go in the order the question
     names them."""
-    from math_verify.errors import TimeoutException
-
     answer_parts = answers.order_by_question(parts.gold_parts(answer), question)
     by_question = answer_parts is not None
     answer_parts = answer_parts or parts.gold_parts(answer)
@@ -295,9 +342,6 @@ def option_letter(answer: str, question: str | None, timeout_s: int) -> str | No
 
 def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, question: str | None) -> _Attempt:
     """The project's own path: its final answer, normalized, compared (see the module docstring)."""
-    from math_verify import parse
-    from math_verify.errors import TimeoutException
-
     if gold.choice:
         letter = choice_letter(found) if found is not None else None
         if letter is None and found is not None:
@@ -356,8 +400,8 @@ def _plain_credit(gold: Gold, response: str, text: str, found: str | None, how: 
                   timeout_s: int) -> tuple[str, str] | None:
     """What plain math-verify credits, (its extracted string, its parsed value printed), or None: first the
     project's final answer read by math-verify alone, then the whole response as a user would pass it,
-    unless that answer is the response's only box, read, and no "final answer" phrase competes with it
-    (plain reads such a box first, and the same way)."""
+    unless plain's parse would try that same answer first (_plain_first_candidate) and it was just read
+    and rejected."""
     if not gold.plain:
         return None
     credited, read = None, False
@@ -368,9 +412,8 @@ def _plain_credit(gold: Gold, response: str, text: str, found: str | None, how: 
             credited = _answer_text(predicted), str(predicted[0])
             if covers(credited[0], found) and covers(credited[1], credited[0]):
                 return credited
-    if how == "boxed" and read and credited is None and len(answers.boxed_spans(response)) == 1 \
-            and not re.search(r"final answer", response, re.IGNORECASE):
-        return None
+    if read and credited is None and stated_tokens(_plain_first_candidate(response) or "") == stated_tokens(found):
+        return None  # plain reads this same answer first, and just rejected it
     predicted = whole if whole and text == response else _plain_parse(response, timeout_s)
     if _plain_verify(gold.plain, predicted, timeout_s):
         return _answer_text(predicted), str(predicted[0])
