@@ -209,3 +209,19 @@ def test_quality_on_the_shared_labelled_files_does_not_regress():
     results = [json.loads(line) for line in finished.stdout.splitlines() if line.startswith("{")]
     assert len(results) >= 3 and all(r["below_plain"] == 0 for r in results)
     assert all(r["recall"] >= r["plain_recall"] for r in results)
+
+
+def test_the_table_and_its_variants_are_never_below_plain_math_verify(in_process):
+    """Every table row (and every generated form of its final answer) that plain math-verify credits is
+    credited, or rejected by a named refusal: never rejected silently."""
+    from transforms.math_judge import plain_verdict
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    from verifier_quality import written_five_ways
+
+    rows = [(q, g, r) for q, g, r, _, _ in TABLE]
+    rows += [(q, g, written) for q, g, r, _, _ in TABLE for written in written_five_ways(r)]
+    verdicts = in_process.verify([g for _, g, _ in rows], [r for _, _, r in rows], None, [q for q, _, _ in rows])
+    below = [(g, r, rule) for (_, g, r), score, rule in zip(rows, verdicts.scores, verdicts.rules)
+             if score != 1.0 and not (rule or "").startswith("refused:") and plain_verdict(g, r)]
+    assert len(rows) > 3000 and not below, below[:10]

@@ -34,7 +34,7 @@ from math_verify.utils import timeout
 from schemas.rollouts import VerifierStatus
 from transforms import answers, parts
 from transforms.answers import Gold, choice_letter, clean_text, final_answer, normalize, prepare_gold_text
-from transforms.refusals import EXTRACTION, MATH_VERIFY, Acceptance, covers, refusal, stated_tokens
+from transforms.refusals import EXTRACTION, MATH_VERIFY, Acceptance, covers, refusal
 
 MAX_EXTRACTED_CHARS = 512
 
@@ -116,6 +116,13 @@ def _plain_first_candidate(text: str) -> str | None:
         if best is not None:
             return best.group(0)
     return None
+
+
+def _bare_text(text: str) -> str:
+    """The text without delimiters, a box around it, spaces or braces: " 26" and "\\boxed{26}" are "26"."""
+    text = answers.strip_delimiters(text)
+    boxed = re.fullmatch(r"\\boxed\s*\{(.*)\}", text, re.DOTALL)
+    return answers.math_key(boxed.group(1) if boxed else text)
 
 
 @lru_cache(maxsize=1)
@@ -412,8 +419,8 @@ def _plain_credit(gold: Gold, response: str, text: str, found: str | None, how: 
             credited = _answer_text(predicted), str(predicted[0])
             if covers(credited[0], found) and covers(credited[1], credited[0]):
                 return credited
-    if read and credited is None and stated_tokens(_plain_first_candidate(response) or "") == stated_tokens(found):
-        return None  # plain reads this same answer first, and just rejected it
+    if read and credited is None and _bare_text(_plain_first_candidate(response) or "") == _bare_text(found):
+        return None  # plain tries this same text first, and just rejected it
     predicted = whole if whole and text == response else _plain_parse(response, timeout_s)
     if _plain_verify(gold.plain, predicted, timeout_s):
         return _answer_text(predicted), str(predicted[0])
