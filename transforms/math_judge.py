@@ -443,11 +443,12 @@ def judge_response(gold: Gold, response: str, timeout_s: int, question: str | No
 
     def same_value(first: str, second: str) -> bool | None:
         """Equal, unequal, or None where math-verify cannot read one of them whole."""
+        texts = [normalize(t)[0] for t in (first, second)]
         try:
-            parsed = [parse_latex(normalize(t)[0], timeout_s) for t in (first, second)]
+            parsed = [parse_latex(t, timeout_s) for t in texts]
         except Exception:  # noqa: BLE001 - unreadable: no opinion
             return None
-        if not all(parsed) or not all(covers(_answer_text(p), normalize(t)[0]) for p, t in zip(parsed, (first, second))):
+        if not all(parsed) or not all(covers(_answer_text(p), t) for p, t in zip(parsed, texts)):
             return None
         return _equal(parsed[0], parsed[1], timeout_s)[0]
 

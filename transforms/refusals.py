@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 from transforms import answers, parts
@@ -40,6 +41,15 @@ class Acceptance:
     value: str | None  # plain math-verify's parsed value, printed (None on the extraction path)
     same_value: Callable[[str, str], bool | None]  # do two answer texts state one value (None: unreadable)?
     parts_rejected: bool = False  # the project matched the answer's values against a list gold: no match
+
+    @cached_property
+    def normalized(self) -> str:
+        """The credited answer normalized: the project's own on its path; on plain's, the final answer where
+        plain's credit covers it, else plain's string."""
+        if self.path == EXTRACTION:
+            return self.answer
+        text = self.found if self.found is not None and covers(self.answer, self.found) else self.answer
+        return answers.normalize(text, self.gold)[0]
 
 
 # Numbers (thousands separators removed) and single-letter identifiers outside \text{}: what an answer
@@ -92,8 +102,7 @@ def hedged_answer(a: Acceptance) -> bool:
 def unit_mismatch(a: Acceptance) -> bool:
     """A unit other than the gold's ("5 m" for "5 cm", "7 g" for "7 kg", "5 cm^2" for "5 cm"), or an angle in
     radians credited as degrees ("30 radians" for 30°): both drop the unit and compare the numbers."""
-    _, facts = answers.normalize(a.answer if a.path == MATH_VERIFY and a.found is None else (a.found or a.answer),
-                                 a.gold)
+    _, facts = answers.normalize(a.found or a.answer, a.gold)
     if facts["unit"] and a.gold.unit and facts["unit"] != a.gold.unit:
         return True
     text = a.found or a.answer
@@ -105,7 +114,7 @@ def set_vs_tuple(a: Acceptance) -> bool:
     """A set against one tuple, either way ("(1,2)" vs "\\{1,2\\}"): math-verify reads "(1,2)" as an interval
     or tuple and calls it equal to the set. A list of solutions against the set of the same solutions
     ("(3,2),(-3,2)" vs "\\{(3,2),(-3,2)\\}") is not this case."""
-    return answers.order_conflict(a.gold.text, _normalized(a))
+    return answers.order_conflict(a.gold.text, a.normalized)
 
 
 def unsolved_equation(a: Acceptance) -> bool:
@@ -113,7 +122,7 @@ def unsolved_equation(a: Acceptance) -> bool:
     "x^2 = 4" for 4), or an equation of numbers that does not hold ("3 + 4 = 8"): math-verify compares the
     right side. A label stays a label: a single name ("x", "m_{\\max}", "f(x)"), a left side the question
     names ("a + b = 12" when it asks for $a+b$), or a computation that holds ("5 \\times 4 = 20")."""
-    answer = _normalized(a)
+    answer = a.normalized
     if answers.states_no_value(answer, a.gold.text, a.question):
         return True
     # "3 + 4 = 8": an equation of numbers that does not hold states no value
@@ -125,7 +134,7 @@ def unsolved_equation(a: Acceptance) -> bool:
 def qualified_by_words(a: Acceptance) -> bool:
     """Words that change or hedge the value ("3 \\text{ or more}", "5 squared", "2 thirds"): math-verify
     drops them and reads 3, 5 and 2."""
-    return answers.qualified_by_words(_normalized(a))
+    return answers.qualified_by_words(a.normalized)
 
 
 def percent_rescaled(a: Acceptance) -> bool:
@@ -147,7 +156,7 @@ def list_mismatch(a: Acceptance) -> bool:
     if a.parts_rejected:
         return True
     gold_parts = parts.parts_with_signs(list(a.gold.parts) or parts.gold_parts(a.gold.text))
-    answer_parts = parts.parts_with_signs(parts.gold_parts(_normalized(a)))
+    answer_parts = parts.parts_with_signs(parts.gold_parts(a.normalized))
     if len(gold_parts) >= 2:
         return len(answer_parts) != len(gold_parts)
     bracketed = re.fullmatch(r"\s*[(\[].*[)\]]\s*", a.gold.text) is not None  # a tuple, interval or "[a, b]" list
@@ -198,12 +207,6 @@ def option_mismatch(a: Acceptance) -> bool:
     if stated is None or stated[0] not in options or a.same_value(stated[1], options[stated[0]]):
         return False
     return any(a.same_value(stated[1], value) for letter, value in options.items() if letter != stated[0])
-
-
-def _normalized(a: Acceptance) -> str:
-    if a.path == EXTRACTION:
-        return a.answer
-    return answers.normalize(a.found if a.found is not None and covers(a.answer, a.found) else a.answer, a.gold)[0]
 
 
 REFUSALS: dict[str, Callable[[Acceptance], bool]] = {
