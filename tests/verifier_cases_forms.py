@@ -608,3 +608,13 @@ FORM_CASES += [
     (r"If $m + n = 9$ and $m - n = 3$, find $n$.", "3", r"Hence $\boxed{n = 3}$.", True,
      "the label is the variable asked for"),
 ]
+FORM_CASES += [
+    (r"If $a^2 + b^2 = 80$ and $ab = 32$ with $a, b > 0$, find $a+b$.", "12", r"So $\boxed{b + a = 12}$.", True,
+     "the asked a+b written the other way round is still its label"),
+    (r"If $a^2 + b^2 = 80$ and $ab = 32$ with $a, b > 0$, find $a+b$.", "12", r"So $\boxed{a - b = 12}$.", False,
+     "a - b is not the asked a + b: an unsolved equation"),
+    (r"If $x_1, x_2$ are the roots of $x^2 - 5x + 6 = 0$, then $x_1 + x_2 = \_\_\_\_$.", "5",
+     r"By Vieta, $\boxed{x_2 + x_1 = 5}$.", True, "the blank's left side written the other way round"),
+    (r"If $x_1, x_2$ are the roots of $x^2 - 5x + 6 = 0$, then $x_1 + x_2 = \_\_\_\_$.", "5",
+     r"By Vieta, $\boxed{x_1 x_2 = 5}$.", False, "another expression than the blank's: x_1 x_2 is 6, not the sum"),
+]

@@ -528,8 +528,7 @@ def asks_for_several(question: str | None) -> bool:
         return False
     if re.search(r"\brespectively\b", asked, re.IGNORECASE):
         return True
-    spans = [a or b for a, b in _MATH_IN_TEXT.findall(asked)]
-    single = [span.strip() for span in spans if re.fullmatch(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*", span)]
+    single = [span.strip() for span in math_spans(asked) if re.fullmatch(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*", span)]
     if len(set(single)) >= 2:
         return True
     return bool(re.match(r"\w+(?:'s| is| are)?\s+the\s+[a-z]+(?: [a-z]+)?,?\s+and\s+(?:the\s+)?[a-z]", asked,
@@ -542,9 +541,14 @@ def asked_variables(question: str | None) -> set[str]:
     return math_variables(asked) if asked is not None else set()
 
 
+def math_spans(text: str | None) -> list[str]:
+    """The contents of a text's inline math spans ($...$, \\(...\\))."""
+    return [a or b for a, b in _MATH_IN_TEXT.findall(text or "")]
+
+
 def math_variables(text: str | None) -> set[str]:
     """The single-letter variables in the math spans of a text."""
-    spans = " ".join(a or b for a, b in _MATH_IN_TEXT.findall(text or ""))
+    spans = " ".join(math_spans(text))
     return set(re.findall(r"(?<![A-Za-z\\])([A-Za-z])(?![A-Za-z])", re.sub(r"\\[A-Za-z]+", " ", spans)))
 
 

@@ -124,11 +124,21 @@ def unsolved_equation(a: Acceptance) -> bool:
     names ("a + b = 12" when it asks for $a+b$), or a computation that holds ("5 \\times 4 = 20")."""
     answer = a.normalized
     if answers.states_no_value(answer, a.gold.text, a.question):
-        return True
+        return not _asked_as_written_otherwise(a, answer.split("=")[0].strip())
     # "3 + 4 = 8": an equation of numbers that does not hold states no value
     left, _, right = answer.partition("=")
     return answer.count("=") == 1 and bool(answers.ARITHMETIC.fullmatch(left.strip())) and \
         a.same_value(left.strip(), right.strip()) is False
+
+
+def _asked_as_written_otherwise(a: Acceptance, left: str) -> bool:
+    """Is this left side an expression the question asks for, written in another order ("b + a" for "find
+    $a+b$", "x_2 + x_1" for the blank of "$x_1 + x_2 = \\_\\_$")? Only expressions with a variable: an equal
+    number is no name for a quantity."""
+    if not re.search(r"[A-Za-z]", left):
+        return False
+    named = answers.math_spans(answers.asked_part(a.question)) + [answers.blank_expression(a.question) or ""]
+    return any(a.same_value(left, span) for span in named if re.search(r"[A-Za-z]", span) and "=" not in span)
 
 
 def qualified_by_words(a: Acceptance) -> bool:
@@ -181,8 +191,10 @@ def label_not_asked(a: Acceptance) -> bool:
     text = answers.strip_delimiters(a.found if a.found is not None else a.answer)
     blank = answers.blank_expression(a.question)
     if blank and text.count("=") == 1 and "," not in text:
-        # "Then $x_1+x_2=\\_\\_$": a label must be the blank's own left side ("x_1 = 5" is not x_1+x_2)
-        return answers.math_key(text.split("=")[0]) != answers.math_key(blank)
+        # "Then $x_1+x_2=\\_\\_$": a label must be the blank's own left side ("x_1 = 5" is not x_1+x_2;
+        # "x_2 + x_1 = 5" is, written the other way round)
+        left = text.split("=")[0].strip()
+        return answers.math_key(left) != answers.math_key(blank) and not a.same_value(left, blank)
     variable = re.match(r"^([A-Za-z])(?:_\{?\w+\}?)?\s*=(?!=)", text)
     if variable and text.count("=") == 1:
         # another quantity of the question's own ("m" where it asks for n); a name it never uses ("N = 5" for
