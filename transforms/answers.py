@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from transforms.parts import join_math_spans
+from transforms.parts import MATH_SPAN, join_math_spans
 
 BARE_MAX_CHARS = 200
 BARE_MAX_WORDS = 3
@@ -402,7 +402,8 @@ class Gold:
     parts: tuple = ()  # the values a list gold lists ("3, \\frac12" -> 2 parts); one part otherwise
     parsed_parts: tuple = ()  # math-verify's parse of each part, when there are several
     ordered: bool = False  # a list whose order is the answer's ("respectively", "(a) ... (b) ...")
-    fraction: tuple = ()  # a percent gold's value over 100, parsed ("62.5\\%" -> 0.625)
+    fraction_text: str | None = None  # a percent gold's value over 100 ("62.5\\%" -> "0.625")
+    fraction: tuple = ()  # that value, parsed
     fraction_decimals: int | None = None  # its printed precision, for the rounded-gold rule
 
 
@@ -483,7 +484,6 @@ def named_at(expression: str, question: str) -> int | None:
 
 _ASKING = re.compile(r"\b(?:find|what(?:'s| is| are)|compute|determine|evaluate|calculate|solve for|express|give)\b",
                      re.IGNORECASE)
-_MATH_IN_TEXT = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
 
 
 _CONDITION = re.compile(r"\b(?:with|such that|for|if|where|given|satisfying|so that|when|which|that)\b|[.?;]\s|[.?]$")
@@ -543,7 +543,7 @@ def asked_variables(question: str | None) -> set[str]:
 
 def math_spans(text: str | None) -> list[str]:
     """The contents of a text's inline math spans ($...$, \\(...\\))."""
-    return [a or b for a, b in _MATH_IN_TEXT.findall(text or "")]
+    return [a or b for a, b in MATH_SPAN.findall(text or "")]
 
 
 def math_variables(text: str | None) -> set[str]:

@@ -137,7 +137,6 @@ def _plain_pattern_groups() -> list[list]:
 
 
 def _plain_verify(gold_parsed, predicted, timeout_s: int) -> bool:
-
     if not gold_parsed or not predicted:
         return False
     try:
@@ -157,11 +156,12 @@ def parse_reference(reference: str, timeout_s: int) -> Gold | None:
     """A gold answer prepared for judging (answers.Gold), or None when neither path can read it. A bare
     reference with no delimiters is the normal case."""
     text, facts = prepare_gold_text(reference)
-    parsed = parse_latex(text, timeout_s) or parse_latex(clean_text(reference).strip(), timeout_s)
+    cleaned = clean_text(reference)
+    parsed = parse_latex(text, timeout_s) or parse_latex(cleaned.strip(), timeout_s)
     plain = tuple(_plain_parse(plain_wrap(reference), timeout_s))
     if not parsed and not facts["choice"] and not plain:
         return None
-    gold_parts = parts.gold_parts(text)
+    gold_parts = parts.list_parts(text)
     parsed_parts = tuple(tuple(parse_latex(part, timeout_s)) for part in gold_parts) if len(gold_parts) >= 2 else ()
     if parsed_parts and not all(parsed_parts):
         gold_parts, parsed_parts = [text], ()  # a part math-verify cannot read: the list is compared whole
@@ -173,9 +173,9 @@ def parse_reference(reference: str, timeout_s: int) -> Gold | None:
     return Gold(text=text, parsed=tuple(parsed), decimals=facts["decimals"], choice=facts["choice"],
                 angle=facts.get("angle"), variable=facts.get("variable"), unit=facts.get("unit"),
                 percent=facts.get("percent", False), plain=plain, parts=tuple(gold_parts), parsed_parts=parsed_parts,
-                ordered=parts.is_ordered(clean_text(reference)),
-                fraction=percent_of and tuple(parse_latex(percent_of[0], timeout_s)), fraction_decimals=percent_of
-                and percent_of[1])
+                ordered=parts.is_ordered(cleaned), fraction_text=percent_of and percent_of[0],
+                fraction=percent_of and tuple(parse_latex(percent_of[0], timeout_s)),
+                fraction_decimals=percent_of and percent_of[1])
 
 
 def _percent_as_fraction(text: str) -> tuple[str, int | None] | None:
@@ -261,8 +261,7 @@ def _value_equal(gold: Gold, predicted, timeout_s: int, answer_percent: bool = F
             return True, False
         timed_out = timed_out or late
         if gold.fraction_decimals is not None and not late:
-            scaled = format(Decimal(gold.text).scaleb(-2), "f")
-            if _rounds_to(scaled, gold.fraction_decimals, predicted, timeout_s):
+            if _rounds_to(gold.fraction_text, gold.fraction_decimals, predicted, timeout_s):
                 return True, False
     return False, timed_out
 
@@ -284,9 +283,9 @@ def _parts_equal(gold: Gold, answer: str, timeout_s: int, question: str | None =
     by its own answer part, none left over; a multiset, in order when the gold, the question or the answer
     says the order is the answer's. Labelled answer parts ("y = 2, x = 3") go in the order the question
     names them."""
-    answer_parts = answers.order_by_question(parts.gold_parts(answer), question)
+    answer_parts = answers.order_by_question(parts.list_parts(answer), question)
     by_question = answer_parts is not None
-    answer_parts = answer_parts or parts.gold_parts(answer)
+    answer_parts = answer_parts or parts.list_parts(answer)
     gold_texts, gold_parsed = list(gold.parts), list(gold.parsed_parts)
     labelled = [re.match(r"\s*([A-Za-z])\s*=", g) for g in gold_texts]
     # "x=2, y=3" lists a tuple's components by name: unlabelled answers must keep the gold's order, and the
@@ -347,12 +346,18 @@ def option_letter(answer: str, question: str | None, timeout_s: int) -> str | No
     return matches[0] if len(matches) == 1 else None
 
 
+def answer_letter(found: str | None, question: str | None, timeout_s: int) -> str | None:
+    """The option a final answer names: its letter ("(B)", "Option B"), else the one listed option whose
+    value it states (option_letter); None for neither."""
+    if found is None:
+        return None
+    return choice_letter(found) or option_letter(found, question, timeout_s)
+
+
 def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, question: str | None) -> _Attempt:
     """The project's own path: its final answer, normalized, compared (see the module docstring)."""
     if gold.choice:
-        letter = choice_letter(found) if found is not None else None
-        if letter is None and found is not None:
-            letter = option_letter(found, question, timeout_s)
+        letter = answer_letter(found, question, timeout_s)
         if letter is None:
             return _Attempt(False, VerifierStatus.NO_ANSWER, None)
         return _Attempt(letter == gold.choice, VerifierStatus.OK, letter)
@@ -375,10 +380,9 @@ def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, questi
                 matched, readable = _parts_equal(gold, answer, timeout_s, question, parts.is_ordered(found),
                                                  facts.get("percent", False))
                 return _Attempt(matched, VerifierStatus.OK, extracted, parts_rejected=not matched and readable)
-            paired = False
             if len(gold.parts) == 1 and answers.bracket_kind(gold.text) == "tuple":
                 # "y=2, x=3" against the pair (2, 3) asked as "find $x$ and $y$": the pair in the question's order
-                labelled = answers.order_by_question(parts.gold_parts(answer), question)
+                labelled = answers.order_by_question(parts.list_parts(answer), question)
                 if labelled:
                     answer, paired = "(" + ", ".join(part.split("=")[1].strip() for part in labelled) + ")", True
             if gold.angle == "degrees" and (re.search(r"\\pi\b", answer) or answers.RADIANS.search(found)):

@@ -16,7 +16,8 @@ from collections.abc import Callable
 # Most parts matched one by one; a longer list is compared whole (a set) by math-verify alone.
 MAX_PARTS = 12
 
-_MATH_SPAN = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
+# An inline math span, $...$ or \\(...\\): its content is group 1 or group 2.
+MATH_SPAN = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
 _SPAN_GLUE = re.compile(r"\s*(?:,|;|\band\b|\bor\b|&)?\s*")
 _ENUMERATED = re.compile(r"(?:^|[\s,;])\(?([a-h]|i{1,3}|iv)[).]\s+")
 _PLUS_MINUS = re.compile(r"\\(?:pm|mp)")
@@ -25,7 +26,7 @@ _PLUS_MINUS = re.compile(r"\\(?:pm|mp)")
 def join_math_spans(text: str) -> str:
     """A gold written as several math spans ("$3$,$\\frac{1}{2}$", "$x=2$, $x=-6$", "$1$ and $2$") as one
     comma list ("3, \\frac{1}{2}"); anything else unchanged. Fixes: the spans read as one garbled answer."""
-    spans = list(_MATH_SPAN.finditer(text))
+    spans = list(MATH_SPAN.finditer(text))
     if len(spans) < 2 or text[:spans[0].start()].strip() or text[spans[-1].end():].strip(" .\n"):
         return text
     if not all(_SPAN_GLUE.fullmatch(text[a.end():b.start()]) for a, b in zip(spans, spans[1:])):
@@ -36,7 +37,7 @@ def join_math_spans(text: str) -> str:
 _MEMBER_OF = re.compile(r"^[A-Za-z]\s*\\in\s*(?=\\\{)")
 
 
-def gold_parts(text: str) -> list[str]:
+def list_parts(text: str) -> list[str]:
     """A normalized answer's (or gold's) parts: its top-level list, or the members of a braced set of
     several ("\\{1, 2\\}", "x \\in \\{-6, 2\\}"), a member written twice counted once."""
     found = split_parts(strip_enumeration(text))

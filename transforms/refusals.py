@@ -95,7 +95,7 @@ def hedged_answer(a: Acceptance) -> bool:
             or len(line) > answers.BARE_MAX_CHARS:
         return False
     prose = _TEXT_BLOCK.sub(lambda m: " " + m.group(0).split("{", 1)[1].rstrip("}") + " ", line)
-    prose = re.sub(r"\$[^$]*\$|\\\(.*?\\\)", " ", prose)
+    prose = parts.MATH_SPAN.sub(" ", prose)
     return answers.denies_or_hedges(prose)
 
 
@@ -165,8 +165,8 @@ def list_mismatch(a: Acceptance) -> bool:
         return False  # the project's own path matches lists value by value (transforms/parts.py)
     if a.parts_rejected:
         return True
-    gold_parts = parts.parts_with_signs(list(a.gold.parts) or parts.gold_parts(a.gold.text))
-    answer_parts = parts.parts_with_signs(parts.gold_parts(a.normalized))
+    gold_parts = parts.parts_with_signs(list(a.gold.parts) or parts.list_parts(a.gold.text))
+    answer_parts = parts.parts_with_signs(parts.list_parts(a.normalized))
     if len(gold_parts) >= 2:
         return len(answer_parts) != len(gold_parts)
     bracketed = re.fullmatch(r"\s*[(\[].*[)\]]\s*", a.gold.text) is not None  # a tuple, interval or "[a, b]" list

@@ -43,7 +43,8 @@ from schemas.rollouts import DATA_SOURCE, PROMPT, REFERENCE, RESPONSE, VERDICT_S
 from transforms import answers
 from transforms.answers import choice_letter, clean_text, final_answer, normalize
 from transforms.checks import is_finite_number, is_whole
-from transforms.math_judge import MAX_EXTRACTED_CHARS, Verdict, parse_latex, judge_response, option_letter, parse_reference
+from transforms.math_judge import (MAX_EXTRACTED_CHARS, Verdict, answer_letter, judge_response, parse_latex,
+                                   parse_reference)
 
 __all__ = ["VerifierConfig", "VerifierPool", "Verdict", "judge_response", "verify_table", "question_texts"]
 
@@ -186,23 +187,13 @@ def judge_numeric(tolerance: float, gold: float, response: str, timeout_s: int):
     return (1.0 if abs(value - gold) <= tolerance else 0.0), VerifierStatus.OK, repr(value)
 
 
-def _letter_verdict(found: str | None, gold_letter: str):
-    """(score, status, letter) of a final answer against an option letter."""
-    letter = choice_letter(found) if found is not None else None
-    if letter is None:
-        return 0.0, VerifierStatus.NO_ANSWER, None
-    return (1.0 if letter == gold_letter else 0.0), VerifierStatus.OK, letter
-
-
 def judge_choice(gold: str, response: str, timeout_s: int, question: str | None = None):
     """The option letter of the final answer ("(B)", "B", "The answer is (C) 12") must be the reference's;
     an answer giving one listed option's value ("12" where the question lists "(B) 12") names that option."""
-    found = final_answer(clean_text(response))[0]
-    if found is not None and choice_letter(found) is None:
-        letter = option_letter(found, question, timeout_s)
-        if letter is not None:
-            return (1.0 if letter == gold else 0.0), VerifierStatus.OK, letter
-    return _letter_verdict(found, gold)
+    letter = answer_letter(final_answer(clean_text(response))[0], question, timeout_s)
+    if letter is None:
+        return 0.0, VerifierStatus.NO_ANSWER, None
+    return (1.0 if letter == gold else 0.0), VerifierStatus.OK, letter
 
 
 def check_verifier_name(name: str) -> None:
