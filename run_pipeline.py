@@ -52,7 +52,7 @@ def _options_from_yaml(path: str) -> dict:
 
 
 def _prepare_demo(output: str, rows: int) -> dict:
-    from pipeline.demo import build_tiny_reward_model, write_synthetic_rollouts
+    from pipeline.tools.demo import build_tiny_reward_model, write_synthetic_rollouts
 
     assets = os.path.join(output, "demo_input")
     rollouts = os.path.join(assets, "rollouts")
@@ -93,7 +93,7 @@ def report_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="herolabel report", description=report_main.__doc__)
     parser.add_argument("output", help="a finished herolabel output directory (local path or fsspec URL)")
     args = parser.parse_args(argv)
-    from pipeline.report import rebuild
+    from pipeline.outputs.report import rebuild
 
     try:
         report = rebuild(args.output)
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # Beam warns on import that optional GCP clients are absent
         handler.addFilter(lambda record: not str(record.msg).startswith("apitools not found"))
-    from pipeline.io import InputError
-    from pipeline.outputs import RunFailed
+    from pipeline.storage.fsio import InputError
+    from pipeline.outputs.manifest import RunFailed
     from schemas.rollouts import SchemaError
 
     try:

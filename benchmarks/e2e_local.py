@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from pipeline.demo import synthetic_rollouts  # noqa: E402
+from pipeline.tools.demo import synthetic_rollouts  # noqa: E402
 
 
 def write_inputs(directory: str, rows: int, per_prompt: int, rows_per_file: int = 10_000) -> None:

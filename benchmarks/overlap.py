@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from pipeline.demo import build_tiny_reward_model, write_synthetic_rollouts  # noqa: E402
+from pipeline.tools.demo import build_tiny_reward_model, write_synthetic_rollouts  # noqa: E402
 
 
 def label(input_path: str, model: str, output: str, engine: str, verify_ahead: int, batch_rows: int) -> dict:

@@ -34,8 +34,10 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transforms import rm_torch  # noqa: E402
-from transforms.reward_models import RewardModelConfig, TransformersRewardModel, encode_rollouts  # noqa: E402
+from transforms.rm import packing  # noqa: E402
+from transforms.rm import RewardModelConfig  # noqa: E402
+from transforms.rm.transformers import TransformersRewardModel
+from transforms.rm.hub import encode_rollouts
 
 SHAPES = {
     # hidden, intermediate, layers, heads, kv heads, vocab
@@ -50,7 +52,7 @@ def build_tokenizer(path: str):
     """The demo's byte-level BPE tokenizer with a Qwen-style chat template (built offline)."""
     from transformers import AutoTokenizer
 
-    from pipeline.demo import build_tiny_reward_model
+    from pipeline.tools.demo import build_tiny_reward_model
 
     build_tiny_reward_model(path, seed=0)
     return AutoTokenizer.from_pretrained(path)
@@ -156,7 +158,7 @@ def time_ceiling(model, device: str, length: int, tokens_per_batch: int, batches
 
 def time_vllm(model, tokenizer, table: pa.Table, args, dtype: str, device: str) -> dict:
     """The vllm backend on the same rows (model saved to a temporary directory; load and warm-up untimed)."""
-    from transforms.reward_models import make_reward_model
+    from transforms.rm import make_reward_model
 
     with tempfile.TemporaryDirectory() as directory:
         model.save_pretrained(directory)
@@ -212,9 +214,9 @@ def main(argv=None) -> dict:
     backend = TransformersRewardModel(config)
     backend.attach([TransformersRewardModel._replica(model, device)], tokenizer)
     if args.attention == "sdpa-per-row":
-        rm_torch.use_varlen_kernel(False)
+        packing.use_varlen_kernel(False)
     sides = set(args.sides.split(","))
-    log(f"model built: {args.shape} on {device} ({dtype}); varlen kernel: {rm_torch._VARLEN is not None}")
+    log(f"model built: {args.shape} on {device} ({dtype}); varlen kernel: {packing._VARLEN is not None}")
     backend.score_table(table.slice(0, 16))  # warm-up (kernels, allocator)
     scorer = backend.scorer
     pipeline_s, pipeline_scores = min((time_pipeline(backend, table, device) for _ in range(args.repeats)),
@@ -225,7 +227,7 @@ def main(argv=None) -> dict:
 
     result = {
         "rows": args.rows, "tokens": tokens, "shape": args.shape, "dtype": dtype, "max_tokens": args.max_tokens,
-        "parameters": parameters, "attention": args.attention, "varlen_kernel": rm_torch._VARLEN is not None,
+        "parameters": parameters, "attention": args.attention, "varlen_kernel": packing._VARLEN is not None,
         "pipeline_s": round(pipeline_s, 3), "pipeline_tok_per_s": round(tokens / pipeline_s, 1),
         "token_efficiency": round(real / computed, 4),
         "sorted_padded_token_efficiency": round(padded_efficiency(ids, args.max_tokens), 4),
@@ -290,7 +292,7 @@ def naive(model, tokenizer, prompts, responses, args, device, tokens, parameters
 def padded_efficiency(ids, max_tokens: int) -> float:
     """What length-sorted padded batches under the same budget would compute (for comparison)."""
     lengths = [len(r) for r in ids]
-    batches = rm_torch.plan_padded_batches(lengths, max_tokens, 1 << 20)
+    batches = packing.plan_padded_batches(lengths, max_tokens, 1 << 20)
     return sum(lengths) / sum(len(b) * max(lengths[i] for i in b) for b in batches)
 
 

@@ -18,9 +18,9 @@ import pyarrow as pa
 from schemas.layouts import choose_layout
 from transforms.checks import is_finite_number, is_whole
 from transforms.pairs import STRATEGIES, PairsConfig
-from transforms.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
-from transforms.reward_models import DTYPES, TRUNCATION_SIDES, RewardModelConfig, backend_names
-from transforms.verifier import VerifierConfig
+from transforms.fuse.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
+from transforms.rm import DTYPES, TRUNCATION_SIDES, RewardModelConfig, backend_names
+from transforms.verify import VerifierConfig
 
 SHUFFLE_MODES = ("files", "engine")
 PROGRESS_MODES = ("auto", "on", "off")

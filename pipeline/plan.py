@@ -10,13 +10,13 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from pipeline import hf, io
-from pipeline.io import InputError
+from pipeline.storage import staging, fsio
+from pipeline.storage.fsio import InputError
 from pipeline.config import ConfigError, PipelineConfig, name_options
-from pipeline.stages import MetricsSink, timed
+from pipeline.stages.base import MetricsSink, timed
 from schemas.layouts import Layout, LayoutError, choose_layout, missing_columns_hint
 from schemas.rollouts import SAMPLE_INDEX, InputContract, SchemaError, validate_batch
-from transforms.reward_models import make_reward_model
+from transforms.rm import make_reward_model
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class WorkUnit:
 
     def read(self, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
         """Yields (row offset within the file, table) batches of at most `batch_rows` rows."""
-        for offset, table in io.iter_row_group(self.url, self.row_group, batch_rows):
+        for offset, table in fsio.iter_row_group(self.url, self.row_group, batch_rows):
             yield self.first_row + offset, table
 
 
@@ -45,7 +45,7 @@ class RunPlan:
     """Inputs, the unified contract, shard count and output metadata of one run."""
 
     config: PipelineConfig
-    files: tuple[io.InputFile, ...]
+    files: tuple[fsio.InputFile, ...]
     contract: InputContract
     num_shards: int
     metadata: dict  # stored in every output file (sigma_bar is added per run)
@@ -63,7 +63,7 @@ class RunPlan:
 
     @property
     def spill_dir(self) -> str:
-        return io.join(self.config.output, "_shuffle")
+        return fsio.join(self.config.output, "_shuffle")
 
     def read_and_validate(self, unit: WorkUnit, sink: MetricsSink) -> Iterator[tuple[pa.Table, pa.Table]]:
         """(valid rows cast to the contract, error records) per batch of `unit`, timed and counted."""
@@ -107,7 +107,7 @@ class RunPlan:
 
 def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     """Inspects the inputs (footers only), derives the contract and shard count, checks the RM settings."""
-    files = tuple(io.inspect_inputs(hf.stage_input(config.input, config.output)))
+    files = tuple(fsio.inspect_inputs(staging.stage_input(config.input, config.output)))
     try:
         layout = choose_layout(files[0].schema, config.preset, config.column_map)
     except LayoutError as exc:
@@ -147,7 +147,7 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     return RunPlan(config, files, contract, num_shards, metadata, model.needs_accelerator, layout)
 
 
-def _long_form_counts(file: io.InputFile, column: str) -> io.InputFile:
+def _long_form_counts(file: fsio.InputFile, column: str) -> fsio.InputFile:
     """The file's row counts after exploding its list `column` (reads that column once, on the driver)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq

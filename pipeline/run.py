@@ -8,7 +8,7 @@ import time
 
 from pipeline.config import PipelineConfig
 from pipeline.engines import run_engine
-from pipeline.outputs import AccountingError, finish_run, prepare_output  # noqa: F401 - AccountingError is API
+from pipeline.outputs.manifest import AccountingError, finish_run, prepare_output  # noqa: F401 - AccountingError is API
 from pipeline.plan import make_plan
 
 log = logging.getLogger(__name__)

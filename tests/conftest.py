@@ -27,6 +27,6 @@ def label(input_path, output, **options) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_rm_path(tmp_path_factory) -> str:
-    from pipeline.demo import build_tiny_reward_model
+    from pipeline.tools.demo import build_tiny_reward_model
 
     return build_tiny_reward_model(str(tmp_path_factory.mktemp("tiny_rm")), seed=0)

@@ -76,7 +76,7 @@ def _write_inputs(directory, layout: str):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.demo import synthetic_rollouts
+    from pipeline.tools.demo import synthetic_rollouts
 
     directory.mkdir()
     good = synthetic_rollouts(16, seed=1)

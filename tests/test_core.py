@@ -8,13 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.buckets import SpillWriter, load_parts, sigma_bar_from_partials, spill_path, split_by_bucket
+from pipeline.stages.group import SpillWriter, load_parts, sigma_bar_from_partials, spill_path, split_by_bucket
 from pipeline.config import EngineConfig, build_config
-from pipeline.outputs import fuse_and_write, write_errors
+from pipeline.stages.write import fuse_and_write, write_errors
 from pipeline.plan import make_plan
-from pipeline.stages import CounterSink, SharedStages, VerifyAhead, VerifyStage, WorkerContext
+from pipeline.stages.base import CounterSink, SharedStages, WorkerContext
+from pipeline.stages.verify import VerifyAhead, VerifyStage
 from schemas.rollouts import ORDER, STATUS_VOCABULARIES, InputContract, bucket_of, validate_batch
-from transforms.verifier import VerifierConfig
+from transforms.verify import VerifierConfig
 
 THREE_ROWS = pa.table({
     "prompt_id": ["p1", "p1", "p2"],

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import label, shared_file
 from pipeline.config import build_config, options_markdown
-from pipeline.demo import write_synthetic_rollouts
+from pipeline.tools.demo import write_synthetic_rollouts
 from schemas.rollouts import STATUS_VOCABULARIES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_accelerator_hint_sits_on_the_rm_step_only_on_remote_runners(tmp_path, t
 
 
 def test_slurm_recipes_build_with_the_documented_settings():
-    from pipeline.deploy import slurm_cpu_cluster, slurm_gpu_job_script
+    from pipeline.tools.deploy import slurm_cpu_cluster, slurm_gpu_job_script
 
     cluster = slurm_cpu_cluster(cores=32, memory="64GB", walltime="04:00:00",
                                 scheduler_options={"dashboard_address": None})
@@ -142,7 +142,7 @@ def test_slurm_recipes_build_with_the_documented_settings():
 
 
 def test_kubernetes_specs_build_with_the_documented_settings():
-    from pipeline.deploy import kubernetes_specs
+    from pipeline.tools.deploy import kubernetes_specs
 
     cluster, gpu_group = kubernetes_specs("herolabel", image="registry.example/herolabel:1", cpu_workers=8,
                                           gpu_workers=2)
@@ -165,7 +165,7 @@ def test_verification_runs_in_a_worker_started_by_the_slurm_job_script(tmp_path)
 
     from distributed import Client
 
-    from pipeline.deploy import slurm_cpu_cluster
+    from pipeline.tools.deploy import slurm_cpu_cluster
 
     cluster = slurm_cpu_cluster(cores=2, memory="4GB", walltime="00:10:00",
                                 scheduler_options={"dashboard_address": None})
@@ -205,9 +205,9 @@ def test_every_option_reaches_the_command_line():
     flags = {a for action in _parser()._actions for a in action.option_strings}  # noqa: SLF001
     assert {o.flag for o in OPTIONS} <= flags
     backend = next(a for a in _parser()._actions if "--rm-backend" in a.option_strings)  # noqa: SLF001
-    from transforms.reward_models import REWARD_BACKENDS
+    from transforms.rm import BACKENDS
 
-    assert tuple(backend.choices) == tuple(REWARD_BACKENDS)  # the CLI's choices come from the registry
+    assert tuple(backend.choices) == tuple(BACKENDS)  # the CLI's choices come from the registry
 
 
 def _readme_commands() -> list[list[str]]:

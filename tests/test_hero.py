@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from hero_reference import hero_reference
 from schemas.rollouts import ORDER
-from transforms.hero import HeroConfig, fuse, sigma_partial
+from transforms.fuse.hero import HeroConfig, fuse, sigma_partial
 
 
 def scored_table(prompt_ids, verifier_scores, rm_scores, verifier_statuses=None, rm_statuses=None) -> pa.Table:

@@ -8,7 +8,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from pipeline.engines.beam import check_beam_args
-from pipeline.io import InputError, inspect_inputs, list_input_files, read_file_metadata, write_parquet_atomic
+from pipeline.storage.fsio import InputError, inspect_inputs, list_input_files, read_file_metadata, write_parquet_atomic
 
 
 @pytest.fixture
@@ -83,12 +83,12 @@ def test_atomic_writes_rename_on_posix_and_upload_directly_on_object_stores(tmp_
     import fsspec
     import pyarrow as pa
 
-    from pipeline import io
+    from pipeline.storage import fsio
 
-    assert io.renames_for_atomicity(fsspec.filesystem("file"))
-    assert io.renames_for_atomicity(fsspec.filesystem("memory"))
+    assert fsio.renames_for_atomicity(fsspec.filesystem("file"))
+    assert fsio.renames_for_atomicity(fsspec.filesystem("memory"))
     store = _ObjectStore()
-    assert not io.renames_for_atomicity(store)
+    assert not fsio.renames_for_atomicity(store)
     fsspec.register_implementation("s3", _ObjectStore, clobber=True)
     try:
         write_parquet_atomic(pa.table({"x": [1, 2]}), "s3://bucket/out/part.parquet", {"k": 1})
@@ -104,13 +104,13 @@ def test_atomic_writes_rename_on_posix_and_upload_directly_on_object_stores(tmp_
 def test_an_interrupted_object_store_write_publishes_nothing():
     import fsspec
 
-    from pipeline import io
+    from pipeline.storage import fsio
 
     store = _ObjectStore()
     fsspec.register_implementation("s3", _ObjectStore, clobber=True)
     try:
         with pytest.raises(KeyboardInterrupt):
-            with io.open_atomic("s3://bucket/out/part.parquet") as handle:
+            with fsio.open_atomic("s3://bucket/out/part.parquet") as handle:
                 handle.write(b"PAR1 half a file")
                 raise KeyboardInterrupt
         assert not store.exists("/bucket/out/part.parquet")

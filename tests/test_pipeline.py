@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from conftest import label, shared_file
 from hero_reference import hero_reference
 from pipeline.config import build_config
-from pipeline.demo import synthetic_rollouts, write_synthetic_rollouts
-from pipeline.io import read_file_metadata
+from pipeline.tools.demo import synthetic_rollouts, write_synthetic_rollouts
+from pipeline.storage.fsio import read_file_metadata
 from pipeline.run import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +256,7 @@ def test_a_run_over_its_error_budget_writes_everything_and_fails(tmp_path, engin
 def test_failed_verdicts_count_against_the_budget_but_missing_references_do_not(tmp_path):
     import dataclasses
 
-    from transforms.verifier import VerifierConfig
+    from transforms.verify import VerifierConfig
 
     rows = synthetic_rollouts(40, seed=13).to_pylist()
     for i in range(0, 40, 10):
@@ -268,7 +268,7 @@ def test_failed_verdicts_count_against_the_budget_but_missing_references_do_not(
                            "rm_score_column": "sample_index", "verifier_workers": 1, "max_error_rate": 0.05})
     config = dataclasses.replace(config, verifier=dataclasses.replace(
         config.verifier, judge="judges:errors_on_marker"))
-    from pipeline.outputs import ErrorBudgetExceeded
+    from pipeline.outputs.manifest import ErrorBudgetExceeded
 
     with pytest.raises(ErrorBudgetExceeded, match="4 of 40 input rows failed"):
         run(config, show_progress=False)

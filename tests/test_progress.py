@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from pipeline import progress
+from pipeline.tools import progress
 
 
 def test_final_line_reports_every_stage_and_percent_done():

@@ -15,9 +15,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.report as report_module
+import pipeline.outputs.report as report_module
 from conftest import label, shared_file
-from pipeline.report import auroc, write_report
+from pipeline.outputs.report import auroc, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from schemas.rollouts import CHAT_PROMPT
-from transforms.reward_models import RewardModelConfig, make_reward_model
-from transforms.rm_torch import plan_packs, plan_padded_batches
+from transforms.rm import RewardModelConfig, make_reward_model
+from transforms.rm.packing import plan_packs, plan_padded_batches
 
 
 @pytest.mark.parametrize("lengths,max_tokens,max_batch", [
@@ -42,7 +42,7 @@ def tiny_rm(tiny_rm_path):
 
 
 def rollouts(n=6):
-    from pipeline.demo import synthetic_rollouts
+    from pipeline.tools.demo import synthetic_rollouts
 
     return synthetic_rollouts(n, seed=3)
 

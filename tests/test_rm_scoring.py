@@ -15,11 +15,13 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, build_config
-from pipeline.demo import synthetic_rollouts
+from pipeline.tools.demo import synthetic_rollouts
 from pipeline.plan import make_plan
 from schemas.rollouts import CHAT_PROMPT
-from transforms import rm_torch
-from transforms.reward_models import RewardModelConfig, TransformersRewardModel, fingerprint_dir, make_reward_model
+from transforms.rm import packing
+from transforms.rm import RewardModelConfig, make_reward_model
+from transforms.rm.transformers import TransformersRewardModel
+from transforms.rm.hub import fingerprint_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,7 +139,7 @@ def test_out_of_memory_halves_the_batch_and_never_drops_a_row(tiny_rm_path, monk
     model = load(tiny_rm_path, max_length=256, max_tokens_per_batch=65536)
     table = synthetic_rollouts(12, seed=5).select(["prompt", "response"])
     clean = model.score_table(table).column("rm_score").to_numpy()
-    forward = rm_torch.Scorer._forward_packed
+    forward = packing.Scorer._forward_packed
     attempts = []
 
     def forward_or_oom(self, replica, batch):
@@ -146,7 +148,7 @@ def test_out_of_memory_halves_the_batch_and_never_drops_a_row(tiny_rm_path, monk
             raise torch.OutOfMemoryError("injected: CUDA out of memory")
         return forward(self, replica, batch)
 
-    monkeypatch.setattr(rm_torch.Scorer, "_forward_packed", forward_or_oom)
+    monkeypatch.setattr(packing.Scorer, "_forward_packed", forward_or_oom)
     out = model.score_table(table)
     assert out.num_rows == table.num_rows
     assert set(out.column("rm_status").to_pylist()) == {expected_status}
@@ -170,9 +172,9 @@ def test_out_of_memory_halves_the_batch_and_never_drops_a_row(tiny_rm_path, monk
 def test_device_assignment(setting, cuda_count, expected):
     if expected is RuntimeError:
         with pytest.raises(RuntimeError, match="GPU"):
-            rm_torch.resolve_devices(setting, cuda_count)
+            packing.resolve_devices(setting, cuda_count)
     else:
-        assert rm_torch.resolve_devices(setting, cuda_count) == expected
+        assert packing.resolve_devices(setting, cuda_count) == expected
 
 
 def test_two_model_copies_share_the_work_and_agree(tiny_rm_path):
@@ -215,7 +217,7 @@ def test_weights_fingerprint_reads_the_whole_content(tmp_path, monkeypatch):
 
 
 def test_a_missing_model_fails_before_any_data_moves(tmp_path):
-    from pipeline.demo import write_synthetic_rollouts
+    from pipeline.tools.demo import write_synthetic_rollouts
 
     write_synthetic_rollouts(str(tmp_path / "in.parquet"), 16, seed=1)
     config = build_config({"input": str(tmp_path / "in.parquet"), "output": str(tmp_path / "out"),
@@ -235,7 +237,7 @@ def test_a_model_with_two_outputs_is_refused_by_name(tmp_path, tiny_rm_path):
     config = AutoConfig.from_pretrained(path)
     config.num_labels = 2
     config.save_pretrained(path)
-    from pipeline.demo import write_synthetic_rollouts
+    from pipeline.tools.demo import write_synthetic_rollouts
 
     write_synthetic_rollouts(str(tmp_path / "in.parquet"), 16, seed=1)
     with pytest.raises(ConfigError, match="--rm-model .*num_labels=2"):
@@ -255,7 +257,7 @@ print(json.dumps({"identity": plan.metadata["reward_model"], "revision": plan.co
 def test_a_hub_model_is_recorded_by_its_resolved_commit(tmp_path, tiny_rm_path):
     """A hub id resolved from the local hub cache (offline): the manifest names the commit, and the
     workers are pinned to it."""
-    from pipeline.demo import write_synthetic_rollouts
+    from pipeline.tools.demo import write_synthetic_rollouts
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--acme--tiny-rm"
@@ -307,4 +309,4 @@ def test_sliding_window_models_are_not_packed(config_class, settings, packs):
                                                  num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                                                  num_labels=1, **settings)
     model = transformers.AutoModelForSequenceClassification.from_config(config)
-    assert rm_torch.can_pack(model) is packs
+    assert packing.can_pack(model) is packs

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import label
-from pipeline.demo import synthetic_rollouts, write_synthetic_rollouts
-from pipeline.score_cache import ScoreCache, rollout_keys
+from pipeline.tools.demo import synthetic_rollouts, write_synthetic_rollouts
+from pipeline.storage.score_cache import ScoreCache, rollout_keys
 
 pytestmark = pytest.mark.slow
 

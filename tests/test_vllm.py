@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import label
-from pipeline.demo import synthetic_rollouts
+from pipeline.tools.demo import synthetic_rollouts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +59,7 @@ def test_vllm_scores_match_the_transformers_backend(tmp_path, tiny_rm_path):
 
 
 def test_missing_vllm_names_what_to_install(monkeypatch, tiny_rm_path):
-    from transforms.reward_models import RewardModelConfig, make_reward_model
+    from transforms.rm import RewardModelConfig, make_reward_model
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm now raises ImportError
     backend = make_reward_model(RewardModelConfig(backend="vllm", model=tiny_rm_path))

@@ -31,11 +31,14 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.transforms.window import GlobalWindows
 
-from pipeline import checkpoints, progress
-from pipeline.buckets import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials, split_by_bucket
-from pipeline.outputs import fuse_and_write, spill_errors, write_errors
+from pipeline.storage import checkpoints
+from pipeline.tools import progress
+from pipeline.stages.group import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials, split_by_bucket
+from pipeline.stages.write import fuse_and_write, spill_errors, write_errors
 from pipeline.plan import RunPlan
-from pipeline.stages import WORKER_STAGES, ScoreStage, UnitEnd, VerifyAhead, VerifyStage, WorkerContext, timed
+from pipeline.stages.base import WORKER_STAGES, UnitEnd, WorkerContext, timed
+from pipeline.stages.score import ScoreStage
+from pipeline.stages.verify import VerifyAhead, VerifyStage
 
 NAMESPACE = "herolabel"
 # Runners that execute in or beside this process; any other runner is a remote one.

@@ -30,12 +30,15 @@ from collections import Counter, defaultdict
 from contextlib import contextmanager
 from itertools import islice
 
-from pipeline import checkpoints, progress
-from pipeline.buckets import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials
+from pipeline.storage import checkpoints
+from pipeline.tools import progress
+from pipeline.stages.group import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials
 from pipeline.config import ConfigError
-from pipeline.outputs import fuse_and_write, spill_errors, write_errors
+from pipeline.stages.write import fuse_and_write, spill_errors, write_errors
 from pipeline.plan import RunPlan, WorkUnit
-from pipeline.stages import WORKER_STAGES, CounterSink, ScoreStage, VerifyAhead, VerifyStage, WorkerContext, timed
+from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext, timed
+from pipeline.stages.score import ScoreStage
+from pipeline.stages.verify import VerifyAhead, VerifyStage
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline.storage import fsio
 from schemas.rollouts import RmStatus
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class ScoreCache:
 
     def __init__(self, root: str, identity: dict):
         self.identity = identity
-        self.directory = io.join(root, namespace_of(identity))
+        self.directory = fsio.join(root, namespace_of(identity))
         self._lock = threading.Lock()
         self._keys: np.ndarray | None = None
         self._scores = np.empty(0, np.float32)
@@ -71,9 +71,9 @@ class ScoreCache:
     def _load(self) -> None:
         fs, path = fsspec.core.url_to_fs(self.directory)
         fs.makedirs(path, exist_ok=True)
-        marker = io.join(self.directory, "identity.json")
+        marker = fsio.join(self.directory, "identity.json")
         if not fs.exists(f"{path}/identity.json"):
-            with io.open_atomic(marker, "w") as handle:
+            with fsio.open_atomic(marker, "w") as handle:
                 json.dump(self.identity, handle, indent=2, sort_keys=True, default=str)
         files = sorted(fs.glob(f"{path}/scores-*.parquet"))
         tables = []
@@ -116,5 +116,5 @@ class ScoreCache:
                           "rm_score": pa.array(np.asarray(scores)[keep].astype(np.float32), pa.float32()),
                           "rm_status": pa.array([statuses[i] for i in keep], pa.string())}, schema=_SCHEMA)
         name = hashlib.sha256(b"".join(bytes(k).ljust(KEY_BYTES, b"\0") for k in chosen)).hexdigest()[:24]
-        io.write_parquet_atomic(table, io.join(self.directory, f"scores-{name}.parquet"))
+        fsio.write_parquet_atomic(table, fsio.join(self.directory, f"scores-{name}.parquet"))
         return len(keep)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import fsspec
 
-from pipeline import io
+from pipeline.storage import fsio
 
 if TYPE_CHECKING:  # plan.py imports stages.py, which calls fault_point() here
     from pipeline.plan import RunPlan
@@ -49,7 +49,7 @@ def fingerprint(plan: RunPlan) -> dict:
 
 
 def _url(plan: RunPlan, *parts: str) -> str:
-    return io.join(plan.spill_dir, *parts)
+    return fsio.join(plan.spill_dir, *parts)
 
 
 def read_fingerprint(output: str) -> dict | None:
@@ -61,7 +61,7 @@ def read_fingerprint(output: str) -> dict | None:
 
 
 def write_fingerprint(plan: RunPlan) -> None:
-    with io.open_atomic(_url(plan, "run.json"), "w") as handle:
+    with fsio.open_atomic(_url(plan, "run.json"), "w") as handle:
         json.dump(fingerprint(plan), handle, indent=1, sort_keys=True)
 
 
@@ -83,7 +83,7 @@ def marker_url(plan: RunPlan, unit_name: str) -> str:
 
 def write_marker(plan: RunPlan, unit_name: str, buckets: dict[int, str], errors_url: str | None) -> None:
     """Records a completed unit (WorkUnit.name); call only after its spill files are complete."""
-    with io.open_atomic(marker_url(plan, unit_name), "w") as handle:
+    with fsio.open_atomic(marker_url(plan, unit_name), "w") as handle:
         json.dump({"buckets": {str(b): u for b, u in buckets.items()}, "errors_url": errors_url}, handle)
 
 

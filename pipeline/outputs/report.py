@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import io
+from pipeline.storage import fsio
 from schemas.rollouts import VERDICT_STATUSES
 
 COLUMN_TYPES = {"prompt_id": pa.string(), "data_source": pa.string(), "verifier_score": pa.float64(),
@@ -393,9 +393,9 @@ def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
 def write_report(output: str, manifest: dict) -> dict:
     """Writes OUTPUT/run_report.json and OUTPUT/report.html; returns the report."""
     report, table, classes = build_report(output, manifest)
-    with io.open_atomic(io.join(output, "run_report.json"), "w") as handle:
+    with fsio.open_atomic(fsio.join(output, "run_report.json"), "w") as handle:
         json.dump(report, handle, indent=2, default=_json_default)
-    with io.open_atomic(io.join(output, "report.html"), "w") as handle:
+    with fsio.open_atomic(fsio.join(output, "report.html"), "w") as handle:
         handle.write(render_html(report, table, classes))
     return report
 

@@ -1,82 +1,17 @@
-"""Hugging Face datasets in and out.
+"""OUTPUT/README.md: a dataset card in the hub's format.
 
-In: `--input` may name a dataset saved with `save_to_disk` (a Dataset or a DatasetDict: every split is
-labelled), JSON / JSONL files, or a hub dataset id when online. They are read with the datasets library
-and staged once as Parquet under OUTPUT/_staged/ (row groups of 10,000 rows, the planner's units of
-work; a rerun or resume reuses the staged files, so their footers and the run's fingerprint stay the
-same).
-
-Out: OUTPUT/README.md, a dataset card in the hub's format whose `configs:` name the labelled data (the
-default) and the DPO pairs, so `datasets.load_dataset(OUTPUT)` and `load_dataset(OUTPUT, "pairs")` load
-each without mixing schemas; it describes the columns, the settings and the provenance.
+Its `configs:` name the labelled data (the default) and the DPO pairs, so `datasets.load_dataset(OUTPUT)`
+and `load_dataset(OUTPUT, "pairs")` load each without mixing schemas; it describes the columns, the
+settings and the provenance.
 """
 
 from __future__ import annotations
 
-import glob as globlib
-import hashlib
 import json
-import os
-import re
 
 import fsspec
 
-from pipeline import io
-
-STAGED_ROW_GROUP = 10_000
-JSON_SUFFIXES = (".json", ".jsonl", ".json.gz", ".jsonl.gz")
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def input_kind(spec: str) -> str:
-    """"parquet" (read directly), "saved" (save_to_disk), "json" or "hub"."""
-    if os.path.isdir(spec) and any(os.path.exists(os.path.join(spec, name))
-                                   for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
-        return "saved"
-    if spec.endswith(JSON_SUFFIXES):
-        return "json"
-    if "://" not in spec and not os.path.exists(spec) and HUB_ID.fullmatch(spec):
-        return "hub"
-    return "parquet"
-
-
-def stage_input(spec: str, output: str) -> str:
-    """The Parquet location to plan from: `spec` itself, or the staged copy of a datasets input."""
-    kind = input_kind(spec)
-    if kind == "parquet":
-        return spec
-    import datasets
-
-    stamp = hashlib.sha256(json.dumps([kind, os.path.abspath(spec) if kind != "hub" else spec,
-                                       _mtime(spec)]).encode()).hexdigest()[:16]
-    staged = io.join(output, "_staged", stamp)
-    fs, path = fsspec.core.url_to_fs(staged)
-    if fs.exists(f"{path}/_STAGED"):
-        return staged
-    datasets.disable_progress_bars()
-    if kind == "saved":
-        loaded = datasets.load_from_disk(spec)
-    elif kind == "json":
-        files = sorted(globlib.glob(spec)) or [spec]
-        loaded = datasets.load_dataset("json", data_files=files, split="train")
-    else:
-        loaded = datasets.load_dataset(spec)
-    splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
-    fs.makedirs(path, exist_ok=True)
-    for name, split in splits:
-        with io.open_atomic(io.join(staged, f"{name}.parquet")) as handle:
-            split.to_parquet(handle, batch_size=STAGED_ROW_GROUP)
-    with io.open_atomic(io.join(staged, "_STAGED"), "w") as handle:
-        json.dump({"input": spec, "kind": kind, "splits": [name for name, _ in splits]}, handle)
-    return staged
-
-
-def _mtime(spec: str) -> float | None:
-    try:
-        return os.path.getmtime(spec)
-    except OSError:
-        return None
-
+from pipeline.storage import fsio
 
 COLUMN_NOTES = {
     "verifier_score": "1 when the final answer equals the reference, 0 otherwise; null when not judgeable",
@@ -141,5 +76,5 @@ def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool) ->
         f"{manifest.get('output_rows')} + error rows {manifest.get('error_rows')}",
         "- settings: `manifest.json` (all), and every shard's Parquet metadata (key `herolabel`)", "",
     ])
-    with io.open_atomic(io.join(output, "README.md"), "w") as handle:
+    with fsio.open_atomic(fsio.join(output, "README.md"), "w") as handle:
         handle.write(card)

@@ -1,11 +1,8 @@
-"""Everything the job writes, engine-neutral: the output directory, shards, errors, the manifest.
+"""The run's output directory on the driver: prepared before any data moves, read back and accounted for after.
 
-Engines call these bodies from their own tasks or DoFns:
-  prepare_output(plan) -> resuming                 driver, before any data moves (pipeline/checkpoints.py)
-  spill_errors(plan, unit_name, errors) -> url    a unit's error records, for write_errors to collect
-  fuse_and_write(plan, bucket, parts, sigma_bar)  one shard: HERO over whole groups, then an atomic write
-  write_errors(plan, file_index, parts)           one errors/part-FFFFF.parquet per input file
-  finish_run(plan, engine_report, started)        driver: read back, account for every row, manifest.json
+  prepare_output(plan) -> resuming                 before any data moves (pipeline/storage/checkpoints.py)
+  finish_run(plan, engine_report, started)        read back, account for every row, manifest.json, report, card
+Shards and error files are written by the group step on workers (pipeline/stages/write.py).
 """
 
 from __future__ import annotations
@@ -21,14 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline import checkpoints, io
-from pipeline.buckets import load_parts
+from pipeline.storage import checkpoints, fsio
+from pipeline.stages.group import load_parts
 from pipeline.plan import RunPlan
-from pipeline.hf import write_dataset_card
-from pipeline.report import write_report
-from pipeline.stages import MetricsSink, timed
+from pipeline.outputs.card import write_dataset_card
+from pipeline.outputs.report import write_report
+from pipeline.stages.base import MetricsSink, timed
 from schemas.rollouts import ORDER, STATUS_VOCABULARIES, RmStatus, VerifierStatus, error_records, split_duplicates
-from transforms.hero import fuse
+from transforms.fuse.hero import fuse
 from transforms.pairs import make_pairs
 
 RUN_ENTRIES = ("data", "errors", "pairs", "_shuffle", "run_report.json", "report.html", "README.md", "manifest.json")
@@ -104,14 +101,6 @@ def prepare_output(plan: RunPlan) -> bool:
     return resuming
 
 
-def shard_url(plan: RunPlan, bucket: int) -> str:
-    return io.join(plan.config.output, "data", f"part-{bucket:05d}-of-{plan.num_shards:05d}.parquet")
-
-
-def pairs_url(plan: RunPlan, bucket: int) -> str:
-    return io.join(plan.config.output, "pairs", f"part-{bucket:05d}-of-{plan.num_shards:05d}.parquet")
-
-
 def summarize_pairs(output: str) -> dict:
     """Rows and files under OUTPUT/pairs/, and prompts without a pair by reason (from each file's metadata,
     so a resumed run counts the shards it kept too)."""
@@ -122,76 +111,10 @@ def summarize_pairs(output: str) -> dict:
         with fs.open(name, "rb") as handle:
             parquet = pq.ParquetFile(handle)
             rows += parquet.metadata.num_rows
-            meta = json.loads((parquet.schema_arrow.metadata or {}).get(io.METADATA_KEY, b"{}"))
+            meta = json.loads((parquet.schema_arrow.metadata or {}).get(fsio.METADATA_KEY, b"{}"))
         reasons.update(meta.get("no_pair", {}))
-    return {"rows": rows, "files": [io.as_url(fs, f, output) for f in files],
+    return {"rows": rows, "files": [fsio.as_url(fs, f, output) for f in files],
             "prompts_without_pair": dict(reasons)}
-
-
-def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float | None,
-                   sink: MetricsSink) -> tuple[str, int]:
-    """HERO fusion of one bucket of complete groups, written as data/part-BBBBB-of-SSSSS.parquet.
-
-    `parts` are spill-file URLs or Arrow tables holding every row of the bucket. Rows come out sorted
-    by (prompt_id, input order), so the shard is the same whatever order the parts arrived in.
-    """
-    url = shard_url(plan, bucket)
-    if checkpoints.shard_done(url):  # written before a crash (atomically, so complete); same bytes again
-        sink.count("shards_kept", 1)
-        return url, 0
-    schema = plan.contract.output_schema()
-    with timed(sink, "group"):
-        table = load_parts(parts)
-        table = _drop_duplicates(plan, bucket, table, sink)
-    with timed(sink, "fuse"):
-        fused = fuse(table, plan.config.hero, sigma_bar).drop_columns([ORDER])
-        fused = fused.select(schema.names).cast(schema)
-    checkpoints.fault_point("write")
-    if plan.config.pairs.enabled:  # before the shard: a written shard means its pairs are written too
-        with timed(sink, "pairs"):
-            pairs, no_pair = make_pairs(fused, plan.config.pairs)
-            io.write_parquet_atomic(pairs, pairs_url(plan, bucket),
-                                    {"pairs": dataclasses.asdict(plan.config.pairs), "no_pair": no_pair,
-                                     "shard": bucket})
-        sink.count("pairs", pairs.num_rows)
-    with timed(sink, "write"):
-        io.write_parquet_atomic(fused, url, {**plan.metadata, "sigma_bar": sigma_bar, "shard": bucket})
-    sink.count("written", fused.num_rows)
-    return url, fused.num_rows
-
-
-def _drop_duplicates(plan: RunPlan, bucket: int, table: pa.Table, sink: MetricsSink) -> pa.Table:
-    """Later copies of a (prompt_id, sample_index) go to errors/part-dup-BBBBB.parquet; the first is kept."""
-    kept, duplicates, originals = split_duplicates(table)
-    if not len(duplicates):
-        return kept
-    orders = table.column(ORDER).to_numpy()
-    urls = [f.url for f in plan.files]
-
-    def source(position: int) -> tuple[str, int]:
-        order = int(orders[position])
-        return urls[order >> 32], order & 0xFFFFFFFF
-
-    sources = [source(p) for p in duplicates]
-    reasons = ["duplicate (prompt_id, sample_index) of {} row {}".format(*source(p)) for p in originals]
-    errors = error_records(table, duplicates, reasons, "group", [f for f, _ in sources], [r for _, r in sources])
-    io.write_parquet_atomic(errors.sort_by([("source_file", "ascending"), ("source_row", "ascending")]),
-                            io.join(plan.config.output, "errors", f"part-dup-{bucket:05d}.parquet"))
-    sink.count("errors", errors.num_rows)
-    return kept
-
-
-def spill_errors(plan: RunPlan, unit_name: str, errors: pa.Table) -> str:
-    """Writes one unit's error records under _shuffle/errors/ (atomically; a rerun rewrites them)."""
-    return io.write_parquet_atomic(errors, io.join(plan.spill_dir, "errors", f"{unit_name}.parquet"))
-
-
-def write_errors(plan: RunPlan, file_index: int, parts: Iterable) -> tuple[str, int]:
-    """All error records of one input file, written as errors/part-FFFFF.parquet sorted by source row."""
-    errors = load_parts(parts).sort_by("source_row")
-    url = io.join(plan.config.output, "errors", f"part-{file_index:05d}.parquet")
-    io.write_parquet_atomic(errors, url)
-    return url, errors.num_rows
 
 
 def _parquet_files(fs, directory: str) -> list[str]:
@@ -228,7 +151,7 @@ def summarize_output(output: str) -> dict:
                for name, counts in statuses.items() if set(counts) - set(STATUS_VOCABULARIES[name])}
     if outside:
         raise AccountingError(f"status values outside the vocabulary in schemas/: {outside}")
-    sigma_bar = io.read_file_metadata(fs.unstrip_protocol(data_files[0])).get("sigma_bar") if data_files else None
+    sigma_bar = fsio.read_file_metadata(fs.unstrip_protocol(data_files[0])).get("sigma_bar") if data_files else None
     return {
         "output_rows": output_rows,
         "error_rows": error_rows,
@@ -237,8 +160,8 @@ def summarize_output(output: str) -> dict:
         "error_reasons": dict(reasons.most_common(20)),
         "error_reasons_all": dict(reasons),
         "budget_rows": budget_rows,
-        "data_files": [io.as_url(fs, f, output) for f in data_files],
-        "error_files": [io.as_url(fs, f, output) for f in error_files],
+        "data_files": [fsio.as_url(fs, f, output) for f in data_files],
+        "error_files": [fsio.as_url(fs, f, output) for f in error_files],
     }
 
 
@@ -290,7 +213,7 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
     }
     write_report(config.output, manifest)  # these before the manifest, which marks the run finished
     write_dataset_card(config.output, manifest, plan.contract.output_schema(), config.pairs.enabled)
-    with io.open_atomic(io.join(config.output, "manifest.json"), "w") as handle:
+    with fsio.open_atomic(fsio.join(config.output, "manifest.json"), "w") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=False, default=str)
     # Only now that the manifest marks the run finished: a crash during this clean-up leaves a finished run
     # (and some spill files that --overwrite removes), never an unfinished run without its checkpoints.

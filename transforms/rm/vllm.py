@@ -1,6 +1,6 @@
 """Backend "vllm": vLLM's offline pooling runner for sequence-classification reward models.
 
-Rows are rendered and tokenized exactly as by the transformers backend (reward_models.encode_rollouts:
+Rows are rendered and tokenized exactly as by the transformers backend (hub.encode_rollouts:
 the RM's own chat template, the same truncation), sent pre-tokenized, and scored with the classify task
 with the activation turned off: vLLM's pooler applies a sigmoid to a one-label head by default, and HERO
 needs the raw logit. Rows are submitted grouped by prompt, so the N responses of a prompt follow each
@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.rollouts import PROMPT, RESPONSE, RmStatus, prompt_key
-from transforms.reward_models import ModelFromHub, RewardModelConfig, encode_rollouts, register_backend, rm_columns
+from transforms.rm import RewardModelConfig, rm_columns
+from transforms.rm.hub import ModelFromHub, encode_rollouts
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,6 @@ def _prompt_order(prompts: list) -> list[int]:
     return sorted(range(len(prompts)), key=lambda i: (keys[i], i))
 
 
-@register_backend("vllm")
 class VllmRewardModel(ModelFromHub):
     """Scores with vllm.LLM(runner="pooling"). Engine arguments from the config: dtype, max_model_len
     (= rm.max_length), tensor_parallel_size, gpu_memory_utilization (GPU only)."""

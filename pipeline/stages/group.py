@@ -16,10 +16,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import io
-from pipeline.stages import MetricsSink, timed
+from pipeline.storage import fsio
+from pipeline.stages.base import MetricsSink, timed
 from schemas.rollouts import ORDER, PROMPT_ID, SAMPLE_INDEX, bucket_of, split_duplicates
-from transforms.hero import sigma_partial
+from transforms.fuse.hero import sigma_partial
 
 
 def split_by_bucket(table: pa.Table, num_shards: int) -> Iterator[tuple[int, pa.Table]]:
@@ -34,7 +34,7 @@ def split_by_bucket(table: pa.Table, num_shards: int) -> Iterator[tuple[int, pa.
 
 
 def spill_path(spill_dir: str, bucket: int, name: str) -> str:
-    return io.join(spill_dir, f"bucket-{bucket:05d}", f"{name}.parquet")
+    return fsio.join(spill_dir, f"bucket-{bucket:05d}", f"{name}.parquet")
 
 
 class SpillWriter:
@@ -42,7 +42,7 @@ class SpillWriter:
 
     Rows are buffered per bucket and flushed as row groups once `flush_rows` rows are pending, so
     memory stays bounded whatever the input size. Each file appears under its final name only when
-    complete (io.open_atomic), so a rerun of the same unit of work (a retried task) can rewrite it
+    complete (fsio.open_atomic), so a rerun of the same unit of work (a retried task) can rewrite it
     safely. Cost: one Parquet write (lz4) per row.
     """
 
@@ -69,7 +69,7 @@ class SpillWriter:
         for bucket, parts in self._pending.items():
             if bucket not in self._writers:
                 url = spill_path(self.spill_dir, bucket, self.name)
-                handle = self._files.enter_context(io.open_atomic(url))
+                handle = self._files.enter_context(fsio.open_atomic(url))
                 self._writers[bucket] = (url, pq.ParquetWriter(handle, self.schema, compression="lz4"))
             self._writers[bucket][1].write_table(pa.concat_tables(parts))
         self._pending = {}

@@ -1,0 +1,166 @@
+"""The stage contract every engine calls: Stage, Resources, WorkerContext, metrics, one shared set-up per worker.
+
+A stage is set up once per worker process, processes one Arrow table at a time, and is closed when the
+worker is done:
+
+    stage.setup(context)                 # start verifier processes, load the reward model, ...
+    table = stage.process(table, sink)   # one batch in, the same rows with columns added out
+    stage.close()
+
+`resources` says what a stage needs so an engine can place it (a Dask worker resource, a Beam
+accelerator hint); the engine decides where, the stage never asks. Counters and busy time go to a
+`MetricsSink` passed in by the engine (Beam metrics, a per-task dict on Dask), never module globals.
+
+The row stages are pipeline/stages/verify.py and score.py; the plan holds them in order
+(pipeline/plan.py) and every engine runs that list over units of work (pipeline/stages/unit.py). Pure
+steps (read, validate, bucket, fuse, write) have no set-up and are plain functions beside them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import pyarrow as pa
+
+
+class MetricsSink(Protocol):
+    """Where stages report progress: row counts by name and busy milliseconds by stage ("<stage>_ms")."""
+
+    def count(self, name: str, n: int) -> None: ...
+
+
+@contextmanager
+def timed(sink: MetricsSink, stage: str):
+    """Adds the wall time of the block, in whole milliseconds, to counter "<stage>_ms"."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        sink.count(f"{stage}_ms", int(1000 * (time.perf_counter() - started)))
+
+
+class CounterSink:
+    """A MetricsSink that adds into a dict (thread-safe); engines merge and forward its `counts`."""
+
+    def __init__(self, forward: Callable[[str, int], None] | None = None):
+        self.counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._forward = forward
+
+    def count(self, name: str, n: int) -> None:
+        with self._lock:
+            self.counts[name] = self.counts.get(name, 0) + n
+        if self._forward is not None:
+            self._forward(name, n)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a stage needs from the worker it runs on. accelerator: place it on GPU workers."""
+
+    accelerator: bool = False
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Facts about the worker a stage is set up on, supplied by the engine.
+
+    processes_on_host: how many engine worker processes share this host (machine-dependent defaults
+    such as the number of verifier processes are divided by it); ONE_PER_CORE when the runner starts
+    one process per core (Dataflow's default SDK containers).
+    """
+
+    processes_on_host: int = 1
+
+    ONE_PER_CORE = 0
+
+    def host_processes(self, cores: int) -> int:
+        return cores if self.processes_on_host == self.ONE_PER_CORE else self.processes_on_host
+
+
+class Stage(Protocol):
+    name: str
+    resources: Resources
+
+    def setup(self, context: WorkerContext) -> None: ...
+
+    def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table: ...
+
+    def close(self) -> None: ...
+
+
+class SharedStages:
+    """One set-up instance of each stage per worker process, shared by the engine's threads.
+
+    acquire() sets a stage up on first use (the verifier pool starts, the model loads) and counts its
+    users; release() closes it when the last one leaves (Beam: DoFn teardown). Dask tasks only acquire;
+    the Dask engine calls close_all() on every worker when a job ends. Keys are the stage class, its
+    config and the worker context, so two jobs with different settings in one process never share.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, _SharedEntry] = {}
+
+    def acquire(self, stage: Stage, context: WorkerContext) -> Stage:
+        key = (type(stage).__name__, repr(stage.config), context)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _SharedEntry(stage)
+            entry.users += 1
+        # Set-up (a model load takes seconds) holds only this entry's lock, not the registry's.
+        with entry.lock:
+            if not entry.ready and self._entries.get(key) is not entry:  # another user's set-up failed
+                return self.acquire(stage, context)
+            if not entry.ready:
+                try:
+                    entry.stage.setup(context)
+                except BaseException:
+                    with self._lock:
+                        entry.users -= 1
+                        if self._entries.get(key) is entry:
+                            del self._entries[key]  # the next acquire tries again
+                    raise
+                entry.ready = True
+        return entry.stage
+
+    def release(self, stage: Stage) -> None:
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if entry.stage is stage:
+                    entry.users -= 1
+                    if entry.users == 0:
+                        del self._entries[key]
+                        stage.close()
+                    return
+
+    def close_all(self) -> None:
+        with self._lock:
+            entries, self._entries = list(self._entries.values()), {}
+        for entry in entries:
+            entry.stage.close()
+
+
+class _SharedEntry:
+    def __init__(self, stage: Stage):
+        self.stage = stage
+        self.users = 0
+        self.ready = False
+        self.lock = threading.Lock()
+
+
+# One registry per worker process (Beam SDK worker, Dask worker, or the driver for local runs).
+WORKER_STAGES = SharedStages()
+@dataclass(frozen=True)
+class UnitEnd:
+    """Travels behind a unit's last batch (in order, where stages are fused): the unit is complete.
+    Carries where the unit's error records were spilled (None when it had none)."""
+
+    unit: str
+    file_index: int
+    errors_url: str | None

@@ -1,0 +1,186 @@
+"""Reward-model backends: score every rollout with a raw RM score (a logit) and a status.
+
+One contract, `RewardBackend` (a base class with a default for everything optional), and a lazy table
+of backends by name, `BACKENDS`, holding "module:Class" paths: this module imports none of its plug-ins,
+and a backend's own dependencies (torch, vllm) load only when a worker calls its load().
+
+- "transformers" (hub.py, transformers.py, packing.py): AutoModelForSequenceClassification with one
+  output, the RM tokenizer's own chat template, packed padding-free batches; GPU when present.
+- "vllm" (vllm.py): vLLM's pooling runner, the same rendering and tokenization.
+- "precomputed" (simple.py): scores already present in a column of the input.
+- "none" (simple.py): no scores (verifier only); the hero columns stay null.
+A new backend is one module with a RewardBackend subclass and one line: `register_backend(NAME, "module:Class")`.
+
+rm_status per row: ok, truncated (scored on a truncated input), missing (precomputed value absent),
+error (this row could not be scored), skipped (backend "none").
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from schemas.rollouts import RM_FIELDS
+from transforms.checks import is_whole
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+TRUNCATION_SIDES = ("left", "right")
+
+# Backend name -> its class, or "module:Class" imported on first use. The CLI's --rm-backend choices come from here.
+BACKENDS: dict[str, object] = {
+    "none": "transforms.rm.simple:NoRewardModel",
+    "precomputed": "transforms.rm.simple:PrecomputedScores",
+    "transformers": "transforms.rm.transformers:TransformersRewardModel",
+    "vllm": "transforms.rm.vllm:VllmRewardModel",
+}
+
+
+def register_backend(name: str, backend) -> None:
+    """Adds a backend under `name`: a RewardBackend subclass, or its "module:Class" path (imported lazily).
+    A class registered at import time exists only in processes that imported its module; workers in other
+    processes find a "module:Class" path themselves."""
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+        raise ValueError(f"a reward backend name is lower-case letters, digits, '-' and '_', got {name!r}")
+    BACKENDS[name] = backend
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(BACKENDS)
+
+
+def backend_class(name: str) -> type[RewardBackend]:
+    """The class registered under `name`, importing its module on first use."""
+    entry = BACKENDS[name]
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        entry = BACKENDS[name] = getattr(importlib.import_module(module), attribute)
+    return entry
+
+
+class RewardBackend:
+    """What every reward-model backend provides; engines call, in order:
+
+    - `identity()` on the driver, before any data moves (recorded in every shard's metadata); a backend
+      that runs a model resolves and checks it here (a missing head is an error, naming --rm-model);
+    - `check_schema(schema)` on the driver: raise ValueError naming the rm.* field when the input cannot
+      be scored;
+    - `load()` once per worker process, where the model will run (device and dtype are resolved there);
+    - `score_table(table)` per Arrow batch: returns the table with rm_score (float32, raw logit, null when
+      unscored) and rm_status (schemas.RmStatus) appended, row order unchanged;
+    - `close()` when the worker is done (a backend with engine processes stops them).
+    `needs_accelerator` places score_table on workers that hold an accelerator (the stage's resources);
+    `runs_model` marks a backend whose scores cost compute: counted as rm_scored, cacheable by
+    `cache_identity()` (everything a cached score depends on besides the rollout).
+    """
+
+    needs_accelerator = False
+    runs_model = False
+
+    def __init__(self, config: RewardModelConfig):
+        self.config = config
+
+    def identity(self) -> dict:
+        return {"backend": self.config.backend}
+
+    def check_schema(self, schema: pa.Schema) -> None:
+        """Nothing to check by default: prompt and response are in every input contract."""
+
+    def load(self) -> None:
+        """Nothing to load by default."""
+
+    def score_table(self, table: pa.Table) -> pa.Table:
+        raise NotImplementedError(f"{type(self).__name__}.score_table")
+
+    def cache_identity(self) -> dict:
+        raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={self.config.backend} computes none")
+
+    def output_fields(self) -> tuple[str, ...]:
+        """The columns score_table appends."""
+        return RM_FIELDS
+
+    def close(self) -> None:
+        """Nothing to release by default."""
+
+
+@dataclass(frozen=True)
+class RewardModelConfig:
+    """Reward-model settings.
+
+    model: local directory or hub id (transformers backend). revision: hub revision to pin.
+    score_column: input column holding scores (precomputed backend).
+    max_length: tokens per rollout; longer inputs are truncated on `truncation_side` ("left" keeps the end
+    of the response, where sequence-classification RMs read their score) and marked "truncated".
+    max_tokens_per_batch: tokens per forward pass (the main memory knob): real tokens for packed causal RMs,
+    rows x longest for padded ones. 65,536 keeps a 7B RM well inside an 80 GB GPU in bf16.
+    max_batch_size: rollouts per forward pass at most.
+    device: "auto" (every visible GPU, one model copy each, else the CPU), "cpu", "cuda", or a comma list.
+    dtype: "auto" is bf16 on GPU and fp32 on CPU.
+    tensor_parallel_size, gpu_memory_utilization: vLLM engine arguments (backend "vllm").
+    cache_dir: score cache (local path or fsspec URL; pipeline/storage/score_cache.py): rows scored before by the
+    same model and settings are not scored again. Backends that run a model only.
+    """
+
+    backend: str = "none"
+    model: str | None = None
+    revision: str | None = None
+    score_column: str | None = None
+    max_length: int = 4096
+    max_tokens_per_batch: int = 65536
+    max_batch_size: int = 512
+    device: str = "auto"
+    dtype: str = "auto"
+    truncation_side: str = "left"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(f"rm.backend must be one of {backend_names()}, got {self.backend!r}")
+        if self.backend in ("transformers", "vllm") and not self.model:
+            raise ValueError(f"rm.model is required with rm.backend={self.backend} (a local path or a hub id)")
+        if self.backend == "vllm" and self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"rm.device {self.device!r}: the vllm backend places its model itself (auto, cpu or "
+                             "cuda; GPUs per copy with rm.tensor_parallel_size)")
+        if self.cache_dir and self.backend in ("none", "precomputed"):
+            raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={self.backend} computes none")
+        if self.backend == "precomputed" and not self.score_column:
+            raise ValueError("rm.score_column is required with rm.backend=precomputed")
+        for name in ("max_length", "max_tokens_per_batch", "max_batch_size", "tensor_parallel_size"):
+            value = getattr(self, name)
+            if not is_whole(value, 1):
+                raise ValueError(f"rm.{name} must be an integer >= 1, got {value!r}")
+        if self.max_tokens_per_batch < self.max_length:
+            raise ValueError(
+                f"rm.max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= rm.max_length ({self.max_length}) "
+                "so that the longest rollout fits in a batch")
+        if self.device not in DEVICES and not all(
+                re.fullmatch(r"cpu|cuda(:\d+)?", d.strip()) for d in str(self.device).split(",")):
+            raise ValueError(f"rm.device must be one of {DEVICES} or a comma list such as 'cuda:0,cuda:1', "
+                             f"got {self.device!r}")
+        if not (isinstance(self.gpu_memory_utilization, (int, float)) and 0 < self.gpu_memory_utilization <= 1):
+            raise ValueError(f"rm.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"rm.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.truncation_side not in TRUNCATION_SIDES:
+            raise ValueError(f"rm.truncation_side must be one of {TRUNCATION_SIDES}, got {self.truncation_side!r}")
+
+
+def rm_columns(table: pa.Table, scores: np.ndarray, statuses: list[str]) -> pa.Table:
+    """`table` with rm_score (float32; null where NaN) and rm_status appended."""
+    missing = np.isnan(scores)
+    columns = [pa.array(np.where(missing, 0.0, scores).astype(np.float32), pa.float32(), mask=missing),
+               pa.array(statuses, pa.string())]
+    for f, column in zip(RM_FIELDS, columns):
+        table = table.append_column(f, column)
+    return table
+
+
+def make_reward_model(config: RewardModelConfig) -> RewardBackend:
+    """The backend object for `config` (not loaded: call load() in the worker that will use it)."""
+    return backend_class(config.backend)(config)
