@@ -24,7 +24,8 @@ from transforms.verify import VerifierConfig
 
 SHUFFLE_MODES = ("files", "engine")
 PROGRESS_MODES = ("auto", "on", "off")
-ENGINES = ("beam", "dask")
+# Engine name -> the module that runs a plan on it (pipeline/engines/; imported only when chosen).
+ENGINES = {"beam": "pipeline.engines.beam", "dask": "pipeline.engines.dask"}
 DEFAULT_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
@@ -57,7 +58,7 @@ class EngineConfig:
 
     def __post_init__(self):
         if self.engine not in ENGINES:
-            raise ValueError(f"engine.engine must be one of {ENGINES}, got {self.engine!r}")
+            raise ValueError(f"engine.engine must be one of {tuple(ENGINES)}, got {self.engine!r}")
         if not is_whole(self.verify_ahead, 0):
             raise ValueError(f"engine.verify_ahead must be an integer >= 0, got {self.verify_ahead!r}")
         if not is_whole(self.dask_workers, 1):
@@ -256,7 +257,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("on_bad_reference", "hero", "on_bad_reference", "groups without a usable reference: `null` hero columns, "
            "or `rm_only` (RM min-max into `[-α, 1+β]`)", choices=BAD_REFERENCE_POLICIES, group=_HERO),
     Option("engine", "engine", "engine", "`beam` (local FnApiRunner, or any runner via --runner) or `dask`",
-           choices=ENGINES, group=_ENG),
+           choices=tuple(ENGINES), group=_ENG),
     Option("verify_ahead", "engine", "verify_ahead", "batches verified ahead of the RM inside a worker, so the "
            "scorer never waits for the verifier; 0 turns the overlap off", type=int, group=_ENG),
     Option("dask_scheduler", "engine", "dask_scheduler", "address of a running Dask scheduler (tcp://host:8786); "

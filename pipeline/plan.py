@@ -1,43 +1,25 @@
-"""What the driver decides before any data moves: inputs, contract, units of work, shards, metadata."""
+"""What the driver decides before any data moves: inputs, contract, the declared stage list, units of work,
+shards, metadata, and the fingerprint a resume must match."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
 
 from pipeline.storage import staging, fsio
 from pipeline.storage.fsio import InputError
 from pipeline.config import ConfigError, PipelineConfig, name_options
-from pipeline.stages.base import MetricsSink, timed
+from pipeline.stages.base import Stage, placement_groups
+from pipeline.stages.score import ScoreStage
+from pipeline.stages.unit import WorkUnit, units_of
+from pipeline.stages.verify import VerifyStage
 from schemas.layouts import Layout, LayoutError, choose_layout, missing_columns_hint
-from schemas.rollouts import SAMPLE_INDEX, InputContract, SchemaError, validate_batch
+from schemas.rollouts import SAMPLE_INDEX, InputContract, SchemaError
+from transforms.fuse import Fusion, make_fusion
 from transforms.rm import make_reward_model
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    """One input row group: the unit engines distribute (read, validate, verify, score, spill)."""
-
-    file_index: int
-    url: str
-    row_group: int
-    first_row: int  # row index of the row group's first row within its file
-    rows: int
-
-    @property
-    def name(self) -> str:
-        """Deterministic name used for this unit's spill files (a retried unit rewrites the same files)."""
-        return f"file-{self.file_index:05d}-rg-{self.row_group:05d}"
-
-    def read(self, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
-        """Yields (row offset within the file, table) batches of at most `batch_rows` rows."""
-        for offset, table in fsio.iter_row_group(self.url, self.row_group, batch_rows):
-            yield self.first_row + offset, table
 
 
 @dataclass(frozen=True)
@@ -49,7 +31,8 @@ class RunPlan:
     contract: InputContract
     num_shards: int
     metadata: dict  # stored in every output file (sigma_bar is added per run)
-    rm_needs_accelerator: bool  # place scoring on accelerator workers (RewardBackend.needs_accelerator)
+    stages: tuple[Stage, ...]  # the row stages, in order; engines place each by its resources
+    fusion: Fusion  # how verdicts and scores become rewards, per prompt group (transforms/fuse/)
     layout: Layout | None = None  # another tool's layout, applied to every batch read (schemas/layouts.py)
 
     @property
@@ -58,34 +41,36 @@ class RunPlan:
 
     @property
     def units(self) -> list[WorkUnit]:
-        return [WorkUnit(f.index, f.url, rg, start, f.row_group_rows[rg]) for f in self.files
-                for rg, start in enumerate(f.row_group_starts) if f.row_group_rows[rg]]
+        """Every unit of work (pipeline/stages/unit.py), in input order."""
+        return units_of(self.files, self.config.batch_rows, splittable=self.layout is None or not self.layout.explode)
 
     @property
     def spill_dir(self) -> str:
         return fsio.join(self.config.output, "_shuffle")
 
-    def read_and_validate(self, unit: WorkUnit, sink: MetricsSink) -> Iterator[tuple[pa.Table, pa.Table]]:
-        """(valid rows cast to the contract, error records) per batch of `unit`, timed and counted."""
-        batches = unit.read(self.config.batch_rows)
-        exploded = unit.first_row  # with a layout, rows are numbered in the long form
-        while True:
-            with timed(sink, "read"):
-                batch = next(batches, None)
-                if batch is not None and self.layout is not None:
-                    table = self.layout.apply(batch[1])
-                    batch = (exploded, table)
-                    exploded += table.num_rows
-            if batch is None:
-                return
-            offset, table = batch
-            sink.count("read", table.num_rows)
-            with timed(sink, "validate"):
-                valid, errors = validate_batch(table, self.contract, source_file=unit.url, file_index=unit.file_index,
-                                               row_offset=offset)
-            if errors.num_rows:
-                sink.count("errors", errors.num_rows)
-            yield valid, errors
+    @property
+    def needs_accelerator(self) -> bool:
+        """Whether some stage must run on accelerator workers (engines then provide some)."""
+        return any(stage.resources.accelerator for stage in self.stages)
+
+    def stage_groups(self, separate: bool) -> list[tuple[Stage, ...]]:
+        """The stage list cut where placement changes (separate=True: each group runs where its
+        resources are), or whole (one worker runs every stage, as in-process runners do)."""
+        return placement_groups(self.stages) if separate else [self.stages]
+
+    def fingerprint(self) -> dict:
+        """Everything that decides the run's files; a resume must match it exactly."""
+        config = self.config
+        return {
+            "labeling": config.labeling_dict(),
+            "pairs": dataclasses.asdict(config.pairs),
+            "reward_model": self.metadata["reward_model"],
+            "herolabel_version": self.metadata["herolabel_version"],
+            "inputs": [[f.url, f.num_rows, list(f.row_group_rows), f.footer_sha256] for f in self.files],
+            "num_shards": self.num_shards,
+            "batch_rows": config.batch_rows,
+            "shuffle": config.shuffle,
+        }
 
     @property
     def has_sample_index(self) -> bool:
@@ -93,16 +78,9 @@ class RunPlan:
         return SAMPLE_INDEX in self.contract.schema.names
 
     @property
-    def sigma_mode(self) -> str:
-        """"none" (no RM scores), "fixed" (--sigma-bar) or "job_mean" (computed from every group)."""
-        if self.config.rm.backend == "none":
-            return "none"
-        return "fixed" if self.config.hero.sigma_bar is not None else "job_mean"
-
-    @property
-    def fixed_sigma_bar(self) -> float | None:
-        """sigma_bar known before any data moves (None for "none"; for "job_mean" engines compute it)."""
-        return float(self.config.hero.sigma_bar) if self.sigma_mode == "fixed" else None
+    def output_schema(self):
+        """The schema of every data shard: input columns, verifier and RM columns, the fusion's columns."""
+        return self.contract.output_schema(self.fusion.fields)
 
 
 def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
@@ -144,7 +122,9 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     }
     if layout is not None:
         metadata["layout"] = layout.name
-    return RunPlan(config, files, contract, num_shards, metadata, model.needs_accelerator, layout)
+    stages = (VerifyStage(config.verifier), ScoreStage(config.rm))
+    fusion = make_fusion("hero", {"hero": config.hero}, rm_scores=config.rm.backend != "none")
+    return RunPlan(config, files, contract, num_shards, metadata, stages, fusion, layout)
 
 
 def _long_form_counts(file: fsio.InputFile, column: str) -> fsio.InputFile:

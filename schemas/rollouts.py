@@ -211,9 +211,9 @@ class InputContract:
         """The unified input columns as users see them (without the internal ORDER column)."""
         return pa.schema([f for f in self.schema if f.name != ORDER])
 
-    def output_schema(self) -> pa.Schema:
-        """The schema of data/part-*.parquet: input columns then the label columns."""
-        return pa.schema(list(self.input_schema()) + LABEL_FIELDS)
+    def output_schema(self, fusion_fields=tuple(HERO_FIELDS)) -> pa.Schema:
+        """The schema of data/part-*.parquet: input columns, verifier and RM columns, then the fusion's."""
+        return pa.schema(list(self.input_schema()) + VERIFIER_FIELDS + RM_FIELDS + list(fusion_fields))
 
     def scored_schema(self) -> pa.Schema:
         """Rows after verify and score, before fusion: what the group stage shuffles."""

@@ -8,13 +8,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stages.group import SpillWriter, load_parts, sigma_bar_from_partials, spill_path, split_by_bucket
+from pipeline.stages.group import SpillWriter, load_parts, spill_path, split_by_bucket
 from pipeline.config import EngineConfig, build_config
 from pipeline.stages.write import fuse_and_write, write_errors
 from pipeline.plan import make_plan
 from pipeline.stages.base import CounterSink, SharedStages, WorkerContext
-from pipeline.stages.verify import VerifyAhead, VerifyStage
+from pipeline.stages.unit import UnitTables, run_stages
+from pipeline.stages.verify import VerifyStage
 from schemas.rollouts import ORDER, STATUS_VOCABULARIES, InputContract, bucket_of, validate_batch
+from transforms.fuse import make_fusion
+from transforms.fuse.hero import HeroConfig
 from transforms.verify import VerifierConfig
 
 THREE_ROWS = pa.table({
@@ -68,9 +71,10 @@ def test_spill_files_round_trip_under_deterministic_names(tmp_path):
 
 
 def test_sigma_bar_does_not_depend_on_partial_order():
+    hero = make_fusion("hero", {"hero": HeroConfig()}, rm_scores=True)
     partials = [(0.1, 1), (1e16, 1), (-1e16, 1), (0.2, 2)]
-    assert sigma_bar_from_partials(partials) == sigma_bar_from_partials(reversed(partials)) == pytest.approx(0.3 / 5)
-    assert sigma_bar_from_partials([]) == 0.0
+    assert hero.combine(partials) == hero.combine(reversed(partials)) == pytest.approx(0.3 / 5)
+    assert hero.combine([]) == 0.0
 
 
 def test_fuse_and_write_writes_one_sorted_shard_and_counts(tmp_path):
@@ -104,30 +108,43 @@ def test_write_errors_sorts_by_source_row(tmp_path):
     assert pq.read_table(url).column("source_row").to_pylist() == [0, 1, 2]
 
 
-def test_verify_ahead_keeps_order_and_bounds_the_look_ahead():
-    stage = VerifyStage(VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=20))
-    stage.setup(WorkerContext())
+def test_stages_run_ahead_in_order_and_within_the_bound():
+    verify = VerifyStage(VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=20))
+    verify.setup(WorkerContext())
     valid, _ = validate_batch(THREE_ROWS, contract(), source_file="f", file_index=0, row_offset=0)
+    started = []
+
+    class Counting:  # the real verifier, counting the batches it has started
+        name, resources = "verify", verify.resources
+
+        def process(self, table, sink):
+            started.append(table.column("prompt_id")[0].as_py())
+            return verify.process(table, sink)
+
+    class Scoring:  # the next stage: how far verification had run when each batch arrived
+        name, resources = "score", verify.resources
+        seen: list[int] = []
+
+        def process(self, table, sink):
+            self.seen.append(len(started))
+            return table
+
     try:
         for depth in (0, 2):
+            started.clear()
+            scoring = Scoring()
+            scoring.seen = []
             sink = CounterSink()
-            ahead = VerifyAhead(stage, depth)
-            out = []
-            for i in range(3):
-                released = list(ahead.push(i, valid.slice(i, 1), sink))
-                # depth 0 returns each batch at once; depth 2 holds back at most two
-                assert len(released) == (1 if depth == 0 else int(i >= 2))
-                out.extend(released)
-            out.extend(ahead.push("end", "marker", sink))  # not a table: passes through, after the batches
-            out.extend(ahead.drain(sink))
-            ahead.close()
-            assert [key for key, _ in out] == [0, 1, 2, "end"] and out[-1][1] == "marker"
-            tables = [t for _, t in out[:3]]
-            assert [t.column("prompt_id")[0].as_py() for t in tables] == ["p1", "p1", "p2"]
-            assert [t.column("verifier_score")[0].as_py() for t in tables] == [1.0, 0.0, 1.0]
-            assert sink.counts["verified"] == 3 and "score_wait_ms" in sink.counts
+            unit = UnitTables(None, [valid.slice(i, 1) for i in range(3)])
+            out = run_stages([Counting(), scoring], unit, sink, ahead=depth)
+            assert [t.column("prompt_id")[0].as_py() for t in out.tables] == ["p1", "p1", "p2"]  # input order
+            assert [t.column("verifier_score")[0].as_py() for t in out.tables] == [1.0, 0.0, 1.0]
+            # batch i reaches the next stage after its own verification, at most `depth` batches ahead
+            assert all(i + 1 <= seen <= i + 1 + depth for i, seen in enumerate(scoring.seen)), scoring.seen
+            assert sink.counts["verified"] == 3  # counts made on the background thread reach the caller's sink
+            assert ("score_wait_ms" in sink.counts) == bool(depth)
     finally:
-        stage.close()
+        verify.close()
 
 
 def test_shared_stages_set_up_once_and_close_with_the_last_user():

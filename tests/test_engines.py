@@ -109,20 +109,20 @@ def test_accelerator_hint_sits_on_the_rm_step_only_on_remote_runners(tmp_path, t
     hinted = _accelerator_transforms(remote)
     assert hinted and all(name == "Score" or name.startswith("Score/") for name in hinted), hinted
     assert set(hinted.values()) == {b"type:nvidia-l4;count:1;install-nvidia-driver"}
-    assert "SeparateScoring" in _transform_names(remote)  # the Reshuffle between verification and the RM
+    assert "SeparateScore" in _transform_names(remote)  # the Reshuffle between verification and the RM
 
     local_options = check_beam_args(())
     local = beam.Pipeline(runner="FnApiRunner", options=local_options)
     build(local, plan, local_options)
     assert _accelerator_transforms(local) == {}
-    assert "SeparateScoring" not in _transform_names(local)  # the in-process runner would hold it in memory
+    assert "SeparateScore" not in _transform_names(local)  # the in-process runner would hold it in memory
 
     # A backend that needs no accelerator gets neither, on any runner.
     precomputed = make_plan(build_config({"input": str(tmp_path / "in.parquet"), "output": "gs://my-bucket/out",
                                           "rm_score_column": "sample_index"}, dataflow), "test")
     remote = beam.Pipeline(options=options)
     build(remote, precomputed, options)
-    assert _accelerator_transforms(remote) == {} and "SeparateScoring" not in _transform_names(remote)
+    assert _accelerator_transforms(remote) == {} and "SeparateScore" not in _transform_names(remote)
 
 
 def test_slurm_recipes_build_with_the_documented_settings():

@@ -139,3 +139,38 @@ def test_scores_are_deterministic_across_loads(tiny_rm_path, tiny_rm):
     table = rollouts(4)
     np.testing.assert_allclose(again.score_table(table).column("rm_score").to_numpy(),
                                tiny_rm.score_table(table).column("rm_score").to_numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def causal_lm_path(tmp_path_factory, tiny_rm_path):
+    """A policy checkpoint as a user would mistake it for an RM: the tiny RM's body and tokenizer saved as
+    Qwen2ForCausalLM (an lm_head, no score head), its config even claiming one label."""
+    from transformers import AutoConfig, AutoTokenizer, Qwen2ForCausalLM
+
+    path = str(tmp_path_factory.mktemp("causal_lm"))
+    config = AutoConfig.from_pretrained(tiny_rm_path)
+    config.architectures = ["Qwen2ForCausalLM"]
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_rm_path).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("backend", ["transformers", "vllm"])  # every backend that loads a model
+def test_a_checkpoint_without_the_reward_head_stops_the_run_before_any_data_moves(backend, causal_lm_path, tmp_path):
+    from conftest import label
+    from pipeline.config import ConfigError
+    from pipeline.tools.demo import write_synthetic_rollouts
+
+    write_synthetic_rollouts(str(tmp_path / "in.parquet"), 16)
+    with pytest.raises(ConfigError) as failure:
+        label(tmp_path / "in.parquet", tmp_path / "out", rm_model=causal_lm_path, rm_backend=backend)
+    message = str(failure.value)
+    assert "--rm-model" in message and "score.weight" in message and "Qwen2ForCausalLM" in message, message
+    assert not (tmp_path / "out").exists()  # refused while planning: nothing written, nothing scored
+
+
+def test_the_worker_refuses_weights_missing_at_load_time(causal_lm_path):
+    # The driver's check can be bypassed only by a checkpoint changing after it; the load checks again.
+    model = make_reward_model(RewardModelConfig(backend="transformers", model=causal_lm_path, device="cpu"))
+    with pytest.raises(ValueError, match="score.weight"):
+        model.load()

@@ -65,7 +65,7 @@ def pairs_schema(prompt_type: pa.DataType) -> pa.Schema:
 
 
 def _verdict(row: dict) -> str | None:
-    if row.get("hero_reward") is None or row.get("verifier_status") not in VERDICT_STATUSES:
+    if row.get("_reward") is None or row.get("verifier_status") not in VERDICT_STATUSES:
         return None
     return "correct" if row.get("verifier_score") == 1.0 else "incorrect"
 
@@ -87,22 +87,24 @@ def _group_pairs(rows: list[dict], config: PairsConfig) -> tuple[list[tuple[dict
     else:
         return [], "one_class"
     qualifying = [(c, w) for c, w in candidates
-                  if c["hero_reward"] - w["hero_reward"] > 0
-                  and c["hero_reward"] - w["hero_reward"] >= config.min_margin]
+                  if c["_reward"] - w["_reward"] > 0
+                  and c["_reward"] - w["_reward"] >= config.min_margin]
     if not qualifying:
         return [], "below_margin"
     # Widest margin first; ties broken by sample order, so the choice is the same on every run.
-    qualifying.sort(key=lambda p: (-(p[0]["hero_reward"] - p[1]["hero_reward"]), p[0]["_position"], p[1]["_position"]))
+    qualifying.sort(key=lambda p: (-(p[0]["_reward"] - p[1]["_reward"]), p[0]["_position"], p[1]["_position"]))
     limit = 1 if config.strategy == "best_vs_worst" else config.max_per_prompt
     return qualifying[:limit], None
 
 
-def make_pairs(table: pa.Table, config: PairsConfig) -> tuple[pa.Table, dict[str, int]]:
-    """Pairs for every prompt of a labelled table (whole groups), and prompts without a pair by reason."""
+def make_pairs(table: pa.Table, config: PairsConfig, reward_column: str = "hero_reward") -> tuple[pa.Table, dict[str, int]]:
+    """Pairs for every prompt of a labelled table (whole groups), ranked by the fusion's `reward_column`,
+    and prompts without a pair by reason."""
     rows = table.to_pylist()
     groups: dict[str, list[dict]] = {}
     for position, row in enumerate(rows):
         row["_position"] = position
+        row["_reward"] = row[reward_column]
         groups.setdefault(row[PROMPT_ID], []).append(row)
     chat = pa.types.is_list(table.schema.field(PROMPT).type)
     out: dict[str, list] = {name: [] for name in pairs_schema(table.schema.field(PROMPT).type).names}
@@ -117,9 +119,9 @@ def make_pairs(table: pa.Table, config: PairsConfig) -> tuple[pa.Table, dict[str
             for side, row in (("chosen", chosen), ("rejected", rejected)):
                 text = row[RESPONSE]
                 out[side].append([{"role": "assistant", "content": text}] if chat else text)
-                out[f"{side}_reward"].append(row["hero_reward"])
+                out[f"{side}_reward"].append(row["_reward"])
                 out[f"{side}_verifier_score"].append(row.get("verifier_score"))
                 out[f"{side}_sample_index"].append(row.get("sample_index", row["_position"]))
-            out["margin"].append(chosen["hero_reward"] - rejected["hero_reward"])
+            out["margin"].append(chosen["_reward"] - rejected["_reward"])
     schema = pairs_schema(table.schema.field(PROMPT).type)
     return pa.table(out, schema=schema), reasons

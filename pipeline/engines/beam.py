@@ -1,26 +1,26 @@
-"""The Apache Beam adapter: wires the engine-neutral stages into a Beam DAG. It computes nothing itself.
+"""The Apache Beam adapter: the plan's units of work and stage list as a Beam DAG. It computes nothing itself.
 
-    row groups -> read + validate -+-> verify (look-ahead) -> [Reshuffle] -> score -> bucket by prompt_id
-                                   |                                                     |
-                                   +-> errors -> GroupByKey(file) -> write errors       GroupByKey(bucket)
-                                                                                           |
-                     sigma partials -> CombineGlobally -> sigma_bar (side input) -> fuse and write shards
+    units -> read + validate -> [stage group] -> ... -> spill + marker -+-> GroupByKey(bucket) -> fuse, write
+                                                                        +-> errors -> GroupByKey(file) -> write
+    resumed units (markers found by the driver) -----------------------^
+          fusion partials -> CombineGlobally -> job statistic (side input: HERO's sigma_bar) -> fuse, write
 
-Elements are Arrow tables (a batch of rows), never one Python object per row. Locally the in-process
-FnApiRunner runs it (optionally multi-process: --direct_num_workers N --direct_running_mode
-multi_processing); any other runner takes the same DAG through --runner. On a remote runner the RM
-step gets an accelerator resource hint and a Reshuffle separates it from verification, so Dataflow's
-right fitting runs them on different worker pools; locally neither is added (the in-process runner
-would hold the whole Reshuffle in memory).
+Elements are units of work (pipeline/stages/unit.py: a row group's Arrow batches, carried whole), never
+one Python object per row; each unit is spilled and marked complete by the step that completes it, so
+every runner, local or remote, writes the same completion markers and a killed job resumes. Locally the
+in-process FnApiRunner runs it (optionally multi-process: --direct_num_workers N --direct_running_mode
+multi_processing), with every stage of a unit in one step (the first runs --verify-ahead batches ahead
+of the next); any other runner takes the same DAG through --runner. On a remote runner the stage list
+is cut where placement changes: a Reshuffle before each group, and an accelerator resource hint on a
+group whose stages need one, so Dataflow's right fitting runs them on different worker pools; locally
+neither is added (the in-process runner would hold the whole Reshuffle in memory).
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -29,16 +29,13 @@ from apache_beam.options.pipeline_options import (
     PortableOptions,
     StandardOptions,
 )
-from apache_beam.transforms.window import GlobalWindows
 
-from pipeline.storage import checkpoints
-from pipeline.tools import progress
-from pipeline.stages.group import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials, split_by_bucket
-from pipeline.stages.write import fuse_and_write, spill_errors, write_errors
 from pipeline.plan import RunPlan
-from pipeline.stages.base import WORKER_STAGES, UnitEnd, WorkerContext, timed
-from pipeline.stages.score import ScoreStage
-from pipeline.stages.verify import VerifyAhead, VerifyStage
+from pipeline.stages.base import WORKER_STAGES, WorkerContext, timed
+from pipeline.stages.group import bucket_partial, split_by_bucket
+from pipeline.stages.unit import CompletedUnit, UnitTables, complete_unit, read_unit, run_stages
+from pipeline.stages.write import fuse_and_write, write_errors
+from pipeline.tools import progress
 
 NAMESPACE = "herolabel"
 # Runners that execute in or beside this process; any other runner is a remote one.
@@ -57,152 +54,75 @@ class BeamSink:
 SINK = BeamSink()
 
 
-class ReadAndValidate(beam.DoFn):
-    """WorkUnit -> (unit, valid Arrow batch) pairs, then (unit, UnitEnd) carrying where the unit's error
-    records were spilled. A unit completed before a crash (its marker exists) is not read again: its
-    marker goes to the "done" output instead."""
+class ReadUnit(beam.DoFn):
+    """WorkUnit -> UnitTables (valid batches; error records spilled)."""
 
-    def __init__(self, plan: RunPlan, resumable: bool):
+    def __init__(self, plan: RunPlan):
         self.plan = plan
-        self.resumable = resumable
-
-    def setup(self):
-        self.done = checkpoints.completed_units(self.plan) if self.resumable else {}
 
     def process(self, unit):
-        if unit.name in self.done:
-            SINK.count("resumed_units", 1)
-            yield beam.pvalue.TaggedOutput("done", (unit.file_index, self.done[unit.name]))
-            return
-        errors = []
-        for valid, bad in self.plan.read_and_validate(unit, SINK):
-            if bad.num_rows:
-                errors.append(bad)
-            if valid.num_rows:
-                yield unit.name, valid
-        errors_url = spill_errors(self.plan, unit.name, pa.concat_tables(errors)) if errors else None
-        yield unit.name, UnitEnd(unit.name, unit.file_index, errors_url)
+        yield read_unit(self.plan, unit, SINK)
 
 
-class Verify(beam.DoFn):
-    """VerifyStage (one verifier pool per worker process) behind a bounded look-ahead; UnitEnd markers
-    pass through in order."""
+class RunStages(beam.DoFn):
+    """One group of the plan's stages over a unit; each stage set up once per worker process and shared
+    by its threads (released at teardown)."""
 
-    def __init__(self, plan: RunPlan, context: WorkerContext):
-        self.config = plan.config.verifier
-        self.depth = plan.config.engine.verify_ahead
+    def __init__(self, plan: RunPlan, group: int, separate: bool, context: WorkerContext):
+        self.plan = plan
+        self.group = group
+        self.separate = separate
         self.context = context
 
     def setup(self):
-        self.stage = WORKER_STAGES.acquire(VerifyStage(self.config), self.context)
-        self.ahead = VerifyAhead(self.stage, self.depth)
+        specs = self.plan.stage_groups(self.separate)[self.group]
+        self.stages = [WORKER_STAGES.acquire(spec, self.context) for spec in specs]
 
-    def process(self, element):
-        yield from self.ahead.push(*element, SINK)
-
-    def finish_bundle(self):
-        for element in self.ahead.drain(SINK):
-            yield GlobalWindows.windowed_value(element)
+    def process(self, tables: UnitTables):
+        yield run_stages(self.stages, tables, SINK, self.plan.config.engine.verify_ahead)
 
     def teardown(self):
-        self.ahead.close()
-        WORKER_STAGES.release(self.stage)
+        for stage in getattr(self, "stages", []):
+            WORKER_STAGES.release(stage)
 
 
-class Score(beam.DoFn):
-    """ScoreStage; the model is loaded once per worker process and shared by its threads."""
+class SpillUnit(beam.DoFn):
+    """shuffle=files: the unit's spill files and completion marker; only (bucket, path) goes on."""
 
     def __init__(self, plan: RunPlan):
-        self.config = plan.config.rm
-
-    def setup(self):
-        self.stage = WORKER_STAGES.acquire(ScoreStage(self.config), WorkerContext())
-
-    def process(self, element):
-        unit, value = element
-        yield unit, (self.stage.process(value, SINK) if isinstance(value, pa.Table) else value)
-
-    def teardown(self):
-        WORKER_STAGES.release(self.stage)
-
-
-def _errors_of(end: UnitEnd):
-    if end.errors_url:
-        yield beam.pvalue.TaggedOutput("errors", (end.file_index, end.errors_url))
-
-
-class BucketInMemory(beam.DoFn):
-    """shuffle=engine: (bucket, Arrow rows) pairs go through the runner's own shuffle."""
-
-    def __init__(self, num_shards: int):
-        self.num_shards = num_shards
-
-    def process(self, element):
-        _, value = element
-        if isinstance(value, UnitEnd):
-            yield from _errors_of(value)
-        else:
-            yield from split_by_bucket(value, self.num_shards)
-
-
-class SpillToBuckets(beam.DoFn):
-    """shuffle=files: spill files per bucket; only (bucket, path) goes through the GroupByKey.
-
-    per_unit (stages fused, so a unit's batches and then its UnitEnd arrive in order: local runners):
-    one file per unit and bucket, named after the unit, and the unit's completion marker once they are
-    complete, so a crashed run resumes without redoing the unit. Otherwise (a Reshuffle reorders
-    elements before this step on remote runners) one file per bundle and bucket, and no markers.
-    """
-
-    def __init__(self, plan: RunPlan, per_unit: bool):
         self.plan = plan
-        self.per_unit = per_unit
-        self.schema = plan.contract.scored_schema()
 
-    def _writer(self, name: str) -> SpillWriter:
-        return SpillWriter(self.plan.spill_dir, self.plan.num_shards, self.schema, name=name)
+    def process(self, tables: UnitTables):
+        yield from _spilled(complete_unit(self.plan, tables, SINK))
 
-    def start_bundle(self):
-        self.writers: dict[str, SpillWriter] = {}
-        self.bundle = uuid.uuid4().hex
 
-    def process(self, element):
-        unit, value = element
-        if isinstance(value, UnitEnd):
-            yield from _errors_of(value)
-            if self.per_unit:
-                with timed(SINK, "group"):
-                    written = self.writers.pop(unit, None) or self._writer(unit)
-                    buckets = written.close()
-                    checkpoints.fault_point("group")
-                    checkpoints.write_marker(self.plan, unit, buckets, value.errors_url)
-                yield from buckets.items()
-            return
-        key = unit if self.per_unit else self.bundle
+class BucketUnit(beam.DoFn):
+    """shuffle=engine: (bucket, Arrow rows) pairs go through the runner's own shuffle (no markers)."""
+
+    def __init__(self, plan: RunPlan):
+        self.num_shards = plan.num_shards
+
+    def process(self, tables: UnitTables):
+        if tables.errors_url:
+            yield beam.pvalue.TaggedOutput("errors", (tables.unit.file_index, tables.errors_url))
         with timed(SINK, "group"):
-            if key not in self.writers:
-                self.writers[key] = self._writer(key)
-            self.writers[key].add(value)
-
-    def finish_bundle(self):
-        with timed(SINK, "group"):
-            written = [w.close() for w in self.writers.values()]
-        self.writers = {}
-        for buckets in written:
-            for bucket, url in buckets.items():
-                yield GlobalWindows.windowed_value((bucket, url))
+            pairs = [pair for table in tables.tables for pair in split_by_bucket(table, self.num_shards)]
+        yield from pairs
 
 
-def _resumed(element):
-    """A unit finished before a crash: its spill files (main) and error records (tagged)."""
-    file_index, marker = element
-    yield from marker["buckets"].items()
-    if marker["errors_url"]:
-        yield beam.pvalue.TaggedOutput("errors", (file_index, marker["errors_url"]))
+def _spilled(done: CompletedUnit):
+    """A completed unit (now or before a crash): its spill files (main) and error records (tagged)."""
+    yield from done.buckets.items()
+    if done.errors_url:
+        yield beam.pvalue.TaggedOutput("errors", (done.file_index, done.errors_url))
 
 
-class SigmaMean(beam.CombineFn):
-    """sigma_bar from per-bucket (sum, count) partials; kept as a list so the sum is order-independent."""
+class FusionStatistic(beam.CombineFn):
+    """The fusion's job statistic (HERO: sigma_bar) from per-bucket partials, kept as a list so the
+    fusion's own combine sees them all at once (exact, order-independent)."""
+
+    def __init__(self, plan: RunPlan):
+        self.fusion = plan.fusion
 
     def create_accumulator(self):
         return []
@@ -215,23 +135,24 @@ class SigmaMean(beam.CombineFn):
         return [partial for accumulator in accumulators for partial in accumulator]
 
     def extract_output(self, accumulator):
-        return sigma_bar_from_partials(accumulator)
+        return self.fusion.combine(accumulator)
 
 
-class SigmaPartial(beam.DoFn):
+class FusionPartial(beam.DoFn):
     def __init__(self, plan: RunPlan):
+        self.fusion = plan.fusion
         self.has_sample_index = plan.has_sample_index
 
     def process(self, element):
-        yield bucket_sigma_partial(element[1], SINK, self.has_sample_index)
+        yield bucket_partial(self.fusion, element[1], SINK, self.has_sample_index)
 
 
 class FuseAndWrite(beam.DoFn):
     def __init__(self, plan: RunPlan):
         self.plan = plan
 
-    def process(self, element, sigma_bar):
-        yield fuse_and_write(self.plan, element[0], element[1], sigma_bar, SINK)
+    def process(self, element, statistic):
+        yield fuse_and_write(self.plan, element[0], element[1], statistic, SINK)
 
 
 class WriteErrors(beam.DoFn):
@@ -265,40 +186,44 @@ def worker_context(options: PipelineOptions) -> WorkerContext:
     return WorkerContext(processes_on_host=parallelism if parallelism > 0 else 1)
 
 
-def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions):
-    """Adds the labeling DAG to `pipeline`; returns the PCollections of written data and error files."""
-    config = plan.config
-    separate_scoring = is_remote(options) and plan.rm_needs_accelerator
-    # Per-unit spill files and completion markers need a unit's elements in order: fused stages, no Reshuffle.
-    per_unit = config.shuffle == "files" and not separate_scoring
-    batches = (
-        pipeline
-        | "RowGroups" >> beam.Create(plan.units)
-        | "Distribute" >> beam.Reshuffle()
-        | "ReadAndValidate" >> beam.ParDo(ReadAndValidate(plan, resumable=per_unit)).with_outputs("done", main="valid")
-    )
-    verified = batches.valid | "Verify" >> beam.ParDo(Verify(plan, worker_context(options)))
-    score = beam.ParDo(Score(plan))
-    if separate_scoring:
-        verified = verified | "SeparateScoring" >> beam.Reshuffle()
-        if config.engine.rm_accelerator != "none":
-            score = score.with_resource_hints(accelerator=config.engine.rm_accelerator)
-    labelled = verified | "Score" >> score
-    if config.shuffle == "files":
-        keyed = labelled | "Spill" >> beam.ParDo(SpillToBuckets(plan, per_unit)).with_outputs("errors", main="rows")
-    else:
-        keyed = labelled | "Bucket" >> beam.ParDo(BucketInMemory(plan.num_shards)).with_outputs("errors", main="rows")
-    resumed = batches.done | "ResumedUnits" >> beam.FlatMap(_resumed).with_outputs("errors", main="rows")
-    groups = (keyed.rows, resumed.rows) | "AllRows" >> beam.Flatten() | "GroupByPrompt" >> beam.GroupByKey()
+def _title(stages) -> str:
+    return "+".join(stage.name.title() for stage in stages)
 
-    if plan.sigma_mode != "job_mean":
-        sigma_bar = pipeline | "KnownSigma" >> beam.Create([plan.fixed_sigma_bar])
+
+def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions, pending: list | None = None,
+          resumed: list[CompletedUnit] = ()):
+    """Adds the labeling DAG to `pipeline` for the `pending` units (default: all) plus the spill files of
+    `resumed` ones; returns the PCollections of written data and error files."""
+    config = plan.config
+    remote = is_remote(options)
+    context = worker_context(options)
+    units = plan.units if pending is None else pending
+    elements = (pipeline | "Units" >> beam.Create(units) | "Distribute" >> beam.Reshuffle()
+                | "Read" >> beam.ParDo(ReadUnit(plan)))
+    for index, group in enumerate(plan.stage_groups(separate=remote)):
+        step = beam.ParDo(RunStages(plan, index, remote, context))
+        accelerator = any(stage.resources.accelerator for stage in group)
+        if remote and index:
+            elements = elements | f"Separate{_title(group)}" >> beam.Reshuffle()
+        if remote and accelerator and config.engine.rm_accelerator != "none":
+            step = step.with_resource_hints(accelerator=config.engine.rm_accelerator)
+        elements = elements | _title(group) >> step
+    if config.shuffle == "files":
+        keyed = elements | "Spill" >> beam.ParDo(SpillUnit(plan)).with_outputs("errors", main="rows")
     else:
-        sigma_bar = (groups | "SigmaPartials" >> beam.ParDo(SigmaPartial(plan))
-                     | "SigmaBar" >> beam.CombineGlobally(SigmaMean()))
-    written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), sigma_bar=beam.pvalue.AsSingleton(sigma_bar))
+        keyed = elements | "Bucket" >> beam.ParDo(BucketUnit(plan)).with_outputs("errors", main="rows")
+    earlier = (pipeline | "ResumedUnits" >> beam.Create(list(resumed))
+               | "ResumedSpills" >> beam.FlatMap(_spilled).with_outputs("errors", main="rows"))
+    groups = (keyed.rows, earlier.rows) | "AllRows" >> beam.Flatten() | "GroupByPrompt" >> beam.GroupByKey()
+
+    if not plan.fusion.needs_partials:
+        statistic = pipeline | "KnownStatistic" >> beam.Create([plan.fusion.known_statistic()])
+    else:
+        statistic = (groups | "FusionPartials" >> beam.ParDo(FusionPartial(plan))
+                     | "FusionStatistic" >> beam.CombineGlobally(FusionStatistic(plan)))
+    written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), statistic=beam.pvalue.AsSingleton(statistic))
     errors = (
-        (keyed.errors, resumed.errors)
+        (keyed.errors, earlier.errors)
         | "AllErrors" >> beam.Flatten()
         | "GroupErrorsByFile" >> beam.GroupByKey()
         | "WriteErrors" >> beam.ParDo(WriteErrors(plan))
@@ -328,13 +253,13 @@ def _local_runner(options: PipelineOptions):
     return FnApiRunner()
 
 
-def run(plan: RunPlan, show_progress: bool) -> dict:
+def run(plan: RunPlan, pending: list, resumed: list[CompletedUnit], show_progress: bool) -> dict:
     """Runs the DAG to completion; returns Beam's counters (when the runner reports them) and wall time."""
     options = check_beam_args(plan.config.beam_args)
     runner = _local_runner(options)
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    build(pipeline, plan, options)
+    build(pipeline, plan, options, pending, resumed)
     with progress.ProgressDisplay(plan.input_rows, enabled=show_progress and runner is not None):
         result = pipeline.run()
         result.wait_until_finish()

@@ -1,12 +1,14 @@
-"""The Dask adapter (dask.distributed): the same stages as the Beam DAG, submitted as futures.
+"""The Dask adapter (dask.distributed): the plan's units of work and stage list, submitted as futures.
 
-Per input row group (a WorkUnit) three tasks, each placed explicitly:
-    verify-UNIT  read + validate + verify     on the workers without the RM resource while any is alive;
-                                              anywhere once none is (its chain is submitted again)
-    score-UNIT   reward model                 requires the RM resource (default GPU=1) when the backend
-                                              needs an accelerator; none for precomputed / none
-    spill-UNIT   bucket rows into spill files prefers CPU workers (may run anywhere)
-then one sigma-BUCKET task per bucket (sigma_bar is their exact mean, computed on the client), one
+Per unit of work (pipeline/stages/unit.py) one task per stage group (the plan's stages cut where their
+resources change), then a spill task, each placed explicitly:
+    verify-UNIT  read + validate + the CPU stages   on the workers without the RM resource while any is
+                                                    alive; anywhere once none is (its chain is resubmitted)
+    score-UNIT   the stages needing an accelerator  require the RM resource (default GPU=1); with a backend
+                                                    that needs none, scoring joins the first task
+                                                    ("verify+score")
+    spill-UNIT   spill files and the unit's marker  prefers CPU workers (may run anywhere)
+then one sigma-BUCKET task per bucket (the fusion's partial statistic, combined on the client), one
 fuse-BUCKET task per shard and one errors-FILE task per input file with bad rows.
 
 Scoring unit k overlaps verification of units k+1.. naturally (separate tasks on separate workers).
@@ -30,15 +32,13 @@ from collections import Counter, defaultdict
 from contextlib import contextmanager
 from itertools import islice
 
-from pipeline.storage import checkpoints
-from pipeline.tools import progress
-from pipeline.stages.group import SpillWriter, bucket_sigma_partial, sigma_bar_from_partials
 from pipeline.config import ConfigError
-from pipeline.stages.write import fuse_and_write, spill_errors, write_errors
-from pipeline.plan import RunPlan, WorkUnit
-from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext, timed
-from pipeline.stages.score import ScoreStage
-from pipeline.stages.verify import VerifyAhead, VerifyStage
+from pipeline.plan import RunPlan
+from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext
+from pipeline.stages.group import bucket_partial
+from pipeline.stages.unit import CompletedUnit, WorkUnit, complete_unit, read_unit, run_stages
+from pipeline.stages.write import fuse_and_write, write_errors
+from pipeline.tools import progress
 
 log = logging.getLogger(__name__)
 
@@ -70,62 +70,44 @@ def _context(verifying_per_host: dict[str, int]) -> WorkerContext:
 # ---- tasks (run on workers; module-level so workers import them by name) ----------------------------
 
 
-def verify_unit(plan: RunPlan, unit: WorkUnit, verifying_per_host: dict[str, int]) -> dict:
-    """Read, validate and verify one row group; error records are spilled, valid batches returned."""
+def read_and_run(plan: RunPlan, unit: WorkUnit, group: int, verifying_per_host: dict[str, int]) -> dict:
+    """Reads and validates one unit (error records spilled), then runs the plan's first stage group on it."""
     sink = CounterSink()
-    stage = WORKER_STAGES.acquire(VerifyStage(plan.config.verifier), _context(verifying_per_host))
-    ahead = VerifyAhead(stage, plan.config.engine.verify_ahead)
-    verified, errors = [], []
-    try:
-        for valid, bad in plan.read_and_validate(unit, sink):
-            if bad.num_rows:
-                errors.append(bad)
-            if valid.num_rows:
-                verified.extend(table for _, table in ahead.push(None, valid, sink))
-        verified.extend(table for _, table in ahead.drain(sink))
-    finally:
-        ahead.close()
-    errors_url = None
-    if errors:
-        import pyarrow as pa
-
-        errors_url = spill_errors(plan, unit.name, pa.concat_tables(errors))
-    return {"unit": unit, "tables": verified, "errors_url": errors_url, "counts": sink.counts,
-            "workers": {"verify": _worker_address()}}
+    tables = read_unit(plan, unit, sink)
+    return run_group(plan, {"tables": tables, "counts": sink.counts, "workers": {}}, group, verifying_per_host)
 
 
-def score_unit(plan: RunPlan, verified: dict) -> dict:
-    """Reward-model scores for the unit's batches (the same batches Beam scores)."""
+def run_group(plan: RunPlan, carried: dict, group: int, verifying_per_host: dict[str, int]) -> dict:
+    """One stage group over a unit's batches; each stage set up once per worker process."""
     sink = CounterSink()
-    stage = WORKER_STAGES.acquire(ScoreStage(plan.config.rm), WorkerContext())
-    tables = [stage.process(table, sink) for table in verified["tables"]]
-    return {**verified, "tables": tables, "counts": _merge(verified["counts"], sink.counts),
-            "workers": {**verified["workers"], "score": _worker_address()}}
+    specs = plan.stage_groups(separate=True)[group]
+    stages = [WORKER_STAGES.acquire(spec, _context(verifying_per_host)) for spec in specs]
+    tables = run_stages(stages, carried["tables"], sink, plan.config.engine.verify_ahead)
+    return {"tables": tables, "counts": _merge(carried["counts"], sink.counts),
+            "workers": {**carried["workers"], _task_name(specs): _worker_address()}}
 
 
-def spill_unit(plan: RunPlan, scored: dict) -> dict:
-    """Buckets the unit's rows into spill files named after the unit; returns their paths (no rows)."""
+def spill_unit(plan: RunPlan, carried: dict) -> dict:
+    """Buckets the unit's rows into spill files named after the unit and marks it complete; returns the
+    paths (no rows)."""
     sink = CounterSink()
-    with timed(sink, "group"):
-        writer = SpillWriter(plan.spill_dir, plan.num_shards, plan.contract.scored_schema(), name=scored["unit"].name)
-        for table in scored["tables"]:
-            writer.add(table)
-        buckets = writer.close()
-        checkpoints.fault_point("group")
-        checkpoints.write_marker(plan, scored["unit"].name, buckets, scored["errors_url"])
-    return {"unit": scored["unit"], "buckets": buckets, "errors_url": scored["errors_url"],
-            "counts": _merge(scored["counts"], sink.counts),
-            "workers": {**scored["workers"], "spill": _worker_address()}}
+    done = complete_unit(plan, carried["tables"], sink)
+    return {"done": done, "counts": _merge(carried["counts"], sink.counts),
+            "workers": {**carried["workers"], "spill": _worker_address()}}
 
 
-def sigma_task(parts: list[str], has_sample_index: bool) -> tuple[tuple[float, int], dict]:
+def _task_name(stages) -> str:
+    return "+".join(stage.name for stage in stages)
+
+
+def partial_task(plan: RunPlan, parts: list[str]) -> tuple[object, dict]:
     sink = CounterSink()
-    return bucket_sigma_partial(parts, sink, has_sample_index), sink.counts
+    return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index), sink.counts
 
 
-def fuse_task(plan: RunPlan, bucket: int, parts: list[str], sigma_bar: float | None) -> tuple[tuple[str, int], dict]:
+def fuse_task(plan: RunPlan, bucket: int, parts: list[str], statistic) -> tuple[tuple[str, int], dict]:
     sink = CounterSink()
-    return fuse_and_write(plan, bucket, parts, sigma_bar, sink), sink.counts
+    return fuse_and_write(plan, bucket, parts, statistic, sink), sink.counts
 
 
 def errors_task(plan: RunPlan, file_index: int, parts: list[str]) -> tuple[str, int]:
@@ -238,7 +220,7 @@ class _Placement:
 
 
 class _Job:
-    """One run on a connected client: label every unit (bounded window), then sigma_bar, then shards."""
+    """One run on a connected client: label every unit (bounded window), the fusion's statistic, shards."""
 
     def __init__(self, plan: RunPlan, client, where: _Placement, required: dict[str, float] | None):
         self.plan = plan
@@ -252,81 +234,86 @@ class _Job:
         self.placement: dict[str, Counter] = defaultdict(Counter)
         self.bucket_parts: dict[int, list[str]] = defaultdict(list)
         self.error_parts: dict[int, list[str]] = defaultdict(list)
-        self.resumed_units = 0
 
     def submit_unit(self, unit: WorkUnit) -> dict:
-        """The unit's verify -> score -> spill chain; returns its futures and where verify may run."""
+        """The unit's chain: one task per stage group (the first also reads), then spill; returns its
+        futures and where its CPU tasks may run."""
         self.attempts[unit.name] += 1
         suffix = f"{unit.name}-{self.run_id}-{self.attempts[unit.name]}"
         restrictions = self.where.verify_restrictions()
-        verified = self.client.submit(verify_unit, self.plan_future, unit, self.where.per_host,
-                                      key=f"verify-{suffix}", pure=False, **restrictions)
-        scored = self.client.submit(score_unit, self.plan_future, verified, key=f"score-{suffix}", pure=False,
-                                    resources=self.required)
-        spilled = self.client.submit(spill_unit, self.plan_future, scored, key=f"spill-{suffix}", pure=False,
-                                     **self.where.prefer_cpu())
-        return {"unit": unit, "futures": (verified, scored, spilled), "restrictions": restrictions}
+        futures = []
+        for index, group in enumerate(self.plan.stage_groups(separate=True)):
+            if any(stage.resources.accelerator for stage in group):
+                placement = {"resources": self.required}
+            else:
+                placement = restrictions if not futures else self.where.prefer_cpu()
+            task, first = (read_and_run, unit) if not futures else (run_group, futures[-1])
+            futures.append(self.client.submit(task, self.plan_future, first, index, self.where.per_host,
+                                              key=f"{_task_name(group)}-{suffix}", pure=False, **placement))
+        futures.append(self.client.submit(spill_unit, self.plan_future, futures[-1], key=f"spill-{suffix}",
+                                          pure=False, **self.where.prefer_cpu()))
+        return {"unit": unit, "futures": tuple(futures), "restrictions": restrictions}
 
-    def collect(self, result: dict) -> None:
+    def collect(self, done: CompletedUnit, counts: dict, workers: dict) -> None:
         """Records a finished unit: its spill files, error file, counters and where each stage ran."""
-        for bucket, url in result["buckets"].items():
+        for bucket, url in done.buckets.items():
             self.bucket_parts[bucket].append(url)
-        if result["errors_url"]:
-            self.error_parts[result["unit"].file_index].append(result["errors_url"])
-        self.counts.update(result["counts"])
+        if done.errors_url:
+            self.error_parts[done.file_index].append(done.errors_url)
+        self.counts.update(counts)
         for name in ("read", "verified", "scored", "errors"):
-            progress.add(name, result["counts"].get(name, 0))
-        for stage, address in result["workers"].items():
+            progress.add(name, counts.get(name, 0))
+        for stage, address in workers.items():
             self.placement[stage][address] += 1
 
-    def label_units(self, window: int) -> None:
-        """Keeps `window` units in flight until every unit is spilled; re-places units whose verifying
-        workers all died; fails when no worker holding the RM resource is left."""
+    def label_units(self, pending: list[WorkUnit], resumed: list[CompletedUnit], window: int) -> None:
+        """Keeps `window` units in flight until every pending unit is spilled; re-places units whose
+        verifying workers all died; fails when no worker holding the RM resource is left."""
         from distributed import wait
 
-        completed = checkpoints.completed_units(self.plan)
-        for unit in self.plan.units:
-            if unit.name in completed:  # finished before a crash: its spill files are complete
-                self.resumed_units += 1
-                self.collect({"unit": unit, **completed[unit.name], "counts": {}, "workers": {}})
-        units = iter([u for u in self.plan.units if u.name not in completed])
+        for done in resumed:  # finished before a crash: its spill files are complete
+            self.collect(done, {}, {})
+        units = iter(pending)
         chains = [self.submit_unit(u) for u in islice(units, window)]
-        pending = {chain["futures"][2]: chain for chain in chains}
-        while pending:
+        pending_chains = {chain["futures"][-1]: chain for chain in chains}
+        while pending_chains:
             try:
-                done = wait(list(pending), timeout=self.where.refresh_s, return_when="FIRST_COMPLETED").done
+                finished = wait(list(pending_chains), timeout=self.where.refresh_s, return_when="FIRST_COMPLETED").done
             except TimeoutError:
-                done = set()
-            for future in done:
-                pending.pop(future)
-                self.collect(future.result())
+                finished = set()
+            for future in finished:
+                pending_chains.pop(future)
+                result = future.result()
+                self.collect(result["done"], result["counts"], result["workers"])
                 following = next(units, None)
                 if following is not None:
                     chain = self.submit_unit(following)
-                    pending[chain["futures"][2]] = chain
+                    pending_chains[chain["futures"][-1]] = chain
             self.where.maybe_refresh()
             if self.required and not self.where.rm:
                 raise RuntimeError(f"every worker holding {self.plan.config.engine.dask_resource} (--dask-resource) "
                                    "left the cluster; the remaining reward-model tasks cannot run anywhere")
-            for future, chain in list(pending.items()):
+            for future, chain in list(pending_chains.items()):
                 if self.where.stranded(chain["restrictions"]):  # its CPU workers died: place it again
                     self.client.cancel(list(chain["futures"]))
-                    del pending[future]
+                    del pending_chains[future]
                     chain = self.submit_unit(chain["unit"])
-                    pending[chain["futures"][2]] = chain
+                    pending_chains[chain["futures"][-1]] = chain
 
-    def sigma_bar(self) -> float | None:
-        if self.plan.sigma_mode != "job_mean":
-            return self.plan.fixed_sigma_bar
+    def statistic(self):
+        """The fusion's job statistic (HERO: sigma_bar): one partial task per bucket, combined here."""
+        fusion = self.plan.fusion
+        if not fusion.needs_partials:
+            return fusion.known_statistic()
         partials = self.client.gather([
-            self.client.submit(sigma_task, parts, self.plan.has_sample_index, key=f"sigma-{b:05d}-{self.run_id}",
+            self.client.submit(partial_task, self.plan_future, parts, key=f"sigma-{b:05d}-{self.run_id}",
                                pure=False, **self.where.prefer_cpu())
             for b, parts in sorted(self.bucket_parts.items())])
-        for _, sigma_counts in partials:
-            self.counts.update(sigma_counts)
-        return sigma_bar_from_partials(p for p, _ in partials)
+        for _, partial_counts in partials:
+            self.counts.update(partial_counts)
+        return fusion.combine(p for p, _ in partials)
 
-    def write(self, sigma_bar: float | None) -> None:
+    def write(self, statistic) -> None:
         """One fuse-and-write task per shard, one errors task per input file with bad rows."""
         from distributed import as_completed
 
@@ -338,7 +325,7 @@ class _Job:
 
         def fuse(bucket_and_parts):
             bucket, parts = bucket_and_parts
-            return submit(fuse_task, self.plan_future, bucket, parts, sigma_bar, key=f"fuse-{bucket:05d}-{self.run_id}",
+            return submit(fuse_task, self.plan_future, bucket, parts, statistic, key=f"fuse-{bucket:05d}-{self.run_id}",
                           pure=False, **prefer)
 
         buckets = iter(sorted(self.bucket_parts.items()))
@@ -366,9 +353,9 @@ def _check_cluster(plan: RunPlan, where: _Placement, required: dict[str, float] 
             "or name the resource they have with --dask-resource")
 
 
-def run(plan: RunPlan, show_progress: bool) -> dict:
+def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], show_progress: bool) -> dict:
     """Runs the job on Dask; returns counters, per-stage worker placement and wall time."""
-    required = plan.config.engine.resource_requirement() if plan.rm_needs_accelerator else None
+    required = plan.config.engine.resource_requirement() if plan.needs_accelerator else None
     started = time.monotonic()
     with _client(plan, required) as client:
         try:
@@ -377,11 +364,10 @@ def run(plan: RunPlan, show_progress: bool) -> dict:
             job = _Job(plan, client, where, required)
             threads = sum(where.workers[a]["nthreads"] for a in (where.cpu or where.workers))
             with progress.ProgressDisplay(plan.input_rows, enabled=show_progress):
-                job.label_units(window=max(4, 2 * threads))
-                job.write(job.sigma_bar())
+                job.label_units(pending, resumed, window=max(4, 2 * threads))
+                job.write(job.statistic())
         finally:
             _release_worker_stages(client)
     return {"name": "dask", "counters": dict(job.counts), "wall_s": time.monotonic() - started,
             "workers": len(where.workers), "resubmitted_units": sum(job.attempts.values()) - len(job.attempts),
-            "resumed_units": job.resumed_units,
             "placement": {stage: dict(c) for stage, c in job.placement.items()}}

@@ -21,17 +21,10 @@ COLUMN_NOTES = {
                      "data_source's verifier (exact, numeric:TOL, choice, package.module:function)",
     "rm_score": "the reward model's raw score (a logit)",
     "rm_status": "ok, truncated, missing, error, skipped",
-    "group_size": "responses of the prompt",
-    "group_rm_std": "sigma_u, population standard deviation of rm_score in the group",
-    "hero_normalized": "r-hat: the RM score normalized inside the verifier's band",
-    "difficulty_weight": "w(sigma_u), the variance-aware weight",
-    "hero_reward": "w * r-hat, the HERO reward",
-    "advantage": "per --advantage-mode",
-    "hero_status": "ok, rm_only, no_reference, bad_reference, rm_missing, rm_disabled",
 }
 
 
-def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool) -> None:
+def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool, fusion_notes: dict[str, str]) -> None:
     """OUTPUT/README.md: the hub's dataset card, with configs for data and pairs."""
     configs = ["configs:", "- config_name: data", "  default: true", "  data_files:", "  - split: train",
                "    path: data/*.parquet"]
@@ -50,7 +43,8 @@ def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool) ->
         infos += [f"- config_name: {name}", "  splits:", "  - name: train", f"    num_bytes: {size}",
                   f"    num_examples: {rows}", f"  download_size: {size}", f"  dataset_size: {size}"]
     configs += infos
-    columns = "\n".join(f"| `{f.name}` | {f.type} | {COLUMN_NOTES.get(f.name, 'from the input')} |"
+    notes = {**COLUMN_NOTES, **fusion_notes}
+    columns = "\n".join(f"| `{f.name}` | {f.type} | {notes.get(f.name, 'from the input')} |"
                         for f in data_schema)
     identity = manifest.get("reward_model", {})
     card = "\n".join([
@@ -71,7 +65,7 @@ def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool) ->
         f"- input: {', '.join(manifest.get('input_files', [])[:10])}"
         f"{' …' if len(manifest.get('input_files', [])) > 10 else ''}",
         f"- reward model: `{json.dumps(identity)}`",
-        f"- σ̄ (sigma_bar): {manifest.get('sigma_bar')}",
+        *([f"- σ̄ (sigma_bar): {manifest.get('sigma_bar')}"] if "sigma_bar" in manifest else []),
         f"- status: {manifest.get('status')}; input rows {manifest.get('input_rows')} = output rows "
         f"{manifest.get('output_rows')} + error rows {manifest.get('error_rows')}",
         "- settings: `manifest.json` (all), and every shard's Parquet metadata (key `herolabel`)", "",

@@ -24,7 +24,7 @@ from pipeline.plan import RunPlan
 from pipeline.outputs.card import write_dataset_card
 from pipeline.outputs.report import write_report
 from pipeline.stages.base import MetricsSink, timed
-from schemas.rollouts import ORDER, STATUS_VOCABULARIES, RmStatus, VerifierStatus, error_records, split_duplicates
+from schemas.rollouts import RM_STATUSES, VERIFIER_STATUSES, RmStatus, VerifierStatus
 from transforms.fuse.hero import fuse
 from transforms.pairs import make_pairs
 
@@ -86,7 +86,7 @@ def prepare_output(plan: RunPlan) -> bool:
         if unfinished is None:
             raise FileExistsError(f"--output {config.output} already holds files of a run ({', '.join(previous)}) "
                                   "that cannot be resumed; pass --overwrite to replace them or choose another directory")
-        changed = checkpoints.differences(unfinished, checkpoints.fingerprint(plan))
+        changed = checkpoints.differences(unfinished, plan.fingerprint())
         if changed:
             raise FileExistsError(f"--output {config.output} holds an unfinished run with other settings "
                                   f"(different: {', '.join(changed)}); run again with that run's settings to resume "
@@ -95,7 +95,7 @@ def prepare_output(plan: RunPlan) -> bool:
     if not resuming:
         for name in previous:
             fs.rm(f"{path}/{name}", recursive=True)
-        checkpoints.write_fingerprint(plan)
+        checkpoints.write_fingerprint(plan.spill_dir, plan.fingerprint())
     for name in ("data", "errors") + (("pairs",) if config.pairs.enabled else ()):  # present even when empty
         fs.makedirs(f"{path}/{name}", exist_ok=True)
     return resuming
@@ -121,12 +121,13 @@ def _parquet_files(fs, directory: str) -> list[str]:
     return sorted(p for p in fs.glob(f"{directory}/part-*.parquet"))
 
 
-def summarize_output(output: str) -> dict:
-    """Row counts and per-status counts read back from the written files (the ground truth)."""
+def summarize_output(output: str, vocabularies: dict[str, tuple[str, ...]]) -> dict:
+    """Row counts and per-status counts (status column -> vocabulary) read back from the written files
+    (the ground truth), and the first shard's metadata."""
     fs, path = fsspec.core.url_to_fs(output)
     data_files = _parquet_files(fs, f"{path}/data")
     error_files = _parquet_files(fs, f"{path}/errors")
-    statuses = {name: Counter() for name in STATUS_VOCABULARIES}
+    statuses = {name: Counter() for name in vocabularies}
     output_rows = budget_rows = 0
     for file in data_files:
         with fs.open(file, "rb") as handle:
@@ -147,15 +148,15 @@ def summarize_output(output: str) -> dict:
         error_rows += table.num_rows
         for stage, reason in zip(table.column("stage").to_pylist(), table.column("reason").to_pylist()):
             reasons[f"{stage}: {reason}"] += 1
-    outside = {name: sorted(set(counts) - set(STATUS_VOCABULARIES[name]), key=str)
-               for name, counts in statuses.items() if set(counts) - set(STATUS_VOCABULARIES[name])}
+    outside = {name: sorted(set(counts) - set(vocabularies[name]), key=str)
+               for name, counts in statuses.items() if set(counts) - set(vocabularies[name])}
     if outside:
         raise AccountingError(f"status values outside the vocabulary in schemas/: {outside}")
-    sigma_bar = fsio.read_file_metadata(fs.unstrip_protocol(data_files[0])).get("sigma_bar") if data_files else None
+    shard_metadata = fsio.read_file_metadata(fs.unstrip_protocol(data_files[0])) if data_files else {}
     return {
         "output_rows": output_rows,
         "error_rows": error_rows,
-        "sigma_bar": sigma_bar,
+        "shard_metadata": shard_metadata,
         "status_counts": {name: dict(sorted(c.items(), key=lambda kv: str(kv[0]))) for name, c in statuses.items()},
         "error_reasons": dict(reasons.most_common(20)),
         "error_reasons_all": dict(reasons),
@@ -174,7 +175,9 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
     it. A status outside the vocabularies in schemas/ raises before the manifest is written.
     """
     config = plan.config
-    summary = summarize_output(config.output)
+    fusion = plan.fusion
+    vocabularies = {"verifier_status": VERIFIER_STATUSES, "rm_status": RM_STATUSES, **fusion.statuses}
+    summary = summarize_output(config.output, vocabularies)
     accounted = plan.input_rows == summary["output_rows"] + summary["error_rows"]
     budget = error_budget(plan, summary)
     failure = None
@@ -191,11 +194,11 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "status": "failed" if failure else "complete",
         "failure": str(failure) if failure else None,
         "input_rows": plan.input_rows,
-        **{k: summary[k] for k in ("output_rows", "error_rows", "sigma_bar")},
+        **{k: summary[k] for k in ("output_rows", "error_rows")},
+        **fusion.manifest(summary["shard_metadata"]),
         "accounted": accounted,
         "error_budget": budget,
-        "sigma_bar_source": {"none": "none (rm backend none)", "fixed": "fixed",
-                             "job_mean": "mean of sigma_u over the job's groups"}[plan.sigma_mode],
+        "fusion": fusion.describe(),
         **{k: summary[k] for k in ("status_counts", "error_reasons")},
         "input_files": [f.url for f in plan.files],
         "data_files": summary["data_files"],
@@ -212,7 +215,7 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "config": config.to_dict(),
     }
     write_report(config.output, manifest)  # these before the manifest, which marks the run finished
-    write_dataset_card(config.output, manifest, plan.contract.output_schema(), config.pairs.enabled)
+    write_dataset_card(config.output, manifest, plan.output_schema, config.pairs.enabled, fusion.column_notes)
     with fsio.open_atomic(fsio.join(config.output, "manifest.json"), "w") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=False, default=str)
     # Only now that the manifest marks the run finished: a crash during this clean-up leaves a finished run

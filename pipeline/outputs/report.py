@@ -33,9 +33,11 @@ import pyarrow.parquet as pq
 from pipeline.storage import fsio
 from schemas.rollouts import VERDICT_STATUSES
 
+# "reward" is read from the fusion's reward column (the manifest's fusion.reward_column; HERO: hero_reward).
 COLUMN_TYPES = {"prompt_id": pa.string(), "data_source": pa.string(), "verifier_score": pa.float64(),
-                "verifier_status": pa.string(), "rm_score": pa.float64(), "hero_reward": pa.float64(),
+                "verifier_status": pa.string(), "rm_score": pa.float64(), "reward": pa.float64(),
                 "difficulty_weight": pa.float64(), "group_rm_std": pa.float64()}
+DEFAULT_REWARD = "hero_reward"  # manifests written before the fusion was recorded
 COLUMNS = tuple(COLUMN_TYPES)
 PLOT_POINTS = 20_000
 CLASS_COLORS = {"correct": "#2e7d32", "incorrect": "#c62828", "unverified": "#757575"}
@@ -131,8 +133,10 @@ class RuleTally:
         return {"label_column": LABEL, "total": self.total, "by_rule": by_rule, "rows": self.listed}
 
 
-def read_columns(output: str, tally: RuleTally | None = None) -> pa.Table:
-    """COLUMNS of every shard, missing ones as nulls; `tally` (when given) counts the rules on the way."""
+def read_columns(output: str, tally: RuleTally | None = None, reward_column: str = DEFAULT_REWARD) -> pa.Table:
+    """COLUMNS of every shard ("reward" from `reward_column`), missing ones as nulls; `tally` (when given)
+    counts the rules on the way."""
+    source = {"reward": reward_column}
     fs, path = fsspec.core.url_to_fs(output)
     tables = []
     for name in sorted(fs.glob(f"{path}/data/*.parquet")):
@@ -140,8 +144,9 @@ def read_columns(output: str, tally: RuleTally | None = None) -> pa.Table:
             parquet = pq.ParquetFile(handle)
             names = parquet.schema_arrow.names
             extra = tally.columns(parquet.schema_arrow) if tally is not None else []
-            read = parquet.read(columns=[c for c in COLUMNS if c in names] + extra)
-            table = pa.table({c: read.column(c).cast(t) if c in names else pa.nulls(read.num_rows, t)
+            wanted = {c: source.get(c, c) for c in COLUMNS}
+            read = parquet.read(columns=list(dict.fromkeys([n for n in wanted.values() if n in names] + extra)))
+            table = pa.table({c: read.column(wanted[c]).cast(t) if wanted[c] in names else pa.nulls(read.num_rows, t)
                               for c, t in COLUMN_TYPES.items()})
             if tally is not None:
                 tally.add(table, read.select(extra), parquet)
@@ -183,7 +188,8 @@ def _stats(values: np.ndarray) -> dict:
 def build_report(output: str, manifest: dict) -> dict:
     """The numbers of run_report.json, from the written shards and the run's manifest fields."""
     tally = RuleTally()
-    table = read_columns(output, tally)
+    reward_column = (manifest.get("fusion") or {}).get("reward_column", DEFAULT_REWARD)
+    table = read_columns(output, tally, reward_column)
     scores = table.column("verifier_score").to_numpy(zero_copy_only=False).astype(float)
     statuses = np.array(table.column("verifier_status").to_pylist(), dtype=object)
     rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
@@ -217,7 +223,8 @@ def build_report(output: str, manifest: dict) -> dict:
         "error_reasons": manifest.get("error_reasons"),
         "verifier_pass_rate_by_source": pass_rates,
         "rm_score_by_verifier_class": {c: _stats(rm[classes == c]) for c in ("correct", "incorrect", "unverified")},
-        "hero_reward": _stats(table.column("hero_reward").to_numpy(zero_copy_only=False).astype(float)),
+        "reward_column": reward_column,
+        reward_column: _stats(table.column("reward").to_numpy(zero_copy_only=False).astype(float)),
         "sigma_bar": manifest.get("sigma_bar"),
         "rows_by_stage": {k: v for k, v in sorted(counters.items()) if not k.endswith("_ms")},
         "stage_seconds": {k[:-3]: round(v / 1000, 3) for k, v in sorted(counters.items()) if k.endswith("_ms")},
@@ -360,8 +367,9 @@ def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
     plots = [
         ("RM score by verifier class", histogram_svg({c: rm[classes == c] for c in ("correct", "incorrect", "unverified")
                                                       if (classes == c).any()}, "RM score by verifier class", "rm_score")),
-        ("hero_reward", histogram_svg({"hero_reward": table.column("hero_reward").to_numpy(zero_copy_only=False).astype(float)},
-                                      "hero_reward distribution", "hero_reward")),
+        (report["reward_column"], histogram_svg(
+            {report["reward_column"]: table.column("reward").to_numpy(zero_copy_only=False).astype(float)},
+            f"{report['reward_column']} distribution", report["reward_column"])),
         ("difficulty weight", scatter_svg(table.column("group_rm_std").to_numpy(zero_copy_only=False).astype(float),
                                           table.column("difficulty_weight").to_numpy(zero_copy_only=False).astype(float),
                                           "difficulty weight against sigma_u", "sigma_u (group_rm_std)", "w")),

@@ -22,7 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import pyarrow as pa
 
@@ -93,6 +93,17 @@ class Stage(Protocol):
     def close(self) -> None: ...
 
 
+def placement_groups(stages: Sequence[Stage]) -> list[tuple[Stage, ...]]:
+    """`stages` cut into runs of consecutive stages with the same resources: each run can share a worker."""
+    groups: list[tuple[Stage, ...]] = []
+    for stage in stages:
+        if groups and groups[-1][-1].resources == stage.resources:
+            groups[-1] += (stage,)
+        else:
+            groups.append((stage,))
+    return groups
+
+
 class SharedStages:
     """One set-up instance of each stage per worker process, shared by the engine's threads.
 
@@ -156,11 +167,3 @@ class _SharedEntry:
 
 # One registry per worker process (Beam SDK worker, Dask worker, or the driver for local runs).
 WORKER_STAGES = SharedStages()
-@dataclass(frozen=True)
-class UnitEnd:
-    """Travels behind a unit's last batch (in order, where stages are fused): the unit is complete.
-    Carries where the unit's error records were spilled (None when it had none)."""
-
-    unit: str
-    file_index: int
-    errors_url: str | None

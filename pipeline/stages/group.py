@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from pipeline.storage import fsio
 from pipeline.stages.base import MetricsSink, timed
 from schemas.rollouts import ORDER, PROMPT_ID, SAMPLE_INDEX, bucket_of, split_duplicates
-from transforms.fuse.hero import sigma_partial
 
 
 def split_by_bucket(table: pa.Table, num_shards: int) -> Iterator[tuple[int, pa.Table]]:
@@ -99,22 +98,16 @@ def load_parts(parts: Iterable, columns: list[str] | None = None) -> pa.Table:
     return pa.concat_tables([t.select(columns) if columns else t for t in parts])
 
 
-def bucket_sigma_partial(parts: Iterable, sink: MetricsSink, has_sample_index: bool) -> tuple[float, int]:
-    """(sum of sigma_u, groups) of one bucket, over the rows fusion will keep (later copies of a
-    (prompt_id, sample_index) dropped); reads only the columns sigma needs.
+def bucket_partial(fusion, parts: Iterable, sink: MetricsSink, has_sample_index: bool):
+    """The fusion's partial statistic of one bucket (HERO: sigma_u's sum and count), over the rows fusion
+    will keep (later copies of a (prompt_id, sample_index) dropped); reads only the columns it needs.
 
-    With spill files this reads each bucket's rm_score column once more before fusion reads the whole
-    bucket: sigma_bar must be complete before any shard is fused, and holding buckets until then would
-    make memory grow with the job.
+    With spill files this reads those columns of each bucket once more before fusion reads the whole
+    bucket: the job statistic must be complete before any shard is fused, and holding buckets until then
+    would make memory grow with the job.
     """
-    columns = [PROMPT_ID, ORDER, "rm_score"] + ([SAMPLE_INDEX] if has_sample_index else [])
+    columns = list(dict.fromkeys(list(fusion.partial_columns) + [PROMPT_ID, ORDER]
+                                 + ([SAMPLE_INDEX] if has_sample_index else [])))
     with timed(sink, "sigma"):
         kept, _, _ = split_duplicates(load_parts(parts, columns))
-        return sigma_partial(kept)
-
-
-def sigma_bar_from_partials(partials: Iterable[tuple[float, int]]) -> float:
-    """The exact mean of sigma_u over all groups; math.fsum makes it independent of arrival order."""
-    partials = list(partials)
-    count = sum(c for _, c in partials)
-    return math.fsum(s for s, _ in partials) / count if count else 0.0
+        return fusion.partial(kept)

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pyarrow as pa
 
-from pipeline.storage import checkpoints
+from pipeline.storage.faults import fault_point
 from pipeline.storage.score_cache import ScoreCache, rollout_keys
 from pipeline.stages.base import MetricsSink, Resources, WorkerContext, timed
 from schemas.rollouts import PROMPT, RESPONSE
@@ -38,7 +38,7 @@ class ScoreStage:
     def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
         if self.backend is None:
             raise RuntimeError("ScoreStage was closed")
-        checkpoints.fault_point("score")
+        fault_point("score")
         with self._lock:  # one forward pass at a time on a model shared by a worker's threads
             with timed(sink, "score"):
                 scored = self._score(table, sink) if self.cache is not None else self.backend.score_table(table)

@@ -13,10 +13,10 @@ from typing import Iterable
 import pyarrow as pa
 
 from pipeline.storage import checkpoints, fsio
+from pipeline.storage.faults import fault_point
 from pipeline.stages.group import load_parts
 from pipeline.stages.base import MetricsSink, timed
 from schemas.rollouts import ORDER, error_records, split_duplicates
-from transforms.fuse.hero import fuse
 from transforms.pairs import make_pairs
 
 
@@ -28,9 +28,10 @@ def pairs_url(plan: RunPlan, bucket: int) -> str:
     return fsio.join(plan.config.output, "pairs", f"part-{bucket:05d}-of-{plan.num_shards:05d}.parquet")
 
 
-def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float | None,
+def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, statistic,
                    sink: MetricsSink) -> tuple[str, int]:
-    """HERO fusion of one bucket of complete groups, written as data/part-BBBBB-of-SSSSS.parquet.
+    """The plan's fusion over one bucket of complete groups (with the job `statistic`: HERO's sigma_bar),
+    written as data/part-BBBBB-of-SSSSS.parquet.
 
     `parts` are spill-file URLs or Arrow tables holding every row of the bucket. Rows come out sorted
     by (prompt_id, input order), so the shard is the same whatever order the parts arrived in.
@@ -39,23 +40,23 @@ def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, sigma_bar: float
     if checkpoints.shard_done(url):  # written before a crash (atomically, so complete); same bytes again
         sink.count("shards_kept", 1)
         return url, 0
-    schema = plan.contract.output_schema()
+    schema = plan.output_schema
     with timed(sink, "group"):
         table = load_parts(parts)
         table = _drop_duplicates(plan, bucket, table, sink)
     with timed(sink, "fuse"):
-        fused = fuse(table, plan.config.hero, sigma_bar).drop_columns([ORDER])
+        fused = plan.fusion.fuse(table, statistic).drop_columns([ORDER])
         fused = fused.select(schema.names).cast(schema)
-    checkpoints.fault_point("write")
+    fault_point("write")
     if plan.config.pairs.enabled:  # before the shard: a written shard means its pairs are written too
         with timed(sink, "pairs"):
-            pairs, no_pair = make_pairs(fused, plan.config.pairs)
+            pairs, no_pair = make_pairs(fused, plan.config.pairs, plan.fusion.reward_column)
             fsio.write_parquet_atomic(pairs, pairs_url(plan, bucket),
                                     {"pairs": dataclasses.asdict(plan.config.pairs), "no_pair": no_pair,
                                      "shard": bucket})
         sink.count("pairs", pairs.num_rows)
     with timed(sink, "write"):
-        fsio.write_parquet_atomic(fused, url, {**plan.metadata, "sigma_bar": sigma_bar, "shard": bucket})
+        fsio.write_parquet_atomic(fused, url, {**plan.metadata, **plan.fusion.shard_metadata(statistic), "shard": bucket})
     sink.count("written", fused.num_rows)
     return url, fused.num_rows
 

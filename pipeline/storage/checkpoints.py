@@ -9,47 +9,21 @@ A marker is written only after the unit's spill files, so a unit with a marker i
 killed at any point and started again with the same arguments reads the markers, skips those units
 and the finished shards, and recomputes the rest. Every file is a deterministic function of the input
 and the labeling settings, so the result is byte-identical to an uninterrupted run. A resume with other
-settings is refused, naming what differs. (Scores reused across runs belong to the RM score cache, not
+settings is refused, naming what differs (the fingerprint is the plan's: RunPlan.fingerprint). (Scores reused across runs belong to the RM score cache, not
 here: these checkpoints live only until the run completes.)
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
-import os
-import signal
-from typing import TYPE_CHECKING
 
 import fsspec
 
 from pipeline.storage import fsio
 
-if TYPE_CHECKING:  # plan.py imports stages.py, which calls fault_point() here
-    from pipeline.plan import RunPlan
 
-FAULT_ENV = "HEROLABEL_FAULT_AT"
-FAULT_POINTS = ("verify", "score", "group", "write")
-
-
-def fingerprint(plan: RunPlan) -> dict:
-    """Everything that decides the run's files; a resume must match it exactly."""
-    config = plan.config
-    return {
-        "labeling": config.labeling_dict(),
-        "pairs": dataclasses.asdict(config.pairs),
-        "reward_model": plan.metadata["reward_model"],
-        "herolabel_version": plan.metadata["herolabel_version"],
-        "inputs": [[f.url, f.num_rows, list(f.row_group_rows), f.footer_sha256] for f in plan.files],
-        "num_shards": plan.num_shards,
-        "batch_rows": config.batch_rows,
-        "shuffle": config.shuffle,
-    }
-
-
-def _url(plan: RunPlan, *parts: str) -> str:
-    return fsio.join(plan.spill_dir, *parts)
+def _url(spill_dir: str, *parts: str) -> str:
+    return fsio.join(spill_dir, *parts)
 
 
 def read_fingerprint(output: str) -> dict | None:
@@ -60,9 +34,9 @@ def read_fingerprint(output: str) -> dict | None:
         return json.load(handle)
 
 
-def write_fingerprint(plan: RunPlan) -> None:
-    with fsio.open_atomic(_url(plan, "run.json"), "w") as handle:
-        json.dump(fingerprint(plan), handle, indent=1, sort_keys=True)
+def write_fingerprint(spill_dir: str, fingerprint: dict) -> None:
+    with fsio.open_atomic(_url(spill_dir, "run.json"), "w") as handle:
+        json.dump(fingerprint, handle, indent=1, sort_keys=True)
 
 
 def differences(old: dict, new: dict) -> list[str]:
@@ -77,19 +51,19 @@ def differences(old: dict, new: dict) -> list[str]:
     return found
 
 
-def marker_url(plan: RunPlan, unit_name: str) -> str:
-    return _url(plan, "units", f"{unit_name}.json")
+def marker_url(spill_dir: str, unit_name: str) -> str:
+    return _url(spill_dir, "units", f"{unit_name}.json")
 
 
-def write_marker(plan: RunPlan, unit_name: str, buckets: dict[int, str], errors_url: str | None) -> None:
+def write_marker(spill_dir: str, unit_name: str, buckets: dict[int, str], errors_url: str | None) -> None:
     """Records a completed unit (WorkUnit.name); call only after its spill files are complete."""
-    with fsio.open_atomic(marker_url(plan, unit_name), "w") as handle:
+    with fsio.open_atomic(marker_url(spill_dir, unit_name), "w") as handle:
         json.dump({"buckets": {str(b): u for b, u in buckets.items()}, "errors_url": errors_url}, handle)
 
 
-def completed_units(plan: RunPlan) -> dict[str, dict]:
+def completed_units(spill_dir: str) -> dict[str, dict]:
     """unit name -> {"buckets": {bucket: url}, "errors_url": url or None} for every marked unit."""
-    fs, path = fsspec.core.url_to_fs(_url(plan, "units"))
+    fs, path = fsspec.core.url_to_fs(_url(spill_dir, "units"))
     if not fs.exists(path):
         return {}
     done = {}
@@ -104,18 +78,3 @@ def completed_units(plan: RunPlan) -> dict[str, dict]:
 def shard_done(url: str) -> bool:
     fs, path = fsspec.core.url_to_fs(url)
     return fs.exists(path)
-
-
-def fault_point(name: str) -> None:
-    """Fault injection for tests: with HEROLABEL_FAULT_AT=NAME:N, the N-th time point NAME is reached in
-    a process, kill this process's whole group with SIGKILL (as a crash or an OOM killer would)."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec or not spec.startswith(f"{name}:"):
-        return
-    counts = fault_point.counts  # type: ignore[attr-defined]
-    counts[name] = counts.get(name, 0) + 1
-    if counts[name] >= int(spec.split(":", 1)[1]):
-        os.killpg(os.getpgrp(), signal.SIGKILL)
-
-
-fault_point.counts = {}  # type: ignore[attr-defined]

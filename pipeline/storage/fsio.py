@@ -88,13 +88,22 @@ def _footer_digest(handle) -> str:
     return hashlib.sha256(handle.read(length)).hexdigest()
 
 
-def iter_row_group(url: str, row_group: int, batch_rows: int):
-    """Yields (offset within the row group, pa.Table) batches of at most `batch_rows` rows."""
+def iter_row_group(url: str, row_group: int, batch_rows: int, skip: int = 0, limit: int | None = None):
+    """Yields (offset within the row group, pa.Table) batches of at most `batch_rows` rows, for the rows
+    [skip, skip + limit) of the row group. Rows before `skip` are decoded and dropped (Parquet reads a row
+    group's pages in order), so a slice far into a huge row group costs a decode of what precedes it."""
     offset = 0
+    end = None if limit is None else skip + limit
     with fsspec.open(url, "rb") as handle:
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_rows, row_groups=[row_group]):
-            yield offset, pa.Table.from_batches([batch])
-            offset += batch.num_rows
+            start, stop = offset, offset + batch.num_rows
+            offset = stop
+            if stop <= skip:
+                continue
+            if end is not None and start >= end:
+                return
+            low, high = max(start, skip), stop if end is None else min(stop, end)
+            yield low, pa.Table.from_batches([batch.slice(low - start, high - low)])
 
 
 # Object stores whose single-object upload is already atomic (a reader sees the old object or the whole

@@ -1,0 +1,99 @@
+"""Fusions: how a verifier verdict and a reward-model score become one reward per rollout, per prompt group.
+
+One contract, `Fusion`, and a lazy table of fusions by name, `FUSIONS` ("module:Class", imported on first
+use). HERO (hero.py) is the first implementation. A fusion works in two passes over complete prompt
+groups, so that engines can run it at any scale without holding the job in memory:
+
+    partial(bucket table) -> P           per bucket of whole groups, on workers (columns: partial_columns)
+    combine([P, ...]) -> statistic       exact and independent of the order partials arrive in
+    fuse(table, statistic) -> table      per bucket: the fusion's columns (`fields`) appended
+
+A fusion whose statistic is known before any data moves (`needs_partials` False) skips the first pass.
+The output's schema, status checks, DPO pairs (ranked by `reward_column`), the report and the dataset
+card read the fusion, never a fixed column list. A new fusion is one module with a Fusion subclass and one
+line: `register_fusion(NAME, "module:Class")`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+
+from schemas.rollouts import ORDER, PROMPT_ID
+
+
+class Fusion:
+    """What every fusion provides (defaults for everything optional).
+
+    name: its registry name. reward_column: the column pairs rank by and the report summarizes.
+    fields: the columns fuse() appends, in order (the tail of the output schema). statuses: status column
+    -> vocabulary, checked when the output is read back. column_notes: column -> meaning (dataset card).
+    The constructor takes the run's config sections by name (`settings["hero"]`: HeroConfig) and whether
+    the job has reward-model scores.
+    """
+
+    name = ""
+    reward_column = ""
+    fields: tuple[pa.Field, ...] = ()
+    statuses: dict[str, tuple[str, ...]] = {}
+    column_notes: dict[str, str] = {}
+    partial_columns: tuple[str, ...] = (PROMPT_ID, ORDER)
+    needs_partials = False
+
+    def __init__(self, settings: Mapping[str, object], rm_scores: bool):
+        self.settings = settings
+        self.rm_scores = rm_scores
+
+    def known_statistic(self):
+        """The job statistic when it is known before any data moves (needs_partials False)."""
+        return None
+
+    def partial(self, table: pa.Table):
+        """Partial statistic of one bucket of complete groups (only when needs_partials)."""
+        return None
+
+    def combine(self, partials: Iterable):
+        """The job statistic from every bucket's partial; must not depend on their order."""
+        return None
+
+    def fuse(self, table: pa.Table, statistic) -> pa.Table:
+        raise NotImplementedError(f"{type(self).__name__}.fuse")
+
+    def shard_metadata(self, statistic) -> dict:
+        """What each output shard records about the fusion (beside the run's metadata)."""
+        return {}
+
+    def manifest(self, shard_metadata: dict) -> dict:
+        """What the manifest records, from a written shard's metadata (a resumed run's shards too)."""
+        return {}
+
+    def describe(self) -> dict:
+        """The fusion's name and reward column, for readers of the manifest (report, card)."""
+        return {"name": self.name, "reward_column": self.reward_column}
+
+
+FUSIONS: dict[str, object] = {"hero": "transforms.fuse.hero:HeroFusion"}
+
+
+def register_fusion(name: str, fusion) -> None:
+    """Adds a fusion under `name`: a Fusion subclass or its "module:Class" path (imported lazily)."""
+    if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
+        raise ValueError(f"a fusion name is lower-case letters, digits, '-' and '_', got {name!r}")
+    FUSIONS[name] = fusion
+
+
+def fusion_class(name: str) -> type[Fusion]:
+    if name not in FUSIONS:
+        raise ValueError(f"unknown fusion {name!r}; choose one of {tuple(FUSIONS)}")
+    entry = FUSIONS[name]
+    if isinstance(entry, str):
+        module, _, attribute = entry.partition(":")
+        entry = FUSIONS[name] = getattr(importlib.import_module(module), attribute)
+    return entry
+
+
+def make_fusion(name: str, settings: Mapping[str, object], rm_scores: bool) -> Fusion:
+    return fusion_class(name)(settings, rm_scores)

@@ -13,14 +13,16 @@ about 1 microsecond per row.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.rollouts import HERO_FIELDS, ORDER, PROMPT_ID, HeroStatus, RmStatus, VerifierStatus
+from schemas.rollouts import HERO_FIELDS, HERO_STATUSES, ORDER, PROMPT_ID, HeroStatus, RmStatus, VerifierStatus
 from transforms.checks import is_finite_number
+from transforms.fuse import Fusion
 
 TIE_PLACEMENTS = ("bottom", "middle")
 ADVANTAGE_MODES = ("grpo", "mean-only")
@@ -218,3 +220,58 @@ def fuse(table: pa.Table, config: HeroConfig, sigma_bar: float | None) -> pa.Tab
     for f in HERO_FIELDS:
         table = table.append_column(f, columns[f.name])
     return table
+
+
+class HeroFusion(Fusion):
+    """HERO behind the Fusion contract: the job statistic is sigma_bar, the exact mean of sigma_u over
+    the job's complete groups (or --sigma-bar, fixed; or none without RM scores: hero columns null)."""
+
+    name = "hero"
+    reward_column = "hero_reward"
+    fields = tuple(HERO_FIELDS)
+    statuses = {"hero_status": HERO_STATUSES}
+    column_notes = {
+        "group_size": "responses of the prompt",
+        "group_rm_std": "sigma_u, population standard deviation of rm_score in the group",
+        "hero_normalized": "r-hat: the RM score normalized inside the verifier's band",
+        "difficulty_weight": "w(sigma_u), the variance-aware weight",
+        "hero_reward": "w * r-hat, the HERO reward",
+        "advantage": "per --advantage-mode",
+        "hero_status": "ok, rm_only, no_reference, bad_reference, rm_missing, rm_disabled",
+    }
+    partial_columns = (PROMPT_ID, ORDER, "rm_score")
+    SIGMA_SOURCES = {"none": "none (rm backend none)", "fixed": "fixed",
+                     "job_mean": "mean of sigma_u over the job's groups"}
+
+    def __init__(self, settings, rm_scores: bool):
+        super().__init__(settings, rm_scores)
+        self.config: HeroConfig = settings["hero"]
+        self.needs_partials = self.sigma_mode == "job_mean"
+
+    @property
+    def sigma_mode(self) -> str:
+        """"none" (no RM scores), "fixed" (--sigma-bar) or "job_mean" (computed from every group)."""
+        if not self.rm_scores:
+            return "none"
+        return "fixed" if self.config.sigma_bar is not None else "job_mean"
+
+    def known_statistic(self) -> float | None:
+        return float(self.config.sigma_bar) if self.sigma_mode == "fixed" else None
+
+    def partial(self, table: pa.Table) -> tuple[float, int]:
+        return sigma_partial(table)
+
+    def combine(self, partials) -> float:
+        """The exact mean of sigma_u over all groups; math.fsum makes it independent of arrival order."""
+        partials = list(partials)
+        count = sum(c for _, c in partials)
+        return math.fsum(s for s, _ in partials) / count if count else 0.0
+
+    def fuse(self, table: pa.Table, statistic: float | None) -> pa.Table:
+        return fuse(table, self.config, statistic)
+
+    def shard_metadata(self, statistic: float | None) -> dict:
+        return {"sigma_bar": statistic}
+
+    def manifest(self, shard_metadata: dict) -> dict:
+        return {"sigma_bar": shard_metadata.get("sigma_bar"), "sigma_bar_source": self.SIGMA_SOURCES[self.sigma_mode]}

@@ -129,6 +129,7 @@ def resolve_transformers_model(config: "RewardModelConfig") -> dict:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=config.revision, local_files_only=local)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"rm.model {name!r} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    check_head(name, config.revision, local, model_config)
     if getattr(model_config, "num_labels", None) != 1:
         raise ValueError(f"rm.model {name!r} has num_labels={getattr(model_config, 'num_labels', None)}; "
                          "a reward model must have exactly one output")
@@ -143,6 +144,67 @@ def resolve_transformers_model(config: "RewardModelConfig") -> dict:
     template = getattr(tokenizer, "chat_template", None) or ""
     identity["chat_template_sha256"] = hashlib.sha256(template.encode()).hexdigest()[:16]
     return identity
+
+
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def checkpoint_weight_names(name: str, revision: str | None, local: bool) -> set[str] | None:
+    """Every weight name stored in the checkpoint, read from its index or file headers (no tensor is
+    loaded); None when no weight file is found (loading then fails on its own)."""
+    from transformers.utils import cached_file
+
+    def find(filename: str) -> str | None:
+        if local:
+            path = os.path.join(name, filename)
+            return path if os.path.exists(path) else None
+        return cached_file(name, filename, revision=revision, _raise_exceptions_for_missing_entries=False)
+
+    for index in WEIGHT_INDEXES:
+        path = find(index)
+        if path:
+            with open(path) as handle:
+                return set(json.load(handle)["weight_map"])
+    path = find("model.safetensors")
+    if path:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="np") as handle:
+            return set(handle.keys())
+    path = find("pytorch_model.bin")
+    if path:
+        import torch
+
+        return set(torch.load(path, map_location="meta", weights_only=True, mmap=True))
+    return None
+
+
+def check_head(name: str, revision: str | None, local: bool, model_config) -> None:
+    """Raises ValueError naming rm.model when the checkpoint lacks a weight of the sequence-classification
+    head the backends would build (`score.weight` for a Llama/Qwen RM): transformers would initialize it
+    at random and only log it, so every row would get a random score with rm_status ok. A policy
+    checkpoint (a causal LM) given as the RM is the usual case. The head's names come from the model
+    built on the meta device (no memory, about 0.1 s for a 7B shape); the checkpoint's from its index."""
+    stored = checkpoint_weight_names(name, revision, local)
+    if stored is None:
+        return
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForSequenceClassification.from_config(model_config)
+    except (ValueError, KeyError) as exc:  # an architecture without a sequence-classification class
+        raise ValueError(f"rm.model {name!r} is not a sequence-classification reward model ({exc})") from exc
+    prefix = f"{skeleton.base_model_prefix}."
+    head = [key for key in skeleton.state_dict() if not key.startswith(prefix)]
+    missing = [key for key in head if key not in stored]
+    if missing:
+        architectures = ", ".join(getattr(model_config, "architectures", None) or ["unknown"])
+        raise ValueError(f"rm.model {name!r} has no reward head: the checkpoint lacks {', '.join(missing)} "
+                         f"(its architecture: {architectures}). A policy or base checkpoint cannot score; "
+                         "give a sequence-classification reward model with one output")
 
 
 class ModelFromHub(RewardBackend):

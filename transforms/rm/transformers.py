@@ -55,9 +55,12 @@ class TransformersRewardModel(ModelFromHub):
         rm_torch.register_packed_attention()
         replicas = []
         for device in devices:
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model, loading = AutoModelForSequenceClassification.from_pretrained(
                 config.model, revision=config.revision, local_files_only=local, dtype=dtype,
-                attn_implementation="sdpa")
+                attn_implementation="sdpa", output_loading_info=True)
+            if loading["missing_keys"]:  # the driver checked the head; the files changed since
+                raise ValueError(f"rm.model {config.model!r}: weights missing from the checkpoint would be random: "
+                                 f"{', '.join(sorted(loading['missing_keys']))}")
             replicas.append(self._replica(model, device))
         self.attach(replicas, tokenizer)
 

@@ -1,0 +1,202 @@
+"""A unit of work, the element every engine distributes, and its completion protocol, written once.
+
+A unit is an input row group, or a slice of one: a row group of more than UNIT_ROWS rows (rounded down
+to whole batches) is split into sub-units with deterministic names, `file-FFFFF-rg-GGGGG` or
+`file-FFFFF-rg-GGGGG-part-PPPP`; the names are the completion markers' names, so a resumed run finds
+them again. Every engine runs, per unit:
+
+    tables = read_unit(plan, unit, sink)              read, apply the layout, validate, spill error records
+    tables = run_stages(plan.stages[i:j], tables, ...) the row stages, placed by their resources
+    done = complete_unit(plan, tables, sink)          spill rows by bucket, close, fault point, marker
+
+and groups the spill files of every completed unit by bucket. A unit's tables travel whole between
+stages (at most UNIT_ROWS rows, in batches of --batch-rows), so engines need no in-band end-of-unit
+markers and every runner, local or remote, writes the same markers.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import pyarrow as pa
+
+from pipeline.stages.base import CounterSink, MetricsSink, Stage, timed
+from pipeline.stages.group import SpillWriter
+from pipeline.storage import checkpoints, fsio
+from pipeline.storage.faults import fault_point
+from schemas.rollouts import validate_batch
+
+# Rows of one unit at most (~65k rows of ~4 KB: ~256 MB held by a unit in flight).
+UNIT_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Rows [skip, skip + rows) of one input row group."""
+
+    file_index: int
+    url: str
+    row_group: int
+    first_row: int  # row index of the row group's first row within its file
+    rows: int
+    skip: int = 0  # rows of the row group before this unit
+    part: int | None = None  # None: the whole row group
+
+    @property
+    def name(self) -> str:
+        """Deterministic name of this unit's spill files and completion marker."""
+        whole = f"file-{self.file_index:05d}-rg-{self.row_group:05d}"
+        return whole if self.part is None else f"{whole}-part-{self.part:04d}"
+
+    def read(self, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
+        """Yields (row offset within the file, table) batches of at most `batch_rows` rows."""
+        limit = None if self.part is None else self.rows
+        for offset, table in fsio.iter_row_group(self.url, self.row_group, batch_rows, self.skip, limit):
+            yield self.first_row + offset, table
+
+
+def units_of(files: Iterable, batch_rows: int, splittable: bool) -> list[WorkUnit]:
+    """The units of `files` (fsio.InputFile): one per non-empty row group, split into sub-units of
+    UNIT_ROWS rows (whole batches) when `splittable` (not when a layout explodes rows while reading)."""
+    size = max(1, UNIT_ROWS // batch_rows) * batch_rows
+    units = []
+    for f in files:
+        for group, start in enumerate(f.row_group_starts):
+            rows = f.row_group_rows[group]
+            if not rows:
+                continue
+            if not splittable or rows <= size:
+                units.append(WorkUnit(f.index, f.url, group, start, rows))
+                continue
+            for part, skip in enumerate(range(0, rows, size)):
+                units.append(WorkUnit(f.index, f.url, group, start, min(size, rows - skip), skip, part))
+    return units
+
+
+@dataclass
+class UnitTables:
+    """A unit's valid rows in batches, and where its error records were spilled (None: it had none)."""
+
+    unit: WorkUnit
+    tables: list[pa.Table] = field(default_factory=list)
+    errors_url: str | None = None
+
+
+@dataclass(frozen=True)
+class CompletedUnit:
+    """A unit whose spill files and marker are written: bucket -> spill file, and its error records."""
+
+    name: str
+    file_index: int
+    buckets: dict[int, str]
+    errors_url: str | None
+
+
+def read_unit(plan, unit: WorkUnit, sink: MetricsSink) -> UnitTables:
+    """Reads `unit`, applies the plan's layout, validates against its contract (error records spilled
+    under _shuffle/errors/UNIT.parquet), timed and counted."""
+    batches = unit.read(plan.config.batch_rows)
+    exploded = unit.first_row + unit.skip  # with a layout, rows are numbered in the long form
+    valid, errors = [], []
+    while True:
+        with timed(sink, "read"):
+            batch = next(batches, None)
+            if batch is not None and plan.layout is not None:
+                table = plan.layout.apply(batch[1])
+                batch = (exploded, table)
+                exploded += table.num_rows
+        if batch is None:
+            break
+        offset, table = batch
+        sink.count("read", table.num_rows)
+        with timed(sink, "validate"):
+            good, bad = validate_batch(table, plan.contract, source_file=unit.url, file_index=unit.file_index,
+                                       row_offset=offset)
+        if bad.num_rows:
+            sink.count("errors", bad.num_rows)
+            errors.append(bad)
+        if good.num_rows:
+            valid.append(good)
+    errors_url = None
+    if errors:
+        errors_url = fsio.write_parquet_atomic(pa.concat_tables(errors),
+                                               fsio.join(plan.spill_dir, "errors", f"{unit.name}.parquet"))
+    return UnitTables(unit, valid, errors_url)
+
+
+def run_stages(stages: Sequence[Stage], tables: UnitTables, sink: MetricsSink, ahead: int = 0) -> UnitTables:
+    """Every batch of the unit through `stages` in order (set-up instances). With `ahead` > 0 and more
+    than one stage, the first stage runs up to `ahead` batches ahead of the others on a background
+    thread, so the second never waits for it (memory: ahead + 1 batches); time the caller spends blocked
+    on it is counted as "<second stage>_wait_ms"."""
+    if not stages:
+        return tables
+    first, rest = stages[0], stages[1:]
+    if rest and ahead:
+        batches = Ahead(first, ahead).map(tables.tables, sink, f"{rest[0].name}_wait")
+    else:
+        batches = (first.process(table, sink) for table in tables.tables)
+    done = []
+    for table in batches:
+        for stage in rest:
+            table = stage.process(table, sink)
+        done.append(table)
+    return UnitTables(tables.unit, done, tables.errors_url)
+
+
+def complete_unit(plan, tables: UnitTables, sink: MetricsSink) -> CompletedUnit:
+    """Spills the unit's rows by bucket (files named after the unit), then writes its completion marker:
+    a unit with a marker is complete, whatever crashes after."""
+    unit = tables.unit
+    with timed(sink, "group"):
+        writer = SpillWriter(plan.spill_dir, plan.num_shards, plan.contract.scored_schema(), name=unit.name)
+        for table in tables.tables:
+            writer.add(table)
+        buckets = writer.close()
+        fault_point("group")
+        checkpoints.write_marker(plan.spill_dir, unit.name, buckets, tables.errors_url)
+    return CompletedUnit(unit.name, unit.file_index, buckets, tables.errors_url)
+
+
+def resumed_unit(name: str, file_index: int, marker: dict) -> CompletedUnit:
+    """A unit completed before a crash, from its marker (checkpoints.completed_units)."""
+    return CompletedUnit(name, file_index, marker["buckets"], marker["errors_url"])
+
+
+class Ahead:
+    """Bounded look-ahead: `stage` processes up to `depth` batches ahead of the caller on one background
+    thread, results handed back in order. The background thread reports nothing itself: its counts reach
+    the caller's sink when the batch is handed over (Beam drops metric updates made outside a bundle's
+    thread). Memory: at most depth + 1 batches held."""
+
+    def __init__(self, stage: Stage, depth: int):
+        self.stage = stage
+        self.depth = depth
+
+    def _process(self, table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+        counts = CounterSink()
+        return self.stage.process(table, counts), counts.counts
+
+    def map(self, tables: Iterable[pa.Table], sink: MetricsSink, wait_name: str) -> Iterator[pa.Table]:
+        pending: list[Future] = []
+        with ThreadPoolExecutor(1, thread_name_prefix=f"herolabel-{self.stage.name}") as executor:
+            try:
+                for table in tables:
+                    pending.append(executor.submit(self._process, table))
+                    while len(pending) > self.depth:
+                        yield self._hand_over(pending.pop(0), sink, wait_name)
+                while pending:
+                    yield self._hand_over(pending.pop(0), sink, wait_name)
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    @staticmethod
+    def _hand_over(future: Future, sink: MetricsSink, wait_name: str) -> pa.Table:
+        with timed(sink, wait_name):
+            table, counts = future.result()
+        for name, n in counts.items():
+            sink.count(name, n)
+        return table
