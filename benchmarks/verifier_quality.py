@@ -9,7 +9,7 @@ the rule behind every verdict, and the rows plain math-verify credits that the v
 Any Parquet with prompt/response/reference columns and a boolean `label_correct` works (data_source, if
 present, picks the verifier as --verifier-sources says; the prompt is the question the verifier sees).
 Runs the verifier stage alone (the pool of math-verify workers, no engine), and plain math-verify
-(transforms.math_judge.plain_verdict: verify(parse(gold in $...$), parse(response))) in processes of its
+(transforms.verify.plain.plain_verdict: verify(parse(gold in $...$), parse(response))) in processes of its
 own. Prints one JSON line per file: rows, judged correct, misses (labelled correct, judged wrong), false
 positives (labelled wrong, judged correct), recall, precision, false_positive_rate, accuracy, statuses,
 verdicts per verifier_rule, plain math-verify's recall and false-positive rate, `below_plain` (rows plain
@@ -44,10 +44,11 @@ import pyarrow.parquet as pq
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from transforms.answers import BARE_MAX_WORDS, clean_text, final_answer, strip_delimiters  # noqa: E402
-from transforms.math_judge import plain_verdict  # noqa: E402
-from transforms.parts import join_math_spans  # noqa: E402
-from transforms.verifier import VerifierConfig, VerifierPool, question_texts  # noqa: E402
+from transforms.verify import VerifierConfig, VerifierPool, question_texts  # noqa: E402
+from transforms.verify.answers import BARE_MAX_WORDS, final_answer  # noqa: E402
+from transforms.verify.parts import join_math_spans  # noqa: E402
+from transforms.verify.plain import plain_verdict  # noqa: E402
+from transforms.verify.text import clean_text, strip_delimiters  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 # The counts reached on the shared labelled files: (most misses, most false positives, most disagreements).

@@ -26,8 +26,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from transforms.math_judge import plain_wrap  # noqa: E402
-from transforms.verifier import VerifierConfig, VerifierPool, question_texts  # noqa: E402
+from transforms.verify import VerifierConfig, VerifierPool, question_texts  # noqa: E402
+from transforms.verify.plain import plain_wrap  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 FILES = ("gsm8k_gpt3_solutions.parquet", "qwen25_math_cot100.parquet", "processbench_gsm8k_math.parquet")

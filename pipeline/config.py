@@ -18,9 +18,10 @@ import pyarrow as pa
 from schemas.layouts import choose_layout
 from transforms.checks import is_finite_number, is_whole
 from transforms.pairs import STRATEGIES, PairsConfig
+from transforms.fuse import FUSIONS
 from transforms.fuse.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
-from transforms.rm import DTYPES, TRUNCATION_SIDES, RewardModelConfig, backend_names
-from transforms.verify import VerifierConfig
+from transforms.rm import DTYPES, TRUNCATION_SIDES, RewardModelConfig
+from transforms.verify import VerifierConfig, sources_help
 
 SHUFFLE_MODES = ("files", "engine")
 PROGRESS_MODES = ("auto", "on", "off")
@@ -31,6 +32,24 @@ DEFAULT_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 class ConfigError(ValueError):
     """An invalid option; raised before any data moves."""
+
+
+# Field metadata keys of the stored-settings rule (PipelineConfig.labeling_dict).
+EXECUTION_ONLY = "execution_only"
+OMIT_AT_DEFAULT = "omit_at_default"
+
+
+def _at_default(config, spec: dataclasses.Field) -> bool:
+    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+    return getattr(config, spec.name) == default
+
+
+def stored_settings(config) -> dict:
+    """A config section as shards store it: every field but the execution-only ones, and those marked
+    OMIT_AT_DEFAULT only when they differ from their default."""
+    values = dataclasses.asdict(config)
+    return {spec.name: values[spec.name] for spec in dataclasses.fields(config)
+            if not spec.metadata.get(EXECUTION_ONLY) and not (spec.metadata.get(OMIT_AT_DEFAULT) and _at_default(config, spec))}
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,13 @@ class PipelineConfig:
     when more than this fraction of input rows went to errors/ or came out with verifier status timeout,
     error or bad_reference or RM status error. no_reference is a choice of the data, not an error.
     beam_args: flags passed to Beam unchanged (--runner, --project, --temp_location, ...).
+    fusion: how verdicts and RM scores become one reward per rollout (transforms/fuse/: FUSIONS).
+
+    Stored settings: `labeling_dict()` is what every shard records. The rule for every option: a field
+    with metadata EXECUTION_ONLY (where or how fast, never what) is not stored; a field with metadata
+    OMIT_AT_DEFAULT is stored only when it differs from its default, so that adding an option changes
+    no existing output's bytes. Every labeling option added from now on carries OMIT_AT_DEFAULT
+    (tests/test_contracts.py checks the stored settings at their defaults stay exactly today's).
     """
 
     input: str
@@ -111,6 +137,7 @@ class PipelineConfig:
     preset: str = ""
     column_map: str = ""
     beam_args: tuple[str, ...] = ()
+    fusion: str = field(default="hero", metadata={OMIT_AT_DEFAULT: True})
 
     def __post_init__(self):
         for name in ("input", "output"):
@@ -137,6 +164,8 @@ class PipelineConfig:
             raise ValueError("verifier.num_workers must be >= 1 in a pipeline run (0 runs math-verify in the calling "
                              "thread, whose signal-based timeouts only work in a main thread; engines verify in "
                              "worker threads)")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"pipeline.fusion must be one of {tuple(FUSIONS)}, got {self.fusion!r}")
         if self.beam_args and self.engine.engine != "beam":
             raise ValueError(f"options not known to herolabel go to Apache Beam, which engine.engine="
                              f"{self.engine.engine} does not use: {' '.join(self.beam_args)}")
@@ -147,12 +176,14 @@ class PipelineConfig:
 
     def labeling_dict(self) -> dict:
         """The settings that decide the labels (stored in every shard); no paths or execution settings."""
-        verifier = dataclasses.asdict(self.verifier)
+        verifier = stored_settings(self.verifier)
         for execution_only in ("num_workers", "task_size"):
             verifier.pop(execution_only)
-        rm = dataclasses.asdict(self.rm)
+        rm = stored_settings(self.rm)
         rm.pop("cache_dir")  # where scores are remembered, not what they are
-        return {"verifier": verifier, "rm": rm, "hero": dataclasses.asdict(self.hero)}
+        top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get(OMIT_AT_DEFAULT)
+               and not _at_default(self, f)}
+        return {"verifier": verifier, "rm": rm, "hero": stored_settings(self.hero), **top}
 
 
 _SECTIONS = {"pipeline": PipelineConfig, "verifier": VerifierConfig, "rm": RewardModelConfig, "hero": HeroConfig,
@@ -206,9 +237,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_error_rate", "pipeline", "max_error_rate", "error budget: the run fails (manifest `failed`, exit 1, "
            "everything written) when more than this fraction of input rows went to errors/ or has verifier status "
            "`timeout`/`error`/`bad_reference` or RM status `error`", type=float),
-    Option("rm_backend", "rm", "backend", "reward-model backend (`transformers` or `vllm` with --rm-model, "
-           "`precomputed` with --rm-score-column, `none`: verifier only)", choices=backend_names(), default_text="inferred",
-           group=_RM),
+    Option("rm_backend", "rm", "backend", "reward-model backend: `transformers` or `vllm` with --rm-model, "
+           "`precomputed` with --rm-score-column, `none`: verifier only, or one registered in transforms/rm/",
+           default_text="inferred", group=_RM),
     Option("rm_model", "rm", "model", "sequence-classification RM with one output: local path or hub id", group=_RM),
     Option("rm_revision", "rm", "revision", "hub revision (commit, tag or branch) to pin", group=_RM),
     Option("rm_score_column", "rm", "score_column", "input column holding precomputed scores", group=_RM),
@@ -234,12 +265,12 @@ OPTIONS: tuple[Option, ...] = (
            "`signal.alarm`)", type=int, group=_VER),
     Option("verifier_hard_timeout", "verifier", "hard_timeout_s", "seconds per response before its verifier process "
            "is killed and replaced", type=float, group=_VER),
-    Option("verifier_sources", "verifier", "sources", "which verifier judges which `data_source`, e.g. "
-           "`gsm8k=numeric:0.001,mmlu=choice,mine=pkg.mod:fn`; verifiers: `math` (the default for every other "
-           "source), `exact`, `numeric:TOL` (absolute tolerance), `choice` (option letter), or a function by "
-           "import path taking (reference, response, timeout_s)", group=_VER),
+    Option("verifier_sources", "verifier", "sources", sources_help(), group=_VER),
     Option("verifier_task_size", "verifier", "task_size", "responses per message to a verifier process", type=int,
            group=_VER),
+    Option("fusion", "pipeline", "fusion", "how verdicts and RM scores become one reward per rollout: `hero` "
+           "(stratified normalization + variance-aware weighting, arXiv 2510.07242), or a fusion registered in "
+           "transforms/fuse/", group=_HERO),
     Option("alpha", "hero", "alpha", "half-width of the incorrect band `[-α, α]`; α + β < 1", type=float,
            group=_HERO),
     Option("beta", "hero", "beta", "half-width of the correct band `[1-β, 1+β]`", type=float, group=_HERO),

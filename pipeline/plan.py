@@ -123,7 +123,7 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     if layout is not None:
         metadata["layout"] = layout.name
     stages = (VerifyStage(config.verifier), ScoreStage(config.rm))
-    fusion = make_fusion("hero", {"hero": config.hero}, rm_scores=config.rm.backend != "none")
+    fusion = make_fusion(config.fusion, {"hero": config.hero}, rm_scores=config.rm.backend != "none")
     return RunPlan(config, files, contract, num_shards, metadata, stages, fusion, layout)
 
 

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import ENGINES
+from transforms.rm import register_backend
+
+register_backend("fake", "fakes:FakeRewardModel")  # tests/fakes.py: instant deterministic scores
+ENGINE_NAMES = tuple(ENGINES)  # every engine test runs on each registered engine
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

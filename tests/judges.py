@@ -6,7 +6,7 @@ Each is named in VerifierConfig.judge ("judges:NAME") and imported inside the sp
 import os
 import time
 
-from transforms.verifier import judge_response
+from transforms.verify.math import judge_response
 
 
 def hangs_on_marker(gold, response, timeout_s):

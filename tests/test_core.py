@@ -166,6 +166,9 @@ def test_shared_stages_set_up_once_and_close_with_the_last_user():
     second = shared.acquire(Probe("a"), WorkerContext())
     other = shared.acquire(Probe("b"), WorkerContext())  # another config: its own instance
     assert first is second and other is not first and first.setups == 1
+    probe = Probe("a")
+    assert shared.acquire(probe, WorkerContext()) is not probe and probe.setups == 0  # the spec stays unset
+    shared.release(first)
     shared.release(first)
     assert first.closes == 0
     shared.release(second)

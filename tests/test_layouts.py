@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import label, shared_file
+from conftest import ENGINE_NAMES, label, shared_file
 from schemas.layouts import LayoutError, choose_layout
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def grouped(table: pa.Table) -> list[tuple[str, list[dict]]]:
     return [(k, sorted(v, key=lambda r: r["sample_index"])) for k, v in groups.items()]
 
 
-@pytest.mark.parametrize("engine", ["beam", "dask"])
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_verl_generation_output_labels_with_no_renaming(tmp_path, engine):
     """verl's main_generation writes its RL parquet (data_source, prompt as chat messages, ability,
     reward_model {style, ground_truth}, extra_info {split, index}) plus `responses`: the n responses

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import label, shared_file
+from conftest import ENGINE_NAMES, label, shared_file
 from hero_reference import hero_reference
 from pipeline.config import build_config
 from pipeline.tools.demo import synthetic_rollouts, write_synthetic_rollouts
@@ -83,7 +83,7 @@ def test_verifier_agrees_with_source_labels(tmp_path, name, minimum):
     assert manifest["sigma_bar"] is None
 
 
-@pytest.mark.parametrize("engine", ["beam", "dask"])
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_bad_rows_land_in_errors_and_the_manifest_adds_up(tmp_path, engine):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -115,7 +115,7 @@ def test_bad_rows_land_in_errors_and_the_manifest_adds_up(tmp_path, engine):
     assert table.num_rows == 62 and table.column("verifier_status").null_count == 0
 
 
-@pytest.mark.parametrize("engine", ["beam", "dask"])
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_groups_split_across_files_and_shards_are_complete(tmp_path, engine):
     # 8 rollouts per prompt written 5 rows per file: every group straddles two files.
     write_synthetic_rollouts(str(tmp_path / "split"), 160, rows_per_file=5, seed=4)
@@ -145,7 +145,7 @@ def test_engine_shuffle_gives_the_same_rows_as_file_shuffle(tmp_path):
     assert read_output(tmp_path / "files").equals(read_output(tmp_path / "engine"))
 
 
-@pytest.mark.parametrize("engine", ["beam", "dask"])
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_tiny_transformers_rm_end_to_end(tmp_path, tiny_rm_path, engine):
     write_synthetic_rollouts(str(tmp_path / "in.parquet"), 64, seed=6)
     manifest = label(tmp_path / "in.parquet", tmp_path / "out", rm_model=tiny_rm_path, batch_rows=20, engine=engine)
@@ -229,7 +229,7 @@ def test_fsspec_urls_for_input_and_output():
     fs.rm("/herolabel-test", recursive=True)
 
 
-@pytest.mark.parametrize("engine", ["beam", "dask"])
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_a_run_over_its_error_budget_writes_everything_and_fails(tmp_path, engine):
     """60 % broken rows: the run still writes data + errors, marks the manifest failed and exits 1."""
     rows = synthetic_rollouts(50, seed=12).to_pylist()
@@ -256,7 +256,6 @@ def test_a_run_over_its_error_budget_writes_everything_and_fails(tmp_path, engin
 def test_failed_verdicts_count_against_the_budget_but_missing_references_do_not(tmp_path):
     import dataclasses
 
-    from transforms.verify import VerifierConfig
 
     rows = synthetic_rollouts(40, seed=13).to_pylist()
     for i in range(0, 40, 10):
@@ -281,7 +280,7 @@ def test_failed_verdicts_count_against_the_budget_but_missing_references_do_not(
     assert again["status"] == "complete" and again["error_budget"]["failed_rows"] == 4
 
 
-@pytest.mark.parametrize("engine", ["beam", "dask"])
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_duplicate_rollouts_go_to_errors_and_the_first_copy_is_labelled(tmp_path, engine):
     rollouts = synthetic_rollouts(24, seed=14)
     inputs = tmp_path / "in"

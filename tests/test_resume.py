@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import shared_file
+from conftest import ENGINE_NAMES, shared_file
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 2000
@@ -56,7 +56,7 @@ def shard_bytes(output: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((output / "data").glob("*.parquet"))}
 
 
-@pytest.fixture(scope="module", params=["beam", "dask"])
+@pytest.fixture(scope="module", params=ENGINE_NAMES)
 def clean(request, rollouts, tiny_rm_path, tmp_path_factory):
     """(engine, output of an uninterrupted run)."""
     output = tmp_path_factory.mktemp(f"clean_{request.param}") / "out"

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import label
+from conftest import ENGINE_NAMES, label
 from pipeline.tools.demo import synthetic_rollouts, write_synthetic_rollouts
 from pipeline.storage.score_cache import ScoreCache, rollout_keys
 
@@ -21,7 +21,7 @@ def data_bytes(output) -> dict:
     return {p.name: p.read_bytes() for p in sorted((Path(output) / "data").glob("*.parquet"))}
 
 
-@pytest.mark.parametrize("engine", ["beam", "dask"])
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_a_second_run_scores_nothing_and_writes_the_same_output(tmp_path, tiny_rm_path, engine):
     write_synthetic_rollouts(str(tmp_path / "in.parquet"), 96, seed=21)
     cache = str(tmp_path / "cache")

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import os
 import random
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
 
-from transforms.verifier import VerifierConfig, VerifierPool, parse_reference, verify_table
+from transforms.verify import VERIFIERS, Builtin, Verifier, VerifierConfig, VerifierPool, sources_help, verify_table
+from transforms.verify.math import judge_response, parse_reference
+from transforms.verify.registry import load
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (reference, response, expected score, expected status, expected extracted answer)
 CASES = [
@@ -138,6 +147,38 @@ def test_crashed_worker_marks_its_row_error_and_work_continues():
 def test_invalid_verifier_config_names_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         VerifierConfig(**kwargs)
+
+
+def test_the_default_judge_names_judge_response_by_a_stable_alias():
+    """The settings stored in every shard (dataclasses.asdict) and the resume fingerprint keep their bytes:
+    the default judge's name resolves to the math judge, and no module of that old name exists."""
+    assert list(dataclasses.asdict(VerifierConfig()).items()) == [
+        ("num_workers", None), ("timeout_s", 5), ("hard_timeout_s", 30.0), ("task_size", 32),
+        ("judge", "transforms.verifier:judge_response"), ("sources", "")]
+    assert load(VerifierConfig().judge) is judge_response
+    assert importlib.util.find_spec(VerifierConfig().judge.partition(":")[0]) is None
+
+
+def test_a_builtin_verifier_is_one_registry_entry(monkeypatch):
+    def length(argument, config):  # "length:N": correct when the response has N characters
+        return Verifier(lambda reference, timeout_s: int(argument),
+                        lambda gold, response, timeout_s: (float(len(response) == gold), "ok", str(len(response))))
+
+    monkeypatch.setitem(VERIFIERS, "length:N", Builtin(length, "response length"))
+    assert "`length:N` (response length), or a function by import path" in sources_help()
+    pool = VerifierPool(VerifierConfig(num_workers=0, sources="t=length:3"))
+    pool.start()
+    verdicts = pool.verify(["x", "x"], ["abc", "ab"], ["t", "t"])
+    assert verdicts == ([1.0, 0.0], ["ok", "ok"], ["3", "2"], ["length:3"] * 2)
+    with pytest.raises(ValueError, match="unknown verifier 'length': use math, exact, numeric:TOL, choice, length:N"):
+        VerifierConfig(sources="t=length")  # its argument is part of its name
+
+
+def test_importing_the_package_loads_no_verifier():
+    code = ("import sys, transforms.verify; "
+            "print([m for m in ('math_verify', 'sympy', 'transforms.verify.math') if m in sys.modules])")
+    finished = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert finished.stdout.strip() == "[]"
 
 
 def test_a_worker_that_died_while_idle_is_replaced_without_blaming_a_row():

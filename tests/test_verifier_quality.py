@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import build_config
-from transforms.answers import final_answer, is_bare_answer
-from transforms.verifier import VerifierConfig, VerifierPool, verify_table
+from transforms.verify import VerifierConfig, VerifierPool, verify_table
+from transforms.verify.answers import final_answer, is_bare_answer
 from verifier_cases import TABLE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -78,7 +78,7 @@ def test_every_table_answer_gets_one_verdict_bare_boxed_after_a_phrase_and_delim
     (None, "Paris", "The answer is Paris.", "exact"),
 ])
 def test_verifier_rule_names_what_decided(question, gold, response, rule):
-    from transforms.refusals import REFUSALS
+    from transforms.verify.refusals import REFUSALS
 
     sources = "t=exact" if rule == "exact" else ""
     pool = VerifierPool(VerifierConfig(num_workers=0, sources=sources))
@@ -92,7 +92,7 @@ def test_verifier_rule_names_what_decided(question, gold, response, rule):
 
 def test_every_refusal_has_table_cases_accepted_and_refused(in_process):
     """A refusal is a closed list: each named rule fires on some table case and stays silent on others."""
-    from transforms.refusals import REFUSALS
+    from transforms.verify.refusals import REFUSALS
 
     verdicts = in_process.verify([c[1] for c in TABLE], [c[2] for c in TABLE], None, [c[0] for c in TABLE])
     fired = {rule.split(":", 1)[1] for rule in verdicts.rules if rule and rule.startswith("refused:")}
@@ -214,7 +214,7 @@ def test_quality_on_the_shared_labelled_files_does_not_regress():
 def test_the_table_and_its_variants_are_never_below_plain_math_verify(in_process):
     """Every table row (and every generated form of its final answer) that plain math-verify credits is
     credited, or rejected by a named refusal: never rejected silently."""
-    from transforms.math_judge import plain_verdict
+    from transforms.verify.plain import plain_verdict
 
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     from verifier_quality import written_five_ways

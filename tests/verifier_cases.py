@@ -543,7 +543,7 @@ CASES: list[tuple[str, str, bool, str]] = [
     ("0", "I don't know.", False, "no answer given; nothing equals 0"),
     (r"\frac{1}{2}", "I cannot solve this problem.", False, "refusal without an answer"),
 
-    # --- rules added with this verifier, three or more cases each (see transforms/answers.py) ---
+    # --- rules added with this verifier, three or more cases each (see transforms/verify/answers.py) ---
     # A backslash straight before a digit: "\$15" whose "$" was lost in escaping.
     ("15", r"She has $50 - $35 left, so the answer is \boxed{\15}.", True, "stray backslash before a digit: \\15 is 15"),
     ("2.50", r"Each costs \boxed{\2.50}", True, "stray backslash before a decimal: \\2.50 is 2.50"),

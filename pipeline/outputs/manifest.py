@@ -7,11 +7,9 @@ Shards and error files are written by the group step on workers (pipeline/stages
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections import Counter
-from typing import Iterable
 
 import fsspec
 import pyarrow as pa
@@ -19,14 +17,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.storage import checkpoints, fsio
-from pipeline.stages.group import load_parts
 from pipeline.plan import RunPlan
 from pipeline.outputs.card import write_dataset_card
 from pipeline.outputs.report import write_report
-from pipeline.stages.base import MetricsSink, timed
 from schemas.rollouts import RM_STATUSES, VERIFIER_STATUSES, RmStatus, VerifierStatus
-from transforms.fuse.hero import fuse
-from transforms.pairs import make_pairs
 
 RUN_ENTRIES = ("data", "errors", "pairs", "_shuffle", "run_report.json", "report.html", "README.md", "manifest.json")
 

@@ -82,9 +82,30 @@ class WorkerContext:
         return cores if self.processes_on_host == self.ONE_PER_CORE else self.processes_on_host
 
 
+class PlanView(Protocol):
+    """What the stages read of the run's plan (pipeline/plan.py's RunPlan, one layer up, which holds them)."""
+
+    config: object  # PipelineConfig
+    contract: object  # schemas.rollouts.InputContract
+    layout: object  # schemas.layouts.Layout or None
+    files: tuple
+    metadata: dict
+    num_shards: int
+    fusion: object  # transforms.fuse.Fusion
+    spill_dir: str
+    output_schema: pa.Schema
+    has_sample_index: bool
+
+
 class Stage(Protocol):
+    """A row stage: built from its config (cheap, picklable: the plan holds these specs), set up once per
+    worker process by SharedStages, then `process` per batch."""
+
     name: str
     resources: Resources
+    config: object
+
+    def __init__(self, config) -> None: ...
 
     def setup(self, context: WorkerContext) -> None: ...
 
@@ -118,11 +139,13 @@ class SharedStages:
         self._entries: dict[tuple, _SharedEntry] = {}
 
     def acquire(self, stage: Stage, context: WorkerContext) -> Stage:
+        """The set-up instance for `stage` (a spec: any object with `config`, constructible from it)."""
         key = (type(stage).__name__, repr(stage.config), context)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
-                entry = self._entries[key] = _SharedEntry(stage)
+                # A fresh instance from the spec's config: the plan's stages stay specs (picklable, not set up).
+                entry = self._entries[key] = _SharedEntry(type(stage)(stage.config))
             entry.users += 1
         # Set-up (a model load takes seconds) holds only this entry's lock, not the registry's.
         with entry.lock:

@@ -7,7 +7,6 @@ themselves (the runner's shuffle) or only the paths of spill files (flat memory 
 
 from __future__ import annotations
 
-import math
 from contextlib import ExitStack
 from typing import Iterable, Iterator
 

@@ -28,9 +28,9 @@ class ScoreStage:
         self.backend: RewardBackend | None = make_reward_model(config)
         self.resources = Resources(accelerator=self.backend.needs_accelerator)
         self.cache: ScoreCache | None = None
-        self._lock = threading.Lock()
 
     def setup(self, context: WorkerContext) -> None:
+        self._lock = threading.Lock()  # made here: the stage travels to workers inside the plan, unpicklable locks not
         self.backend.load()
         if self.config.cache_dir:
             self.cache = ScoreCache(self.config.cache_dir, self.backend.cache_identity())

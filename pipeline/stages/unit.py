@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from pipeline.stages.base import CounterSink, MetricsSink, Stage, timed
+from pipeline.stages.base import CounterSink, MetricsSink, PlanView, Stage, timed
 from pipeline.stages.group import SpillWriter
 from pipeline.storage import checkpoints, fsio
 from pipeline.storage.faults import fault_point
@@ -94,7 +94,7 @@ class CompletedUnit:
     errors_url: str | None
 
 
-def read_unit(plan, unit: WorkUnit, sink: MetricsSink) -> UnitTables:
+def read_unit(plan: PlanView, unit: WorkUnit, sink: MetricsSink) -> UnitTables:
     """Reads `unit`, applies the plan's layout, validates against its contract (error records spilled
     under _shuffle/errors/UNIT.parquet), timed and counted."""
     batches = unit.read(plan.config.batch_rows)
@@ -146,7 +146,7 @@ def run_stages(stages: Sequence[Stage], tables: UnitTables, sink: MetricsSink, a
     return UnitTables(tables.unit, done, tables.errors_url)
 
 
-def complete_unit(plan, tables: UnitTables, sink: MetricsSink) -> CompletedUnit:
+def complete_unit(plan: PlanView, tables: UnitTables, sink: MetricsSink) -> CompletedUnit:
     """Spills the unit's rows by bucket (files named after the unit), then writes its completion marker:
     a unit with a marker is complete, whatever crashes after."""
     unit = tables.unit

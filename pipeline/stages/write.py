@@ -15,20 +15,20 @@ import pyarrow as pa
 from pipeline.storage import checkpoints, fsio
 from pipeline.storage.faults import fault_point
 from pipeline.stages.group import load_parts
-from pipeline.stages.base import MetricsSink, timed
+from pipeline.stages.base import MetricsSink, PlanView, timed
 from schemas.rollouts import ORDER, error_records, split_duplicates
 from transforms.pairs import make_pairs
 
 
-def shard_url(plan: RunPlan, bucket: int) -> str:
+def shard_url(plan: PlanView, bucket: int) -> str:
     return fsio.join(plan.config.output, "data", f"part-{bucket:05d}-of-{plan.num_shards:05d}.parquet")
 
 
-def pairs_url(plan: RunPlan, bucket: int) -> str:
+def pairs_url(plan: PlanView, bucket: int) -> str:
     return fsio.join(plan.config.output, "pairs", f"part-{bucket:05d}-of-{plan.num_shards:05d}.parquet")
 
 
-def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, statistic,
+def fuse_and_write(plan: PlanView, bucket: int, parts: Iterable, statistic,
                    sink: MetricsSink) -> tuple[str, int]:
     """The plan's fusion over one bucket of complete groups (with the job `statistic`: HERO's sigma_bar),
     written as data/part-BBBBB-of-SSSSS.parquet.
@@ -61,7 +61,7 @@ def fuse_and_write(plan: RunPlan, bucket: int, parts: Iterable, statistic,
     return url, fused.num_rows
 
 
-def _drop_duplicates(plan: RunPlan, bucket: int, table: pa.Table, sink: MetricsSink) -> pa.Table:
+def _drop_duplicates(plan: PlanView, bucket: int, table: pa.Table, sink: MetricsSink) -> pa.Table:
     """Later copies of a (prompt_id, sample_index) go to errors/part-dup-BBBBB.parquet; the first is kept."""
     kept, duplicates, originals = split_duplicates(table)
     if not len(duplicates):
@@ -82,12 +82,12 @@ def _drop_duplicates(plan: RunPlan, bucket: int, table: pa.Table, sink: MetricsS
     return kept
 
 
-def spill_errors(plan: RunPlan, unit_name: str, errors: pa.Table) -> str:
+def spill_errors(plan: PlanView, unit_name: str, errors: pa.Table) -> str:
     """Writes one unit's error records under _shuffle/errors/ (atomically; a rerun rewrites them)."""
     return fsio.write_parquet_atomic(errors, fsio.join(plan.spill_dir, "errors", f"{unit_name}.parquet"))
 
 
-def write_errors(plan: RunPlan, file_index: int, parts: Iterable) -> tuple[str, int]:
+def write_errors(plan: PlanView, file_index: int, parts: Iterable) -> tuple[str, int]:
     """All error records of one input file, written as errors/part-FFFFF.parquet sorted by source row."""
     errors = load_parts(parts).sort_by("source_row")
     url = fsio.join(plan.config.output, "errors", f"part-{file_index:05d}.parquet")

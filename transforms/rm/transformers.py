@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.rollouts import PROMPT, RESPONSE, RmStatus
-from transforms.rm import rm_columns
+from transforms.rm import RewardModelConfig, rm_columns
 from transforms.rm.hub import ModelFromHub, encode_rollouts
 
 log = logging.getLogger(__name__)

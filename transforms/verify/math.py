@@ -1,14 +1,14 @@
 """The "math" verifier: one response against a prepared gold, never below plain math-verify.
 
-Two paths, then the refusals (transforms/refusals.py):
+Two paths, then the refusals (refusals.py, beside this module):
 1. extraction: the project's own final answer (answers.final_answer), normalized (answers.normalize), split
-   into parts when it lists several (transforms/parts.py), compared by math-verify, with the question in
+   into parts when it lists several (parts.py), compared by math-verify, with the question in
    view for labels and multiple-choice option values;
 2. plain math-verify, run only where the first path did not credit the response: `verify(parse(g),
    parse(x))` with g the gold wrapped in `$...$` unless it has `$` or `\\boxed`, x the project's final
    answer and, unless x was the response's only box (plain reads the last box too), the whole response.
    Any exception is a rejection there, and it runs under its own timeout, so a timeout of the first path
-   never hides plain math-verify's credit.
+   never hides plain math-verify's credit (plain.py).
 Any credit then passes the closed list of refusals; the verdict names what decided it (Verdict.rule):
 "extraction", "math_verify" or "refused:<name>". Where both paths credit, extraction wins.
 
@@ -19,11 +19,10 @@ Runs in a worker's main thread (math-verify's timeouts use signal.alarm).
 
 from __future__ import annotations
 
+import logging
 import re
-from collections import OrderedDict
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from functools import lru_cache
-from itertools import groupby, product
+from itertools import product
 from typing import NamedTuple
 
 import sympy
@@ -32,21 +31,13 @@ from math_verify.errors import TimeoutException
 from math_verify.utils import timeout
 
 from schemas.rollouts import VerifierStatus
-from transforms import answers, parts
-from transforms.answers import Gold, choice_letter, clean_text, final_answer, normalize, prepare_gold_text
-from transforms.refusals import EXTRACTION, MATH_VERIFY, Acceptance, covers, refusal
-
-MAX_EXTRACTED_CHARS = 512
-
-
-class Verdict(NamedTuple):
-    """One response's verdict: verifier_score (1.0, 0.0 or None), verifier_status, extracted_answer, and
-    verifier_rule (what decided it; None where the status is neither ok nor no_answer)."""
-
-    score: float | None
-    status: str
-    answer: str | None
-    rule: str | None
+from transforms.verify import answers, parts
+from transforms.verify.answers import Gold, choice_letter, final_answer, normalize, prepare_gold_text
+from transforms.verify.plain import answer_text, plain_credit, plain_parse, plain_wrap, remember_parse
+from transforms.verify.question import asks_for_several, order_by_question, question_options, states_no_value
+from transforms.verify.refusals import EXTRACTION, MATH_VERIFY, Acceptance, covers, refusal
+from transforms.verify.registry import MAX_EXTRACTED_CHARS, Verdict, Verifier, load, verdict_judge
+from transforms.verify.text import bracket_kind, clean_text, last_of_chain
 
 
 def parse_latex(text: str, timeout_s: int):
@@ -59,97 +50,18 @@ def parse_latex(text: str, timeout_s: int):
         # tenth of the cost (the LaTeX grammar costs about a millisecond per answer)
         parsed = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
         if parsed:
-            _remember(f"${text}$", parsed)
+            remember_parse(f"${text}$", parsed)
             return parsed
     delimited = re.search(r"(?<!\\)\$|\\boxed|\\\(|\\\[", text)
     for candidate in ([text] if delimited else [f"${text}$", text]):
         parsed = parse(candidate, parsing_timeout=timeout_s, raise_on_error=True)
         if parsed:
-            _remember(candidate, parsed)
+            remember_parse(candidate, parsed)
             return parsed
     return []
 
 
-# math-verify's parse of the last strings parsed, so that plain math-verify's reading of the project's final
-# answer (usually the very string the project's path just parsed) is not parsed twice.
-_RECENT_PARSES: OrderedDict[str, list] = OrderedDict()
-_RECENT_PARSES_SIZE = 64
-
-
-def _remember(text: str, parsed: list) -> None:
-    _RECENT_PARSES[text] = parsed
-    _RECENT_PARSES.move_to_end(text)
-    if len(_RECENT_PARSES) > _RECENT_PARSES_SIZE:
-        _RECENT_PARSES.popitem(last=False)
-
-
 _PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-
-
-def plain_wrap(text: str) -> str:
-    """The gold as plain math-verify is given it: in `$...$` unless it has `$` or `\\boxed` already."""
-    return text if "$" in text or "\\boxed" in text else f"${text}$"
-
-
-def _plain_parse(text: str, timeout_s: int) -> list:
-    """math-verify's parse with default settings; any exception (its timeout included) is nothing."""
-    if text in _RECENT_PARSES:
-        return _RECENT_PARSES[text]
-    try:
-        return parse(text, parsing_timeout=timeout_s)
-    except Exception:  # noqa: BLE001 - plain math-verify as a user calls it: an exception is a rejection
-        return []
-
-
-def _plain_first_candidate(text: str) -> str | None:
-    """The text plain math-verify's parse tries first: its extraction regexes in priority order, the rightmost
-    match of the first group that matches (math_verify.parser.extract_target_from_pred, without the parse).
-    About a quarter of a parse's cost; it tells when a parse of the whole response would read the same answer
-    as one already compared."""
-    groups = _plain_pattern_groups()
-    for group in groups:
-        best = None
-        for pattern in group:
-            for match in pattern.finditer(text):
-                if best is None or (match.end(), -match.start()) > (best.end(), -best.start()):
-                    best = match
-        if best is not None:
-            return best.group(0)
-    return None
-
-
-def _bare_text(text: str) -> str:
-    """The text without delimiters, a box around it, spaces or braces: " 26" and "\\boxed{26}" are "26"."""
-    text = answers.strip_delimiters(text)
-    boxed = re.fullmatch(r"\\boxed\s*\{(.*)\}", text, re.DOTALL)
-    return answers.math_key(boxed.group(1) if boxed else text)
-
-
-@lru_cache(maxsize=1)
-def _plain_pattern_groups() -> list[list]:
-    from math_verify.parser import ExprExtractionConfig, LatexExtractionConfig, get_extraction_regexes
-
-    patterns = [(pattern, priority) for target_patterns, _ in
-                get_extraction_regexes([LatexExtractionConfig(), ExprExtractionConfig()])
-                for pattern, priority in target_patterns]
-    ordered = sorted(patterns, key=lambda p: p[1])
-    return [[pattern for pattern, _ in group] for _, group in groupby(ordered, key=lambda p: p[1])]
-
-
-def _plain_verify(gold_parsed, predicted, timeout_s: int) -> bool:
-    if not gold_parsed or not predicted:
-        return False
-    try:
-        return bool(verify(list(gold_parsed), predicted, timeout_seconds=timeout_s))
-    except Exception:  # noqa: BLE001 - as above
-        return False
-
-
-def plain_verdict(reference: str, response: str, timeout_s: int = 5) -> bool:
-    """Plain math-verify as a user calls it, the baseline this verifier never falls below:
-    `verify(parse(g), parse(response))` with g the reference wrapped in `$...$` unless it already has `$`
-    or `\\boxed`, default settings, any exception a rejection."""
-    return _plain_verify(_plain_parse(plain_wrap(reference), timeout_s), _plain_parse(response, timeout_s), timeout_s)
 
 
 def parse_reference(reference: str, timeout_s: int) -> Gold | None:
@@ -158,7 +70,7 @@ def parse_reference(reference: str, timeout_s: int) -> Gold | None:
     text, facts = prepare_gold_text(reference)
     cleaned = clean_text(reference)
     parsed = parse_latex(text, timeout_s) or parse_latex(cleaned.strip(), timeout_s)
-    plain = tuple(_plain_parse(plain_wrap(reference), timeout_s))
+    plain = tuple(plain_parse(plain_wrap(reference), timeout_s))
     if not parsed and not facts["choice"] and not plain:
         return None
     gold_parts = parts.list_parts(text)
@@ -188,13 +100,6 @@ def _percent_as_fraction(text: str) -> tuple[str, int | None] | None:
     scaled = value.scaleb(-2)
     decimals = -scaled.as_tuple().exponent if scaled.as_tuple().exponent < 0 else 0
     return format(scaled, "f"), decimals
-
-
-def _answer_text(parsed) -> str:
-    text = next((x for x in parsed if isinstance(x, str)), None)
-    if text is None:
-        text = str(parsed[0])
-    return text[:MAX_EXTRACTED_CHARS]
 
 
 def _rounds_to(gold_text: str, decimals: int | None, predicted, timeout_s: int) -> bool:
@@ -283,7 +188,7 @@ def _parts_equal(gold: Gold, answer: str, timeout_s: int, question: str | None =
     by its own answer part, none left over; a multiset, in order when the gold, the question or the answer
     says the order is the answer's. Labelled answer parts ("y = 2, x = 3") go in the order the question
     names them."""
-    answer_parts = answers.order_by_question(parts.list_parts(answer), question)
+    answer_parts = order_by_question(parts.list_parts(answer), question)
     by_question = answer_parts is not None
     answer_parts = answer_parts or parts.list_parts(answer)
     gold_texts, gold_parsed = list(gold.parts), list(gold.parsed_parts)
@@ -291,7 +196,7 @@ def _parts_equal(gold: Gold, answer: str, timeout_s: int, question: str | None =
     # "x=2, y=3" lists a tuple's components by name: unlabelled answers must keep the gold's order, and the
     # pair "(2, 3)" is those components.
     by_name = all(labelled) and len({m.group(1) for m in labelled}) == len(labelled)
-    if by_name and len(answer_parts) == 1 and answers.bracket_kind(answer_parts[0]) == "tuple":
+    if by_name and len(answer_parts) == 1 and bracket_kind(answer_parts[0]) == "tuple":
         answer_parts = parts.split_parts(answer_parts[0][1:-1])
     by_name = by_name and not any(re.match(r"\s*[A-Za-z]\s*=", a) for a in answer_parts)
     if len(answer_parts) != len(gold_texts):
@@ -308,7 +213,7 @@ def _parts_equal(gold: Gold, answer: str, timeout_s: int, question: str | None =
     # a percent gold's parts are quantities too: "20\\%, 30\\%" lists 0.2 and 0.3
     fractions = [parse_latex(rf"\frac{{{part}}}{{100}}", timeout_s) for part in gold_texts] \
         if gold.percent and not answer_percent else []
-    asked_in_order = bool(question) and (parts.is_enumerated(question) or answers.asks_for_several(question))
+    asked_in_order = bool(question) and (parts.is_enumerated(question) or asks_for_several(question))
     ordered = gold.ordered or ordered_hint or parts.is_ordered(answer) or by_name or asked_in_order or by_question
 
     def equal(g: int, a: int) -> bool:
@@ -329,17 +234,17 @@ def option_letter(answer: str, question: str | None, timeout_s: int) -> str | No
     ("(A) 10 (B) 12": "12" -> "B"); None when none or several match."""
     if not question or re.search(r"(?<![A-Za-z\\])[A-E](?![A-Za-z])", answer):
         return None  # an answer naming a letter is read as that letter (or as a hedge), never as a value
-    options = answers.question_options(question)
+    options = question_options(question)
     if not options:
         return None
     normalized = normalize(answer)[0]
     if re.fullmatch(r"-?\d*\.\d{3,}", normalized):
         return None  # a decimal approximation picks no option (math-verify compares numbers to 6 digits)
     if answers.qualified_by_words(normalized) or answers.HEDGE_WORDS.search(answer) \
-            or answers.states_no_value(normalized, "", question):
+            or states_no_value(normalized, "", question):
         return None  # "approximately 12", "12 or more", "2x = 12": no option's value is stated
     predicted = parse_latex(normalized, timeout_s)
-    if not predicted or not covers(_answer_text(predicted), normalized):
+    if not predicted or not covers(answer_text(predicted), normalized):
         return None  # a fragment of the answer ("4(x+8)" of a cut formula) names no option
     matches = [letter for letter, value in options.items()
                if _equal(parse_latex(normalize(value)[0], timeout_s), predicted, timeout_s)[0]]
@@ -370,8 +275,8 @@ def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, questi
             # read again as a chain's last member when it is one ("... = 20 \times 2 = 40").
             whole = parse(text, parsing_timeout=timeout_s, raise_on_error=True)
             predicted = whole
-            extracted = _answer_text(whole) if whole else None
-            if extracted and (answers.last_of_chain(extracted) != extracted or len(gold.parts) >= 2):
+            extracted = answer_text(whole) if whole else None
+            if extracted and (last_of_chain(extracted) != extracted or len(gold.parts) >= 2):
                 found = extracted  # a chain's last member; or a list, matched part by part below
         if found is not None:
             answer, facts = normalize(found, gold)
@@ -380,9 +285,9 @@ def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, questi
                 matched, readable = _parts_equal(gold, answer, timeout_s, question, parts.is_ordered(found),
                                                  facts.get("percent", False))
                 return _Attempt(matched, VerifierStatus.OK, extracted, parts_rejected=not matched and readable)
-            if len(gold.parts) == 1 and answers.bracket_kind(gold.text) == "tuple":
+            if len(gold.parts) == 1 and bracket_kind(gold.text) == "tuple":
                 # "y=2, x=3" against the pair (2, 3) asked as "find $x$ and $y$": the pair in the question's order
-                labelled = answers.order_by_question(parts.list_parts(answer), question)
+                labelled = order_by_question(parts.list_parts(answer), question)
                 if labelled:
                     answer, paired = "(" + ", ".join(part.split("=")[1].strip() for part in labelled) + ")", True
             if gold.angle == "degrees" and (re.search(r"\\pi\b", answer) or answers.RADIANS.search(found)):
@@ -407,30 +312,6 @@ def _extraction(gold: Gold, text: str, found: str | None, timeout_s: int, questi
     return _Attempt(False, VerifierStatus.OK, extracted, whole, parts_rejected=paired)
 
 
-def _plain_credit(gold: Gold, response: str, text: str, found: str | None, how: str, whole,
-                  timeout_s: int) -> tuple[str, str] | None:
-    """What plain math-verify credits, (its extracted string, its parsed value printed), or None: first the
-    project's final answer read by math-verify alone, then the whole response as a user would pass it,
-    unless plain's parse would try that same answer first (_plain_first_candidate) and it was just read
-    and rejected."""
-    if not gold.plain:
-        return None
-    credited, read = None, False
-    if found is not None:
-        predicted = _plain_parse(plain_wrap(found), timeout_s)
-        read = bool(predicted)
-        if _plain_verify(gold.plain, predicted, timeout_s):
-            credited = _answer_text(predicted), str(predicted[0])
-            if covers(credited[0], found) and covers(credited[1], credited[0]):
-                return credited
-    if read and credited is None and _bare_text(_plain_first_candidate(response) or "") == _bare_text(found):
-        return None  # plain tries this same text first, and just rejected it
-    predicted = whole if whole and text == response else _plain_parse(response, timeout_s)
-    if _plain_verify(gold.plain, predicted, timeout_s):
-        return _answer_text(predicted), str(predicted[0])
-    return credited
-
-
 def judge_response(gold: Gold, response: str, timeout_s: int, question: str | None = None) -> Verdict:
     """The verdict of one response against a prepared gold (see the module docstring); `question` is the
     prompt's text (a chat's last user message), used for labels and option values only. A timeout is
@@ -452,7 +333,7 @@ def judge_response(gold: Gold, response: str, timeout_s: int, question: str | No
             parsed = [parse_latex(t, timeout_s) for t in texts]
         except Exception:  # noqa: BLE001 - unreadable: no opinion
             return None
-        if not all(parsed) or not all(covers(_answer_text(p), t) for p, t in zip(parsed, texts)):
+        if not all(parsed) or not all(covers(answer_text(p), t) for p, t in zip(parsed, texts)):
             return None
         return _equal(parsed[0], parsed[1], timeout_s)[0]
 
@@ -465,9 +346,29 @@ def judge_response(gold: Gold, response: str, timeout_s: int, question: str | No
 
     if ours.equal:
         return accept(EXTRACTION, ours.answer)
-    credited = _plain_credit(gold, response, text, found, how, ours.whole, timeout_s)
+    credited = plain_credit(gold, response, text, found, how, ours.whole, timeout_s)
     if credited is not None:
         return accept(MATH_VERIFY, *credited)
     if ours.equal is None:
         return Verdict(None, ours.status, ours.answer, None)
     return Verdict(0.0, ours.status, ours.answer, EXTRACTION)
+
+
+def _quiet_math_verify_logs():
+    # On timeout math-verify logs the whole input string at WARNING; statuses carry that information.
+    for name in ("math_verify", "latex2sympy2_extended"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def verifier(argument: str | None, config) -> Verifier:
+    """The "math" verifier (VERIFIERS["math"]): references prepared by parse_reference, responses judged by the
+    function VerifierConfig.judge names (judge_response by default, by its stable alias), whose rule is its
+    import path where it returns (score, status, answer). Built once per process, before any row: it quiets
+    math-verify's logs and judges one response, so that loading math-verify's grammar is not timed."""
+    _quiet_math_verify_logs()
+    judge = verdict_judge(load(config.judge), config.judge)
+    try:
+        judge(parse_reference("1", config.timeout_s), "The answer is $\\boxed{1}$.", config.timeout_s, None)
+    except (Exception, TimeoutException):  # noqa: BLE001 - a judge failing here fails on rows, reported there
+        pass
+    return Verifier(parse_reference, judge)

@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Callable
 
-from transforms import answers, parts
-from transforms.answers import Gold
+from transforms.verify import answers, parts
+from transforms.verify.answers import Gold
+from transforms.verify.question import (asked_part, asked_variables, blank_expression, math_spans, math_variables,
+                                        question_options, states_no_value)
+from transforms.verify.text import ARITHMETIC, bracket_kind, math_key, order_conflict, strip_delimiters
 
 EXTRACTION = "extraction"  # the project's own extraction and normalization decided
 MATH_VERIFY = "math_verify"  # plain math-verify decided
@@ -114,7 +117,7 @@ def set_vs_tuple(a: Acceptance) -> bool:
     """A set against one tuple, either way ("(1,2)" vs "\\{1,2\\}"): math-verify reads "(1,2)" as an interval
     or tuple and calls it equal to the set. A list of solutions against the set of the same solutions
     ("(3,2),(-3,2)" vs "\\{(3,2),(-3,2)\\}") is not this case."""
-    return answers.order_conflict(a.gold.text, a.normalized)
+    return order_conflict(a.gold.text, a.normalized)
 
 
 def unsolved_equation(a: Acceptance) -> bool:
@@ -123,11 +126,11 @@ def unsolved_equation(a: Acceptance) -> bool:
     right side. A label stays a label: a single name ("x", "m_{\\max}", "f(x)"), a left side the question
     names ("a + b = 12" when it asks for $a+b$), or a computation that holds ("5 \\times 4 = 20")."""
     answer = a.normalized
-    if answers.states_no_value(answer, a.gold.text, a.question):
+    if states_no_value(answer, a.gold.text, a.question):
         return not _asked_as_written_otherwise(a, answer.split("=")[0].strip())
     # "3 + 4 = 8": an equation of numbers that does not hold states no value
     left, _, right = answer.partition("=")
-    return answer.count("=") == 1 and bool(answers.ARITHMETIC.fullmatch(left.strip())) and \
+    return answer.count("=") == 1 and bool(ARITHMETIC.fullmatch(left.strip())) and \
         a.same_value(left.strip(), right.strip()) is False
 
 
@@ -137,7 +140,7 @@ def _asked_as_written_otherwise(a: Acceptance, left: str) -> bool:
     number is no name for a quantity."""
     if not re.search(r"[A-Za-z]", left):
         return False
-    named = answers.math_spans(answers.asked_part(a.question)) + [answers.blank_expression(a.question) or ""]
+    named = math_spans(asked_part(a.question)) + [blank_expression(a.question) or ""]
     return any(a.same_value(left, span) for span in named if re.search(r"[A-Za-z]", span) and "=" not in span)
 
 
@@ -162,7 +165,7 @@ def list_mismatch(a: Acceptance) -> bool:
     one member; or a list the project matched value by value (in order where the order is the answer's)
     and found wrong: math-verify compares lists as sets, or reads "(a) 3 (b) 4" as a product."""
     if a.path != MATH_VERIFY:
-        return False  # the project's own path matches lists value by value (transforms/parts.py)
+        return False  # the project's own path matches lists value by value (parts.py)
     if a.parts_rejected:
         return True
     gold_parts = parts.parts_with_signs(list(a.gold.parts) or parts.list_parts(a.gold.text))
@@ -170,7 +173,7 @@ def list_mismatch(a: Acceptance) -> bool:
     if len(gold_parts) >= 2:
         return len(answer_parts) != len(gold_parts)
     bracketed = re.fullmatch(r"\s*[(\[].*[)\]]\s*", a.gold.text) is not None  # a tuple, interval or "[a, b]" list
-    single = not bracketed and answers.bracket_kind(a.gold.text) is None and "=" not in a.gold.text
+    single = not bracketed and bracket_kind(a.gold.text) is None and "=" not in a.gold.text
     return single and len(answer_parts) >= 2
 
 
@@ -188,20 +191,20 @@ def label_not_asked(a: Acceptance) -> bool:
     math-verify, and the label rule, read the value and drop the name."""
     if not a.question:
         return False
-    text = answers.strip_delimiters(a.found if a.found is not None else a.answer)
-    blank = answers.blank_expression(a.question)
+    text = strip_delimiters(a.found if a.found is not None else a.answer)
+    blank = blank_expression(a.question)
     if blank and text.count("=") == 1 and "," not in text:
         # "Then $x_1+x_2=\\_\\_$": a label must be the blank's own left side ("x_1 = 5" is not x_1+x_2;
         # "x_2 + x_1 = 5" is, written the other way round)
         left = text.split("=")[0].strip()
-        return answers.math_key(left) != answers.math_key(blank) and not a.same_value(left, blank)
+        return math_key(left) != math_key(blank) and not a.same_value(left, blank)
     variable = re.match(r"^([A-Za-z])(?:_\{?\w+\}?)?\s*=(?!=)", text)
     if variable and text.count("=") == 1:
         # another quantity of the question's own ("m" where it asks for n); a name it never uses ("N = 5" for
         # "find the number of pairs $(a, b)$") names the asked quantity afresh
-        asked = answers.asked_variables(a.question)
+        asked = asked_variables(a.question)
         return bool(asked) and variable.group(1) not in asked \
-            and variable.group(1) in answers.math_variables(a.question)
+            and variable.group(1) in math_variables(a.question)
     word = re.match(r"^(?:\\text\{\s*)?([A-Za-z]{3,})\s*\}?\s*[:=]", text)
     if word and word.group(1).lower() in _QUANTITY_LABELS:
         return word.group(1).lower() not in a.question.lower()
@@ -215,7 +218,7 @@ def option_mismatch(a: Acceptance) -> bool:
     if not a.gold.choice or a.found is None:
         return False
     stated = answers.letter_and_value(a.found)
-    options = answers.question_options(a.question)
+    options = question_options(a.question)
     if stated is None or stated[0] not in options or a.same_value(stated[1], options[stated[0]]):
         return False
     return any(a.same_value(stated[1], value) for letter, value in options.items() if letter != stated[0])

@@ -1,8 +1,9 @@
-"""Rule-based verification with HuggingFace math-verify, in worker processes with hard time limits.
+"""The verifier pool: worker processes judging rows with hard time limits, for every verifier of the registry.
 
-math-verify enforces its own timeouts with signal.alarm, which works only in a process's main thread,
-and a pathological answer can still hang it. So every call runs in the main thread of a worker
-process, and the parent kills and replaces any worker that has made no progress for
+It knows no verifier: each (verifier name, reference) task is judged by make_verifier's verifier for that
+name. Verifiers built on math-verify enforce their own timeouts with signal.alarm, which works only in a
+process's main thread, and a pathological answer can still hang them. So every call runs in the main
+thread of a worker process, and the parent kills and replaces any worker that has made no progress for
 `hard_timeout_s`: the stuck row gets status "timeout", the rest of its work is re-queued.
 
 Workers are plain subprocesses (a fresh interpreter talking over a socket pair), not multiprocessing
@@ -10,18 +11,15 @@ children: Dask workers started the default way are daemonic processes, which may
 multiprocessing children, and the same pool must run under every engine.
 
 Speed: about 1-4 ms per response per worker on real GSM8K/MATH outputs; each distinct reference is
-parsed once per worker (LRU cache), not once per response.
+prepared once per worker (LRU cache), not once per response.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
-import math
 import mmap
 import os
 import pickle
-import re
 import socket
 import struct
 import subprocess
@@ -36,102 +34,13 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_connections
 from typing import NamedTuple
 
-import numpy as np
-import pyarrow as pa
-
-from schemas.rollouts import DATA_SOURCE, PROMPT, REFERENCE, RESPONSE, VERDICT_STATUSES, VERIFIER_FIELDS, VerifierStatus
-from transforms import answers
-from transforms.answers import choice_letter, clean_text, final_answer, normalize
-from transforms.checks import is_finite_number, is_whole
-from transforms.math_judge import (MAX_EXTRACTED_CHARS, Verdict, answer_letter, judge_response, parse_latex,
-                                   parse_reference)
-
-__all__ = ["VerifierConfig", "VerifierPool", "Verdict", "judge_response", "verify_table", "question_texts"]
+from schemas.rollouts import VerifierStatus
+from transforms.verify.registry import DEFAULT_VERIFIER, Verdict, Verifier, VerifierSettings, make_verifier
 
 log = logging.getLogger(__name__)
 
-# The question a verifier sees: the prompt's text (a chat's last user message), its last characters only
-# (a few-shot prompt ends with the question asked).
-QUESTION_MAX_CHARS = 8000
 _REFERENCE_CACHE_SIZE = 4096
 _STARTUP_TIMEOUT_S = 180.0
-
-
-@dataclass(frozen=True)
-class VerifierConfig:
-    """Settings of the verifier stage.
-
-    num_workers: worker processes (None = resolved where the stage runs: that host's cores divided by
-    the engine's worker processes there; 0 = run in the calling thread, which must be a main thread, so
-    only for direct use of the pool, never in a pipeline run).
-    timeout_s: math-verify's own per-parse / per-comparison timeout; whole seconds (it uses signal.alarm).
-    hard_timeout_s: wall-clock limit per response, enforced by killing the worker.
-    task_size: responses sent to a worker per message; larger amortizes IPC, smaller balances load.
-    judge: "module:function" judging one response for the "math" verifier, (gold, response, timeout_s[,
-    question=...]) -> (score, status, answer[, rule]); the default is transforms.math_judge's judge_response
-    (kept importable from this module). The worker imports it by name.
-    sources: which verifier judges which data_source, "SOURCE=VERIFIER,..." (others use "math"):
-    "math", "exact" (string equality of the final answer), "numeric:TOL" (absolute tolerance TOL),
-    "choice" (multiple-choice letter), or "package.module:function" taking (reference, response,
-    timeout_s) -> (score, status, extracted), and the row's question too when it has a `question`
-    parameter. Its verifier_rule is its name.
-    """
-
-    num_workers: int | None = None
-    timeout_s: int = 5
-    hard_timeout_s: float = 30.0
-    task_size: int = 32
-    judge: str = "transforms.verifier:judge_response"
-    sources: str = ""
-
-    def __post_init__(self):
-        if self.num_workers is not None and not is_whole(self.num_workers, 0):
-            raise ValueError(f"verifier.num_workers must be an integer >= 0, got {self.num_workers!r}")
-        if not is_whole(self.timeout_s, 1):
-            raise ValueError(
-                f"verifier.timeout_s must be a whole number of seconds >= 1 (math-verify uses signal.alarm), "
-                f"got {self.timeout_s!r}"
-            )
-        if not is_finite_number(self.hard_timeout_s) or self.hard_timeout_s <= self.timeout_s:
-            raise ValueError(
-                f"verifier.hard_timeout_s must be a number greater than timeout_s ({self.timeout_s}), "
-                f"got {self.hard_timeout_s!r}"
-            )
-        if not is_whole(self.task_size, 1):
-            raise ValueError(f"verifier.task_size must be an integer >= 1, got {self.task_size!r}")
-        if not isinstance(self.judge, str) or not re.fullmatch(r"[\w.]+:\w+", self.judge):
-            raise ValueError(f"verifier.judge must look like 'package.module:function', got {self.judge!r}")
-        if isinstance(self.sources, dict):  # YAML mapping form
-            object.__setattr__(self, "sources", ",".join(f"{k}={v}" for k, v in self.sources.items()))
-        if not isinstance(self.sources, str):
-            raise ValueError(f"verifier.sources must look like 'SOURCE=VERIFIER,...', got {self.sources!r}")
-        try:
-            for verifier in self.source_verifiers().values():
-                check_verifier_name(verifier)
-                if ":" in verifier and not verifier.startswith("numeric:"):
-                    _import(verifier)  # a custom verifier that cannot be imported fails before any data moves
-        except (ValueError, ImportError, AttributeError) as exc:
-            raise ValueError(f"verifier.sources: {exc}") from None
-
-    def source_verifiers(self) -> dict[str, str]:
-        """data_source -> verifier name, from `sources` ("gsm8k=numeric:0.01,mmlu=choice")."""
-        mapping = {}
-        for item in filter(None, (part.strip() for part in (self.sources or "").split(","))):
-            source, sep, verifier = item.partition("=")
-            if not sep or not source.strip() or not verifier.strip():
-                raise ValueError(f"verifier.sources entries look like SOURCE=VERIFIER, got {item!r}")
-            mapping[source.strip()] = verifier.strip()
-        return mapping
-
-    def resolved_workers(self, processes_on_host: int = 1) -> int:
-        """num_workers, or (when unset) this host's usable cores divided by the engine processes on it."""
-        if self.num_workers is not None:
-            return self.num_workers
-        return max(1, usable_cores() // max(1, processes_on_host))
-
-    def load_judge(self):
-        """The judge function named by `judge`."""
-        return _import(self.judge)
 
 
 def usable_cores() -> int:
@@ -142,155 +51,32 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Verifiers by data_source: "math" (the default, judge_response), "exact", "numeric:TOL", "choice", or a
-# custom "package.module:function" taking (reference, response, timeout_s[, question]) -> (score, status, extracted).
-# ---------------------------------------------------------------------------------------------------
-
-def _exact_form(text: str) -> str:
-    return " ".join(answers.strip_delimiters(clean_text(text)).split())
-
-
-def judge_exact(gold: str, response: str, timeout_s: int):
-    """The final answer, delimiters and runs of whitespace aside, must equal the reference string."""
-    found, _ = final_answer(clean_text(response))
-    if found is None:
-        return 0.0, VerifierStatus.NO_ANSWER, None
-    answer = _exact_form(found)
-    return (1.0 if answer == gold else 0.0), VerifierStatus.OK, answer[:MAX_EXTRACTED_CHARS]
-
-
-def _number(text: str, timeout_s: int) -> float | None:
-    """A real number from an answer or reference (normalized, then math-verify's parse, evaluated)."""
-    import sympy
-
-    normalized, _ = normalize(clean_text(text))
-    if re.fullmatch(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", normalized):
-        return float(normalized)
-    for value in parse_latex(normalized, timeout_s):
-        if isinstance(value, sympy.Basic) and value.is_number and value.is_real:
-            return float(sympy.N(value, 30))
-    return None
-
-
-def _numeric_gold(reference: str, timeout_s: int):
-    value = _number(reference, timeout_s)
-    return None if value is None or not math.isfinite(value) else value
-
-
-def judge_numeric(tolerance: float, gold: float, response: str, timeout_s: int):
-    """|answer - reference| <= tolerance (absolute, stated in the config)."""
-    found, _ = final_answer(clean_text(response))
-    value = _number(found, timeout_s) if found is not None else None
-    if value is None:
-        return 0.0, VerifierStatus.NO_ANSWER, (found or None) and found[:MAX_EXTRACTED_CHARS]
-    return (1.0 if abs(value - gold) <= tolerance else 0.0), VerifierStatus.OK, repr(value)
-
-
-def judge_choice(gold: str, response: str, timeout_s: int, question: str | None = None):
-    """The option letter of the final answer ("(B)", "B", "The answer is (C) 12") must be the reference's;
-    an answer giving one listed option's value ("12" where the question lists "(B) 12") names that option."""
-    letter = answer_letter(final_answer(clean_text(response))[0], question, timeout_s)
-    if letter is None:
-        return 0.0, VerifierStatus.NO_ANSWER, None
-    return (1.0 if letter == gold else 0.0), VerifierStatus.OK, letter
-
-
-def check_verifier_name(name: str) -> None:
-    """Raises ValueError unless `name` is a known verifier (numeric needs an absolute tolerance >= 0)."""
-    if name in ("math", "exact", "choice"):
-        return
-    if name.startswith("numeric:"):
-        try:
-            tolerance = float(name.split(":", 1)[1])
-        except ValueError:
-            tolerance = -1.0
-        if not (math.isfinite(tolerance) and tolerance >= 0):
-            raise ValueError(f"numeric verifier needs an absolute tolerance >= 0, as 'numeric:0.01', got {name!r}")
-        return
-    if not re.fullmatch(r"[\w.]+:\w+", name):
-        raise ValueError(f"unknown verifier {name!r}: use math, exact, numeric:TOL, choice or package.module:function")
-
-
-def _import(path: str):
-    import importlib
-
-    module, function = path.split(":")
-    return getattr(importlib.import_module(module), function)
-
-
-def _takes_question(function) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # a builtin or C function: called the old way
-        return False
-    return "question" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
-def _verdict_judge(judge, rule: str):
-    """`judge` as (gold, response, timeout_s, question) -> Verdict: the question passed only to a judge
-    that takes one; a judge returning (score, status, answer) gets `rule` as its verifier_rule."""
-    takes_question = _takes_question(judge)
-
-    def run(gold, response: str, timeout_s: int, question: str | None) -> Verdict:
-        result = judge(gold, response, timeout_s, question=question) if takes_question else judge(gold, response, timeout_s)
-        score, status, answer, *decided = result
-        decided_by = decided[0] if decided else rule
-        return Verdict(score, status, answer, decided_by if status in VERDICT_STATUSES else None)
-
-    return run
-
-
-def make_verifier(name: str, math_judge=None, math_judge_name: str = "math"):
-    """(prepare(reference, timeout_s) -> gold or None, judge(gold, response, timeout_s, question) -> Verdict)
-    for `name`."""
-    if name == "math":
-        return parse_reference, _verdict_judge(math_judge or judge_response, math_judge_name)
-    if name == "exact":
-        return (lambda reference, timeout_s: _exact_form(reference) or None), _verdict_judge(judge_exact, name)
-    if name == "choice":
-        return (lambda reference, timeout_s: choice_letter(clean_text(reference))), _verdict_judge(judge_choice, name)
-    if name.startswith("numeric:"):
-        tolerance = float(name.split(":", 1)[1])
-        return _numeric_gold, _verdict_judge(
-            lambda gold, response, timeout_s: judge_numeric(tolerance, gold, response, timeout_s), name)
-    return (lambda reference, timeout_s: reference), _verdict_judge(_import(name), name)
-
-
 class _ReferenceCache:
-    """Prepared references per (verifier, reference), least recently used evicted; failures cached too."""
+    """The verifiers of one process, by name (make_verifier's), and their prepared references per (verifier,
+    reference), least recently used evicted; failures cached too."""
 
-    def __init__(self, timeout_s: int, judge=judge_response, size: int = _REFERENCE_CACHE_SIZE,
-                 judge_name: str = "math"):
-        self.timeout_s = timeout_s
-        self.math_judge = judge
-        self.math_judge_name = judge_name
+    def __init__(self, config: VerifierSettings, size: int = _REFERENCE_CACHE_SIZE):
+        self.config = config
+        self.timeout_s = config.timeout_s
         self.size = size
-        self._verifiers: dict[str, tuple] = {}
+        self._verifiers: dict[str, Verifier] = {}
         self._prepared: OrderedDict[tuple[str, str], tuple[object, str | None]] = OrderedDict()
 
-    def verifier(self, name: str):
+    def verifier(self, name: str) -> Verifier:
         if name not in self._verifiers:
-            self._verifiers[name] = make_verifier(name, self.math_judge, self.math_judge_name)
+            self._verifiers[name] = make_verifier(name, self.config)
         return self._verifiers[name]
 
     def get(self, verifier: str, reference: str) -> tuple[object, str | None]:
         """(prepared gold, None) or (None, failure status)."""
-        from math_verify.errors import TimeoutException
-
         key = (verifier, reference)
         hit = self._prepared.get(key)
         if hit is not None:
             self._prepared.move_to_end(key)
             return hit
         prepare, _ = self.verifier(verifier)
-        try:
-            prepared = prepare(reference, self.timeout_s)
-            entry = (prepared, None if prepared is not None else VerifierStatus.BAD_REFERENCE)
-        except TimeoutException:
-            entry = (None, VerifierStatus.BAD_REFERENCE)
-        except Exception:  # noqa: BLE001 - an unparseable reference is a data problem, reported per row
-            entry = (None, VerifierStatus.BAD_REFERENCE)
+        prepared = prepare(reference, self.timeout_s)  # None where it cannot be prepared, an exception included
+        entry = (prepared, None if prepared is not None else VerifierStatus.BAD_REFERENCE)
         self._prepared[key] = entry
         if len(self._prepared) > self.size:
             self._prepared.popitem(last=False)
@@ -301,26 +87,21 @@ def judge_task(cache: _ReferenceCache, verifier: str, reference: str, responses:
                questions: list[str | None] | None = None):
     """Yields one Verdict per response of a task sharing `verifier` and `reference` (questions aligned
     with responses, or None)."""
-    from math_verify.errors import TimeoutException
-
     gold, failure = cache.get(verifier, reference)
     _, judge = cache.verifier(verifier)
     for k, response in enumerate(responses):
         if failure is not None:
             yield Verdict(None, failure, None, None)
             continue
-        try:
-            yield judge(gold, response, cache.timeout_s, questions[k] if questions else None)
-        except TimeoutException:
-            yield Verdict(None, VerifierStatus.TIMEOUT, None, None)
-        except Exception as exc:  # noqa: BLE001 - a verifier failing on one row is that row's error, not the worker's
-            yield Verdict(None, VerifierStatus.ERROR, f"{verifier}: {type(exc).__name__}: {exc}"[:MAX_EXTRACTED_CHARS], None)
+        yield judge(gold, response, cache.timeout_s, questions[k] if questions else None)
 
 
-def _quiet_math_verify_logs():
-    # On timeout math-verify logs the whole input string at WARNING; statuses carry that information.
-    for name in ("math_verify", "latex2sympy2_extended"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+def _start_cache(config: VerifierSettings) -> _ReferenceCache:
+    """A process's verifiers, the default one built before any row: a judge that cannot be imported fails
+    here, and what its factory loads once (math-verify's grammar) is not timed against a row."""
+    cache = _ReferenceCache(config)
+    cache.verifier(DEFAULT_VERIFIER)
+    return cache
 
 
 # Results go back in messages of several rows (one every RESULT_FLUSH_S at most, and at a task's end):
@@ -338,12 +119,10 @@ def _subprocess_main(fd: int, progress_fd: int):
     _worker_main(conn, pickle.loads(conn.recv_bytes()), progress)
 
 
-def _worker_main(conn, config: VerifierConfig, progress=None):
+def _worker_main(conn, config: VerifierSettings, progress=None):
     """Worker process loop: receive (task_id, verifier, reference, [response]) and answer in order."""
     try:
-        _quiet_math_verify_logs()
-        cache = _ReferenceCache(config.timeout_s, config.load_judge(), judge_name=config.judge)
-        list(judge_task(cache, "math", "1", ["The answer is $\\boxed{1}$."]))  # warm up the grammar before timing
+        cache = _start_cache(config)
         conn.send(("ready",))
     except BaseException:  # noqa: BLE001 - report why the worker cannot start, then exit
         conn.send(("fatal", traceback.format_exc()))
@@ -404,7 +183,7 @@ class Verdicts(NamedTuple):
 
 
 class VerifierPool:
-    """Worker processes running math-verify; use as a context manager or call start()/close().
+    """Worker processes running the verifiers; use as a context manager or call start()/close().
 
     verify(references, responses) blocks until every row has a result. Each worker holds at most two
     tasks (one running, one queued) so a killed worker loses little and load stays balanced. verify() may
@@ -412,7 +191,7 @@ class VerifierPool:
     each using every worker. `num_workers` is the resolved worker count (see VerifierConfig).
     """
 
-    def __init__(self, config: VerifierConfig, num_workers: int | None = None):
+    def __init__(self, config: VerifierSettings, num_workers: int | None = None):
         self.config = config
         self.num_workers = config.resolved_workers() if num_workers is None else num_workers
         self._workers: list[_Worker] = []
@@ -430,9 +209,7 @@ class VerifierPool:
 
     def start(self):
         if self.num_workers == 0:
-            _quiet_math_verify_logs()
-            self._reference_cache = _ReferenceCache(self.config.timeout_s, self.config.load_judge(),
-                                                    judge_name=self.config.judge)
+            self._reference_cache = _start_cache(self.config)
             return
         while len(self._workers) < self.num_workers:
             self._workers.append(self._spawn())
@@ -447,7 +224,7 @@ class VerifierPool:
             _PROGRESS.pack_into(progress, 0, -1, -1)
             fds = [child_socket.fileno(), progress_file.fileno()]
             process = subprocess.Popen(
-                [sys.executable, "-c", f"from transforms.verifier import _subprocess_main; _subprocess_main({fds[0]}, {fds[1]})"],
+                [sys.executable, "-c", f"from transforms.verify.pool import _subprocess_main; _subprocess_main({fds[0]}, {fds[1]})"],
                 pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
         child_socket.close()
         conn = Connection(parent_socket.detach())
@@ -494,7 +271,7 @@ class VerifierPool:
             if not reference:
                 verdicts[i] = Verdict(None, VerifierStatus.NO_REFERENCE, None, None)
                 continue
-            verifier = mapping.get(sources[i], "math") if sources is not None and mapping else "math"
+            verifier = DEFAULT_VERIFIER if sources is None or not mapping else mapping.get(sources[i], DEFAULT_VERIFIER)
             by_reference.setdefault((verifier, reference), []).append(i)
         if questions is not None:  # one object per distinct question: a task message pickles each once
             distinct: dict = {}
@@ -621,33 +398,3 @@ class VerifierPool:
         self._workers[self._workers.index(worker)] = self._spawn()
         self.restarts += 1
         return settled
-
-
-def question_texts(prompts: list) -> list[str | None]:
-    """The question of each prompt: its text, or a chat's last user message (its last characters)."""
-    questions = []
-    for prompt in prompts:
-        if isinstance(prompt, list):
-            users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-            prompt = users[-1] if users else None
-        questions.append(prompt[-QUESTION_MAX_CHARS:] if isinstance(prompt, str) else None)
-    return questions
-
-
-def verify_table(table: pa.Table, pool: VerifierPool) -> pa.Table:
-    """Appends verifier_score, verifier_status, extracted_answer and verifier_rule to a table of rollouts."""
-    references = table.column(REFERENCE).to_pylist()
-    responses = table.column(RESPONSE).to_pylist()
-    sources = table.column(DATA_SOURCE).to_pylist() if DATA_SOURCE in table.column_names else None
-    questions = question_texts(table.column(PROMPT).to_pylist()) if PROMPT in table.column_names else None
-    scores, statuses, extracted, rules = pool.verify(references, responses, sources, questions)
-    columns = [
-        pa.array(np.array([np.nan if s is None else s for s in scores], dtype=np.float32),
-                 mask=np.array([s is None for s in scores], dtype=bool)),
-        pa.array(statuses, pa.string()),
-        pa.array(extracted, pa.string()),
-        pa.array(rules, pa.string()),
-    ]
-    for f, column in zip(VERIFIER_FIELDS, columns):
-        table = table.append_column(f, column)
-    return table

@@ -2,9 +2,9 @@
 
 math-verify parses and compares well once it is handed the answer as LaTeX; what it lacks is mostly
 around that: it reads a bare answer with no `$` poorly ("\\frac{\\sqrt3}{2}" finds nothing, "2\\sqrt2"
-finds 2), unicode, number words, JSON-mangled backslashes, "50\\%" vs 0.5 (it rescales percentages), and
-a gold written as a rounded decimal. Each addition below says which failure it fixes; equality itself
-stays math-verify's (no tolerances are added: a false positive is worse than a miss).
+finds 2), "50\\%" vs 0.5 (it rescales percentages), and a gold written as a rounded decimal (the text
+it is given is cleaned first: text.clean_text). Each addition below says which failure it fixes;
+equality itself stays math-verify's (no tolerances are added: a false positive is worse than a miss).
 
 Everything here is a pure function of strings; about 20-50 µs per response before math-verify runs.
 """
@@ -14,138 +14,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from transforms.parts import MATH_SPAN, join_math_spans
+from transforms.verify.parts import join_math_spans
+from transforms.verify.text import NAME, clean_text, last_of_chain, strip_delimiters, words_to_number
 
 BARE_MAX_CHARS = 200
 BARE_MAX_WORDS = 3
-
-# JSON-decoding LaTeX written with single backslashes turns "\f", "\b", "\v", "\a" into control
-# characters ("\frac" -> form feed + "rac") and "\t", "\r" too; the latter two only where a LaTeX command
-# follows, so real tabs and line ends stay. Fixes: "\x0crac{1}{2}" parsed as nothing.
-_CONTROL = [
-    (re.compile("\x0c"), r"\\f"), (re.compile("\x08"), r"\\b"), (re.compile("\x0b"), r"\\v"),
-    (re.compile("\x07"), r"\\a"),
-    (re.compile("\t(?=(?:imes|ext|frac|heta|an\\b|au\\b|riangle|ilde|op|o\\b|circ))"), r"\\t"),
-    (re.compile("\r(?=(?:ight|angle|ho\\b|floor|ceil|m\\b|Rightarrow|ightarrow))"), r"\\r"),
-]
-
-# Unicode spellings math-verify does not read ("∞", "π", "≤", "√2", "x²"): fixes misses on answers
-# typed with unicode math.
-_UNICODE = {
-    "∞": r"\infty ", "π": r"\pi ", "≤": r"\le ", "≥": r"\ge ", "≠": r"\ne ", "∪": r"\cup ", "∩": r"\cap ",
-    "−": "-", "×": r"\times ", "·": r"\cdot ", "⋅": r"\cdot ", "÷": r"\div ", "∅": r"\emptyset ",
-    "°": r"^\circ ", "±": r"\pm ", "∈": r"\in ", "ℝ": r"\mathbb{R}", "½": r"\frac{1}{2}", "⅓": r"\frac{1}{3}",
-    "⅔": r"\frac{2}{3}", "¼": r"\frac{1}{4}", "¾": r"\frac{3}{4}", "θ": r"\theta ", "α": r"\alpha ",
-}
-_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻", "0123456789-")
-_SUPERSCRIPT_RUN = re.compile("[⁰¹²³⁴⁵⁶⁷⁸⁹⁻]+")
-_ROOT = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\((?:[^()]|\([^()]*\))*\)|\{[^{}]*\})")
-# Spellings of the same command (math-verify knows \frac but not every variant in every position).
-_SPELLINGS = [
-    (re.compile(r"\\[dt]frac"), r"\\frac"), (re.compile(r"\\leqslant|\\leq\b"), r"\\le"),
-    (re.compile(r"\\geqslant|\\geq\b"), r"\\ge"), (re.compile(r"\\varnothing|\\\{\s*\\\}"), r"\\emptyset"),
-    (re.compile(r"\\left\b|\\right\b|\\bigl\b|\\bigr\b|\\Bigl\b|\\Bigr\b"), ""), (re.compile(r"\\displaystyle"), ""),
-    (re.compile(r"\\!"), ""), (re.compile(r"(?<=[,(\[])\\[ ,;]|\\[ ,;](?=[)\],])"), " "),
-    (re.compile(r"\\(?:left|right)\."), ""), (re.compile(r"bmatrix|vmatrix|Bmatrix"), "pmatrix"),
-    (re.compile(r"\\langle"), "("), (re.compile(r"\\rangle"), ")"),
-]
-
-_NUMBER_WORDS = {w: i for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen".split())}
-_TENS = {w: 10 * i for i, w in enumerate("_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()) if i >= 2}
-
-
-def words_to_number(text: str) -> int | None:
-    """'twenty-one' -> 21, 'one hundred and five' -> 105, 'three thousand two hundred' -> 3200, below a
-    million, by the grammar of written numbers ("two and three" or "one two three" is None, never a sum).
-    Fixes: a number written in words is not a number to math-verify."""
-    tokens = [t for t in re.split(r"[\s-]+", text.strip().lower()) if t]
-    position = 0
-
-    def peek():
-        return tokens[position] if position < len(tokens) else None
-
-    def take():
-        nonlocal position
-        position += 1
-        return tokens[position - 1]
-
-    def below_hundred() -> int | None:
-        word = peek()
-        if word in _NUMBER_WORDS:
-            take()
-            return _NUMBER_WORDS[word]
-        if word in _TENS:
-            value = _TENS[take()]
-            if peek() in _NUMBER_WORDS and 0 < _NUMBER_WORDS[peek()] < 10:
-                value += _NUMBER_WORDS[take()]
-            return value
-        return None
-
-    def below_thousand() -> int | None:
-        value = below_hundred()
-        if value is not None and peek() == "hundred":
-            if not 0 < value < 10:
-                return None
-            take()
-            value *= 100
-            if peek() == "and":
-                take()
-                rest = below_hundred()
-                return None if rest is None else value + rest
-            rest = below_hundred()
-            value += rest or 0
-        return value
-
-    if not tokens:
-        return None
-    value = below_thousand()
-    if value is not None and peek() == "thousand":
-        take()
-        value *= 1000
-        if peek() == "and":
-            take()
-        rest = below_thousand()
-        value += rest or 0
-    return value if value is not None and position == len(tokens) else None
-
-
-# A backslash straight before a digit is no LaTeX command: "\\boxed{\\15}" is "\\$15" whose "$" was lost
-# (fixes "\\15" read as nothing); "\\\\" row breaks ("1 \\\\2") are left alone.
-_STRAY_BACKSLASH = re.compile(r"(?<!\\)\\(?=\d)")
-
-
-# Full-width forms ("＞", "，", "（３）") are their ASCII characters shifted by 0xFEE0 (NFKC would also fold
-# "²" and "½", which the table below reads). Fixes: "x＞3" and "（1，2）" parsed as nothing.
-_FULL_WIDTH = {code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
-# HTML left in golds and answers: "2<sup>n</sup> ≥ n<sup>3</sup>" keeps both exponents (dropping the tags
-# lost one and made "2^n >= n^2" equal); other tags are markup.
-_HTML_SCRIPT = re.compile(r"<(sup|sub)>(.*?)</\1>", re.IGNORECASE | re.DOTALL)
-_HTML_TAG = re.compile(r"</?(?:b|i|em|strong|span|br|p|div|code)\b[^<>]{0,80}>", re.IGNORECASE)
-
-
-def clean_text(text: str) -> str:
-    """Control characters back to the LaTeX commands they came from, unicode math to LaTeX, HTML
-    exponents to LaTeX, stray backslashes before digits dropped."""
-    for pattern, replacement in _CONTROL:
-        text = pattern.sub(replacement, text)
-    text = _STRAY_BACKSLASH.sub("", text)
-    if "<" in text:
-        text = _HTML_SCRIPT.sub(lambda m: ("^{" if m.group(1).lower() == "sup" else "_{") + m.group(2) + "}", text)
-        text = _HTML_TAG.sub(" ", text)
-    if not text.isascii():
-        text = text.translate(_FULL_WIDTH)
-        for _ in range(4):  # "√(2−√3)": the inner root too, innermost last
-            rooted = _ROOT.sub(lambda m: r"\sqrt{" + m.group(1)[1:-1] + "}" if m.group(1)[:1] in "({" else
-                               r"\sqrt{" + m.group(1) + "}", text)
-            if rooted == text:
-                break
-            text = rooted
-        text = _SUPERSCRIPT_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPTS) + "}", text)
-        for symbol, latex in _UNICODE.items():
-            text = text.replace(symbol, latex)
-    return text
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,7 +197,15 @@ def final_answer(text: str) -> tuple[str | None, str]:
 # Normalizing an answer (and a gold) before math-verify parses it.
 # ------------------------------------------------------------------------------------------------
 
-_DELIMITERS = re.compile(r"^\s*(?:\$\$?|\\\(|\\\[|\*\*)\s*|\s*(?:\$\$?|\\\)|\\\]|\*\*)\s*$")
+# Spellings of the same command (math-verify knows \frac but not every variant in every position).
+_SPELLINGS = [
+    (re.compile(r"\\[dt]frac"), r"\\frac"), (re.compile(r"\\leqslant|\\leq\b"), r"\\le"),
+    (re.compile(r"\\geqslant|\\geq\b"), r"\\ge"), (re.compile(r"\\varnothing|\\\{\s*\\\}"), r"\\emptyset"),
+    (re.compile(r"\\left\b|\\right\b|\\bigl\b|\\bigr\b|\\Bigl\b|\\Bigr\b"), ""), (re.compile(r"\\displaystyle"), ""),
+    (re.compile(r"\\!"), ""), (re.compile(r"(?<=[,(\[])\\[ ,;]|\\[ ,;](?=[)\],])"), " "),
+    (re.compile(r"\\(?:left|right)\."), ""), (re.compile(r"bmatrix|vmatrix|Bmatrix"), "pmatrix"),
+    (re.compile(r"\\langle"), "("), (re.compile(r"\\rangle"), ")"),
+]
 PERCENT = re.compile(r"\s*(?:\\%|%|\\text\{\s*percent\s*\}|\bpercent\b)")
 _DOLLAR = re.compile(r"\\\$|\bdollars?\b|\\text\{\s*dollars?\s*\}")
 _GROUPED_THOUSANDS = re.compile(r"(?<=\d)(?:\{,\}|,\\!|\\,|\\ |\\;|\\thinspace\s*)(?=\d{3}(?!\d))")
@@ -407,172 +288,6 @@ class Gold:
     fraction_decimals: int | None = None  # its printed precision, for the rounded-gold rule
 
 
-def strip_delimiters(text: str) -> str:
-    text = text.strip()
-    previous = None
-    while previous != text:
-        previous = text
-        text = _DELIMITERS.sub("", text).strip().rstrip(".").strip()
-    return text
-
-
-def last_of_chain(text: str) -> str:
-    """The last member of a chain of equalities, "\\text{Total} = 129 + 195 = 324" -> "324": a worked
-    line ending in its value (fixes misses where the value ends a computation). One "=" is left alone
-    ("2x = 10" is not 10), and so are several answers ("x=2, y=3", "x = 1 \\text{ or } x = 2")."""
-    if re.search(r",|\\text\{\s*(?:or|and)\s*\}|\bor\b|\band\b|\\quad", text):
-        return text
-    depth, cuts = 0, []
-    for i, c in enumerate(text):
-        depth += {"{": 1, "(": 1, "[": 1, "}": -1, ")": -1, "]": -1}.get(c, 0)
-        if c == "=" and depth == 0 and text[i - 1:i] not in ("<", ">", "!", "\\"):
-            cuts.append(i)
-    return text[cuts[-1] + 1:].strip() if len(cuts) >= 2 else text
-
-
-# A computation with numbers only ("5 \\times 4", "3+4", "4!", "\\frac{10}{2}"): its equation states a value.
-ARITHMETIC = re.compile(r"(?:[\d.\s+\-*/^!()]|\\times|\\cdot|\\div|\\frac|\\binom|\\sqrt|\{|\})+")
-# A single name: "x", "w_1", "m_{\\max}", "f(x)", "f^{-1}(3)", "\\text{Area}", "Area", "(a, b)", "\\theta".
-_NAME = re.compile(r"(?:[A-Za-z]|\\[a-zA-Z]+)(?:'+)?(?:_\{?\\?\w+\}?|_\{[^{}]{1,12}\})?(?:\^\{?-1\}?)?(?:\([^()]{1,12}\))?"
-                   r"|\\text\{[^{}]*\}|[A-Za-z]{3,}(?: [A-Za-z]+)*|\(\s*[a-z](?:\s*,\s*[a-z])+\s*\)")
-
-
-def math_key(text: str) -> str:
-    """A form for finding an expression inside a question: no spaces, delimiters, braces or sizing."""
-    text = re.sub(r"\\(?:left|right|[,;!: ]|displaystyle)|[\s{}$]", "", text)
-    return re.sub(r"\\[dt]frac", r"\\frac", text)
-
-
-def states_no_value(answer: str, gold_text: str, question: str | None = None) -> bool:
-    """An equation whose left side is an expression ("2x = 10", "x^2 = 4") against a gold that is a
-    value: math-verify compares the right side and calls "2x = 10" equal to 10. The left side is a label
-    instead when it is a single name ("x", "m_{\\max}", "f(x)", "\\text{Area}") or an expression the
-    question names ("a + b = 12" for "find $a+b$", "|p - q| = 7", "\\cos\\phi = \\frac13"). Fixes that
-    false positive."""
-    if "=" in gold_text or answer.count("=") != 1 or re.search(r"[<>]|\\[lg]e", answer):
-        return False
-    left = answer.split("=")[0].strip()
-    if _NAME.fullmatch(left) or ARITHMETIC.fullmatch(left):
-        return False  # a name, or a computation with no unknown ("5 \\times 4 = 20", "4! = 24")
-    return not (question and names_in_question(left, asked_part(question) or question))
-
-
-def names_in_question(expression: str, question: str) -> bool:
-    """Does the question name this expression as a whole ("a+b" in "Find $a + b$.", "Then $x_1+x_2=\\_\\_$"),
-    not inside a longer one ("x+1" in "x + 15", "2x" in "2x + 3 = 13") and not as the left side of an
-    equation it states ("Solve 2x = 10")?"""
-    return len(math_key(expression)) >= 2 and named_at(expression, question) is not None
-
-
-def named_at(expression: str, question: str) -> int | None:
-    """Where the question first names this expression as a whole (see names_in_question), or None."""
-    key = math_key(expression)
-    if not key:
-        return None
-    text = re.sub(r"\\(?:left|right|displaystyle|[,;!: ])|[{}$]", " ", clean_text(question))
-    text = re.sub(r"\\[dt]frac", r"\\frac", text)
-    pattern = r"(?<![\w\\])" + r"\s*".join(map(re.escape, key)) + r"(?!\w)"
-    for match in re.finditer(pattern, text):
-        before, after = text[:match.start()].rstrip()[-1:], text[match.end():].lstrip()
-        if before and before in "+-*/^=<>" or after[:1] and after[:1] in "+-*/^" \
-                or re.match(r"\\(?:cdot|times|div)\b", after):
-            continue  # a piece of a longer expression ("2x" in "2x + 3 = 13")
-        if not after[:1] in ("=", "<", ">") or _BLANK.match(after[1:].lstrip()):
-            return match.start()
-    return None
-
-
-_ASKING = re.compile(r"\b(?:find|what(?:'s| is| are)|compute|determine|evaluate|calculate|solve for|express|give)\b",
-                     re.IGNORECASE)
-
-
-_CONDITION = re.compile(r"\b(?:with|such that|for|if|where|given|satisfying|so that|when|which|that)\b|[.?;]\s|[.?]$")
-
-
-def asked_part(question: str | None) -> str | None:
-    """The part of a question that asks, up to its first condition ("find $n$" of "If $m+n=9$ and $m-n=3$,
-    find $n$."; "Find all functions $f$" of "Find all functions $f$ with ..."), or None."""
-    if not question:
-        return None
-    asks = list(_ASKING.finditer(question))
-    if not asks:
-        return None
-    asked = question[asks[-1].start():]
-    condition = _CONDITION.search(asked, asks[-1].end() - asks[-1].start())
-    return asked[:condition.start()] if condition else asked
-
-
-_BLANK_IN_QUESTION = re.compile(r"([^$=]{1,80}?)=\s*\$?\s*(?:\\_\s*){2,}|([^$=]{1,80}?)=\s*\$?\s*_{3,}")
-
-
-def blank_expression(question: str | None) -> str | None:
-    """What a fill-in-the-blank question asks for: the left side of its last "= \\_\\_\\_" ("x_1+x_2" of
-    "then $x_1+x_2=\\_\\_\\_$"); None without one."""
-    if not question or ("\\_" not in question and "___" not in question):
-        return None
-    blanks = list(_BLANK_IN_QUESTION.finditer(clean_text(question)))
-    if not blanks:
-        return None
-    left = (blanks[-1].group(1) or blanks[-1].group(2)).strip()
-    left = re.split(r"\$|,\s|\bthen\b|\bis\b", left)[-1].strip()
-    return left or None
-
-
-def asks_for_several(question: str | None) -> bool:
-    """A question asking for named quantities in turn, so that its answer lists them in that order: variables
-    in math spans of their own ("Find $x$ and $y$."; not "Find all pairs $(x, y)$", a list of solutions),
-    "the mean and the median", "the sum and product", or "respectively" in the asking part (a problem's
-    statement says "respectively" for other reasons: "D and E lie on AB and AC, respectively")."""
-    asked = asked_part(question)
-    if asked is None:
-        return False
-    if re.search(r"\brespectively\b", asked, re.IGNORECASE):
-        return True
-    single = [span.strip() for span in math_spans(asked) if re.fullmatch(r"\s*[A-Za-z](?:_\{?\w+\}?)?\s*", span)]
-    if len(set(single)) >= 2:
-        return True
-    return bool(re.match(r"\w+(?:'s| is| are)?\s+the\s+[a-z]+(?: [a-z]+)?,?\s+and\s+(?:the\s+)?[a-z]", asked,
-                         re.IGNORECASE))
-
-
-def asked_variables(question: str | None) -> set[str]:
-    """The single-letter variables named in the math of the asking part ("find $n$" -> {"n"})."""
-    asked = asked_part(question)
-    return math_variables(asked) if asked is not None else set()
-
-
-def math_spans(text: str | None) -> list[str]:
-    """The contents of a text's inline math spans ($...$, \\(...\\))."""
-    return [a or b for a, b in MATH_SPAN.findall(text or "")]
-
-
-def math_variables(text: str | None) -> set[str]:
-    """The single-letter variables in the math spans of a text."""
-    spans = " ".join(math_spans(text))
-    return set(re.findall(r"(?<![A-Za-z\\])([A-Za-z])(?![A-Za-z])", re.sub(r"\\[A-Za-z]+", " ", spans)))
-
-
-def order_by_question(answer_parts: list[str], question: str | None) -> list[str] | None:
-    """Labelled parts ("y = 2", "x = 3") in the order the question names their labels ("find $x$ and $y$"
-    -> x first), so that they meet the gold's values in order; None where they are not all labelled with
-    distinct labels the question names."""
-    if not question or len(answer_parts) < 2 or any(part.count("=") != 1 for part in answer_parts):
-        return None
-    labels = [part.split("=")[0].strip() for part in answer_parts]
-    labels = [re.sub(r"^\\text\{\s*([^{}]*?)\s*\}$", r"\1", label) for label in labels]
-    if len({math_key(label) for label in labels}) != len(labels):
-        return None
-    asked = asked_part(question) or question
-    positions = [named_at(label, asked) for label in labels]
-    if any(p is None for p in positions):
-        return None
-    return [answer_parts[i] for i in sorted(range(len(labels)), key=lambda i: positions[i])]
-
-
-# What a fill-in-the-blank question puts after "=": "\\_\\_\\_", "____", "?", "\\square", "(\\quad)", nothing.
-_BLANK = re.compile(r"(?:\\_|_|\?|\\square|\\underline|\\quad|\(\s*\)|\.|$)")  # an expression ("2x", "x^2", "ab"): the right side is not its value
-
-
 def qualified_by_words(answer: str) -> bool:
     """A \\text{} phrase whose words change or hedge the value ("3 \\text{ or more}", "5 \\text{ squared}"):
     math-verify drops \\text{} wholesale and would read 3 and 5. Fixes those false positives."""
@@ -640,7 +355,7 @@ def normalize(text: str, gold: Gold | None = None) -> tuple[str, dict]:
     text = last_of_chain(text)
     if gold is not None and "=" not in gold.text and text.count("=") == 1 and "," not in text:
         left, right = (side.strip() for side in text.split("="))
-        if right and _NAME.fullmatch(left):
+        if right and NAME.fullmatch(left):
             text = right  # "m_{\\max} = n^2 - 1": a label on the value (math-verify misreads some names)
     text, facts["unit"] = unit_of(text)
     text = _OR.sub(", ", text).strip(" ,")
@@ -670,49 +385,6 @@ def prepare_gold_text(reference: str) -> tuple[str, dict]:
     choice = _CHOICE.match(text)
     facts["choice"] = choice.group(1) if choice and len(re.sub(r"\\text(?:bf)?|[{}()\s.]", "", text)) == 1 else None
     return text, facts
-
-
-def bracket_kind(text: str) -> str | None:
-    """"set" for "\\{...\\}" ("solutions" when its members are tuples), "tuple" for "(a, b, ...)" with a comma at the top level, else None."""
-    text = text.strip()
-    if text.startswith("\\{") and text.endswith("\\}"):
-        # "\\{(3,2),(-3,2)\\}" is a set of solutions, each a tuple: a list of the same tuples is its equal.
-        return "solutions" if text[2:].lstrip().startswith("(") else "set"
-    if text.startswith("(") and text.endswith(")"):
-        depth = 0
-        for i, c in enumerate(text):
-            depth += {"(": 1, "[": 1, "{": 1, ")": -1, "]": -1, "}": -1}.get(c, 0)
-            if depth == 0 and i < len(text) - 1:
-                return None  # "(a)(b)": not one bracketed group
-            if depth == 1 and c == ",":
-                return "tuple"
-    return None
-
-
-def order_conflict(gold_text: str, answer_text: str) -> bool:
-    """A set against a tuple (either way): "(1,2)" vs "\\{1,2\\}" differ where order matters; math-verify
-    reads "(1,2)" as an interval or tuple and calls it equal to the set {1,2}. Fixes that false positive."""
-    return {bracket_kind(gold_text), bracket_kind(answer_text)} == {"set", "tuple"}
-
-
-# Options a question lists: "(A) 10 (B) 12", "A) ...\\\\ B) ...", "\\text{A)}\\ & ... &" in an align block.
-_OPTION_MARK = re.compile(r"\\text(?:bf)?\{\s*\(?([A-E])\s*[).:]?\s*\}")
-_OPTION_LAYOUT = re.compile(r"\\\\|&|\\noindent|\\begin\{[a-z*]+\}|\\end\{[a-z*]+\}|\\hline")
-_OPTION_ITEM = re.compile(r"(?:^|\s)\(?([A-E])[).:]\s*(.+?)(?=\s+\(?[A-E][).:]\s|$)", re.MULTILINE)
-
-
-def question_options(question: str | None) -> dict[str, str]:
-    """{letter: the option's text} for a question that lists at least two options, else {}."""
-    if not question:
-        return {}
-    text = _OPTION_MARK.sub(lambda m: f" {m.group(1)}) ", clean_text(question)[-4000:])
-    text = _OPTION_LAYOUT.sub("\n", text).replace("\\ ", " ")
-    options = {}
-    for letter, value in _OPTION_ITEM.findall(text):
-        value = strip_delimiters(value.strip(" .;,"))
-        if value:
-            options.setdefault(letter, value)
-    return options if len(options) >= 2 else {}
 
 
 _LETTER_WITH_VALUE = re.compile(r"^\s*(?:\\text(?:bf)?\{\s*)?\(?([A-E])\s*[).:,]\s*\}?\s*(\S.*)$", re.DOTALL)

@@ -1,0 +1,157 @@
+"""The contracts new capabilities plug into, each proven by a plug-in that lives only in tests/:
+
+- a reward backend registered in one line (fakes.py) runs through the score stage and every engine;
+- a fusion in one file (toy_fusion.py) is chosen with --fusion and changes nothing else;
+- stored settings follow one rule, so a new option changes no existing output's bytes;
+- the layers import downward only, with no import circle, and no module outgrows 450 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ENGINE_NAMES, label
+from fakes import FakeRewardModel, fake_score
+from pipeline.config import build_config
+from pipeline.stages.base import CounterSink, WorkerContext
+from pipeline.stages.score import ScoreStage
+from pipeline.tools.demo import synthetic_rollouts, write_synthetic_rollouts
+from transforms.fuse import register_fusion
+from transforms.rm import RewardModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+register_fusion("verifier_score", "toy_fusion:VerifierScoreFusion")
+
+
+def three_rows() -> pa.Table:
+    return synthetic_rollouts(3, responses_per_prompt=3, seed=5).select(["prompt_id", "prompt", "response"])
+
+
+def test_a_backend_registered_in_one_line_scores_through_the_score_stage(tmp_path):
+    table = three_rows()
+    expected = [fake_score(p, r) for p, r in zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())]
+    loads = FakeRewardModel.loads
+    for cache_dir, scored, cached in ((None, 3, 0), (str(tmp_path / "cache"), 3, 0), (str(tmp_path / "cache"), 0, 3)):
+        stage = ScoreStage(RewardModelConfig(backend="fake", cache_dir=cache_dir))
+        assert not stage.resources.accelerator  # the base class's default: no accelerator needed
+        stage.setup(WorkerContext())
+        sink = CounterSink()
+        out = stage.process(table, sink)
+        stage.close()
+        # the same scores computed, or read back from the cache (float32 on the way)
+        assert np.allclose(out.column("rm_score").to_pylist(), expected, atol=1e-6)
+        assert out.column("rm_status").to_pylist() == ["ok"] * 3
+        assert (sink.counts.get("rm_scored", 0), sink.counts.get("rm_cached", 0)) == (scored, cached)
+    assert FakeRewardModel.loads == loads + 3  # loaded once per set-up, never per batch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_a_fusion_in_one_file_is_chosen_by_name_on_every_engine(tmp_path, engine):
+    write_synthetic_rollouts(str(tmp_path / "in.parquet"), 64, seed=8)
+    manifest = label(tmp_path / "in.parquet", tmp_path / "out", rm_backend="fake", fusion="verifier_score", pairs=True,
+                     engine=engine)
+    data = pq.read_table(next((tmp_path / "out" / "data").glob("*.parquet")))
+    assert data.schema.names[-2:] == ["toy_reward", "toy_status"] and "hero_reward" not in data.schema.names
+    assert data.column("toy_reward").to_pylist() == [None if v is None else float(v)
+                                                     for v in data.column("verifier_score").to_pylist()]
+    assert manifest["fusion"] == {"name": "verifier_score", "reward_column": "toy_reward"}
+    assert set(manifest["status_counts"]["toy_status"]) <= {"verified", "unverified"}  # its own vocabulary, checked
+    stored = json.loads(data.schema.metadata[b"herolabel"])
+    assert stored["config"]["fusion"] == "verifier_score"  # a labeling option away from its default is stored
+    pairs = pq.read_table(next((tmp_path / "out" / "pairs").glob("*.parquet")))
+    assert pairs.num_rows and set(pairs.column("margin").to_pylist()) == {1.0}  # ranked by the toy reward
+    report = json.loads((tmp_path / "out" / "run_report.json").read_text())
+    rewarded = data.num_rows - data.column("toy_reward").null_count
+    assert report["reward_column"] == "toy_reward" and report["toy_reward"]["rows"] == rewarded
+    assert "toy_reward" in (tmp_path / "out" / "README.md").read_text()  # the card lists its columns
+
+
+# What every shard stores about the settings at their defaults, exactly as before options were declared with
+# the stored-settings rule: an option added since must not appear here (OMIT_AT_DEFAULT), or existing outputs
+# would change bytes.
+STORED_AT_DEFAULTS = {
+    "verifier": {"timeout_s": 5, "hard_timeout_s": 30.0, "judge": "transforms.verifier:judge_response", "sources": ""},
+    "rm": {"backend": "none", "model": None, "revision": None, "score_column": None, "max_length": 4096,
+           "max_tokens_per_batch": 65536, "max_batch_size": 512, "device": "auto", "dtype": "auto",
+           "truncation_side": "left", "tensor_parallel_size": 1, "gpu_memory_utilization": 0.9},
+    "hero": {"alpha": 0.1, "beta": 0.1, "eps": 1e-06, "w_min": 0.4, "w_max": 3.0, "k": 6.0, "sigma_bar": None,
+             "tie_placement": "bottom", "advantage_mode": "grpo", "on_bad_reference": "null"},
+}
+
+
+def test_stored_settings_at_their_defaults_are_unchanged_and_execution_options_never_stored():
+    config = build_config({"input": "in", "output": "out", "rm_backend": "none"})
+    assert config.labeling_dict() == STORED_AT_DEFAULTS
+    assert list(config.labeling_dict()["verifier"]) == list(STORED_AT_DEFAULTS["verifier"])  # order is bytes too
+    moved = build_config({"input": "in", "output": "out", "rm_backend": "none", "engine": "dask", "verify_ahead": 0,
+                          "verifier_workers": 3, "verifier_task_size": 7, "batch_rows": 9, "progress": "on"})
+    assert moved.labeling_dict() == STORED_AT_DEFAULTS  # where and how fast never decide a label
+
+
+# The layers, lowest first: a module imports only from its own layer or lower ones (README: Layout).
+LAYERS = ("schemas", "transforms", "pipeline.config", "pipeline.tools", "pipeline.storage", "pipeline.stages",
+          "pipeline.plan", "pipeline.outputs", "pipeline.engines", "pipeline.run", "run_pipeline")
+MAX_LINES = 450
+
+
+def _modules() -> dict[str, Path]:
+    paths = [*REPO.glob("schemas/**/*.py"), *REPO.glob("transforms/**/*.py"), *REPO.glob("pipeline/**/*.py"),
+             REPO / "run_pipeline.py"]
+    modules = {}
+    for path in paths:
+        name = ".".join(path.relative_to(REPO).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    return modules
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every project module `path` imports, at its top or inside a function (TYPE_CHECKING blocks too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in modules}
+
+
+def _layer(module: str) -> int:
+    return max(i for i, layer in enumerate(LAYERS) if module == layer or module.startswith(layer + "."))
+
+
+def test_layers_import_downward_only_and_no_module_imports_itself_in_a_circle():
+    modules = _modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps if _layer(d) > _layer(m))
+    assert upward == [], upward
+    # A package's own modules may import its __init__ only if the __init__ does not import them back.
+    state: dict[str, int] = {}
+    circles = []
+
+    def visit(name: str, trail: list[str]):
+        state[name] = 1
+        for dep in sorted(graph[name]):
+            if state.get(dep) == 1:
+                circles.append(trail[trail.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, trail + [dep])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert circles == [], circles
+
+
+def test_no_module_outgrows_the_size_a_reader_can_hold():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
+    assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
