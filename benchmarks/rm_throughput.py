@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from transforms.rm import packing  # noqa: E402
 from transforms.rm import RewardModelConfig  # noqa: E402
-from transforms.rm.transformers import TransformersRewardModel
-from transforms.rm.hub import encode_rollouts
+from transforms.rm.transformers import TransformersRewardModel  # noqa: E402
+from transforms.rm.hub import encode_rollouts  # noqa: E402
 
 SHAPES = {
     # hidden, intermediate, layers, heads, kv heads, vocab

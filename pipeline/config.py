@@ -1,10 +1,10 @@
 """The run's configuration: one frozen object, validated at construction, built from flat options.
 
-Every option is declared once, in OPTIONS below: its flat name (YAML key `rm_model`, flag `--rm-model`),
-the config field it sets, its type, choices and help. The command line, YAML files and the README's
-option table are all generated from that list (`python -m pipeline.config` prints the table; a test
-checks the README holds exactly it). Defaults live only on the dataclasses. Every validation message
-names the option the user typed.
+Every option is declared once, on the field of the component that owns it (`option()`, transforms/checks.py:
+its flat name, YAML key `rm_model`, flag `--rm-model`; its help, choices, group and default). OPTIONS below
+reads them from the sections; the command line, YAML files and the README's option table are all generated
+from it (`python -m pipeline.config` prints the table; a test checks the README holds exactly it). Every
+validation message names the option the user typed.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from schemas.layouts import choose_layout
-from transforms.checks import is_finite_number, is_whole
-from transforms.pairs import STRATEGIES, PairsConfig
+from transforms.checks import NEVER, OPTION, is_finite_number, is_whole, option, stored_settings
 from transforms.fuse import FUSIONS
-from transforms.fuse.hero import ADVANTAGE_MODES, BAD_REFERENCE_POLICIES, TIE_PLACEMENTS, HeroConfig
-from transforms.rm import DTYPES, TRUNCATION_SIDES, RewardModelConfig
-from transforms.verify import VerifierConfig, sources_help
+from transforms.fuse.hero import HeroConfig
+from transforms.pairs import PairsConfig
+from transforms.rm import RewardModelConfig
+from transforms.verify import VerifierConfig
 
 SHUFFLE_MODES = ("files", "engine")
 PROGRESS_MODES = ("auto", "on", "off")
@@ -32,24 +32,6 @@ DEFAULT_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 class ConfigError(ValueError):
     """An invalid option; raised before any data moves."""
-
-
-# Field metadata keys of the stored-settings rule (PipelineConfig.labeling_dict).
-EXECUTION_ONLY = "execution_only"
-OMIT_AT_DEFAULT = "omit_at_default"
-
-
-def _at_default(config, spec: dataclasses.Field) -> bool:
-    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-    return getattr(config, spec.name) == default
-
-
-def stored_settings(config) -> dict:
-    """A config section as shards store it: every field but the execution-only ones, and those marked
-    OMIT_AT_DEFAULT only when they differ from their default."""
-    values = dataclasses.asdict(config)
-    return {spec.name: values[spec.name] for spec in dataclasses.fields(config)
-            if not spec.metadata.get(EXECUTION_ONLY) and not (spec.metadata.get(OMIT_AT_DEFAULT) and _at_default(config, spec))}
 
 
 @dataclass(frozen=True)
@@ -68,12 +50,26 @@ class EngineConfig:
     rm_accelerator: Beam accelerator resource hint put on the RM step on remote runners ("none": no hint).
     """
 
-    engine: str = "beam"
-    verify_ahead: int = 2
-    dask_scheduler: str | None = None
-    dask_workers: int = 1
-    dask_resource: str = "GPU=1"
-    rm_accelerator: str = DEFAULT_ACCELERATOR
+    engine: str = option(
+        "`beam` (local FnApiRunner, or any runner via --runner) or `dask`",
+        group="engine and placement", choices=tuple(ENGINES), default="beam")
+    verify_ahead: int = option(
+        "batches verified ahead of the RM inside a worker, so the scorer never waits for the verifier; 0 turns "
+        "the overlap off",
+        group="engine and placement", default=2)
+    dask_scheduler: str | None = option(
+        "address of a running Dask scheduler (tcp://host:8786); unset: a LocalCluster on this machine",
+        group="engine and placement", default_text="LocalCluster", default=None)
+    dask_workers: int = option(
+        "CPU worker processes of the LocalCluster (plus one holding the RM resource when the backend needs an "
+        "accelerator)",
+        group="engine and placement", default=1)
+    dask_resource: str = option(
+        "worker resource every RM task requires (`NAME=AMOUNT`); start GPU workers with `--resources GPU=1`",
+        group="engine and placement", default="GPU=1")
+    rm_accelerator: str = option(
+        "Beam accelerator hint on the RM step on remote runners (`none`: no hint)",
+        group="engine and placement", default=DEFAULT_ACCELERATOR)
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -114,30 +110,58 @@ class PipelineConfig:
     beam_args: flags passed to Beam unchanged (--runner, --project, --temp_location, ...).
     fusion: how verdicts and RM scores become one reward per rollout (transforms/fuse/: FUSIONS).
 
-    Stored settings: `labeling_dict()` is what every shard records. The rule for every option: a field
-    with metadata EXECUTION_ONLY (where or how fast, never what) is not stored; a field with metadata
-    OMIT_AT_DEFAULT is stored only when it differs from its default, so that adding an option changes
-    no existing output's bytes. Every labeling option added from now on carries OMIT_AT_DEFAULT
-    (tests/test_contracts.py checks the stored settings at their defaults stay exactly today's).
+    Stored settings: `labeling_dict()` is what every shard records, each field's place declared on it
+    (`stored` in transforms/checks.py: never, always, or only away from its default, which every option
+    added since takes, so adding one changes no existing output's bytes; tests/test_contracts.py checks
+    the stored settings at their defaults stay exactly today's).
     """
 
-    input: str
-    output: str
+    input: str = option(
+        "Parquet file, directory (searched recursively) or glob; local or fsspec URL",
+        group="input and output", default_text="required", stored=NEVER)
+    output: str = option(
+        "directory to write: data/, errors/, manifest.json",
+        group="input and output", default_text="required", stored=NEVER)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     hero: HeroConfig = field(default_factory=HeroConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
-    batch_rows: int = 4096
-    rows_per_shard: int = 50_000
-    shuffle: str = "files"
-    overwrite: bool = False
-    progress: str = "auto"
-    max_error_rate: float = 0.01
-    preset: str = ""
-    column_map: str = ""
+    batch_rows: int = option(
+        "rows per Arrow batch through verify and score",
+        group="input and output", default=4096, stored=NEVER)
+    rows_per_shard: int = option(
+        "target rows per output shard; shards = ⌈rows / this⌉",
+        group="input and output", default=50_000, stored=NEVER)
+    shuffle: str = option(
+        "`files`: group via spill files under OUTPUT/_shuffle (flat memory); `engine`: Beam's own shuffle (use on"
+        " Dataflow/Flink/Spark)",
+        group="input and output", choices=SHUFFLE_MODES, default="files", stored=NEVER)
+    overwrite: bool = option(
+        "replace a previous run in --output",
+        group="input and output", default=False, stored=NEVER)
+    progress: str = option(
+        "live counters on stderr (`auto`: when stderr is a terminal)",
+        group="input and output", choices=PROGRESS_MODES, default="auto", stored=NEVER)
+    max_error_rate: float = option(
+        "error budget: the run fails (manifest `failed`, exit 1, everything written) when more than this fraction"
+        " of input rows went to errors/ or has verifier status `timeout`/`error`/`bad_reference` or RM status "
+        "`error`",
+        group="input and output", default=0.01, stored=NEVER)
+    preset: str = option(
+        "input layout of another tool, comma-separated to compose: `verl` (generation output, `responses` list), "
+        "`trl` (prompt/completion/solution), `openrlhf` (input/output/label), `wide` (a list of responses per "
+        "row, exploded); detected when unambiguous",
+        group="input and output", default="", stored=NEVER)
+    column_map: str = option(
+        "renames applied to the input, `SRC=DST,...` (a dotted SRC reads a struct field: "
+        "`reward_model.ground_truth=reference`)",
+        group="input and output", default="", stored=NEVER)
     beam_args: tuple[str, ...] = ()
-    fusion: str = field(default="hero", metadata={OMIT_AT_DEFAULT: True})
+    fusion: str = option(
+        "how verdicts and RM scores become one reward per rollout: `hero` (stratified normalization + "
+        "variance-aware weighting, arXiv 2510.07242), or a fusion registered in transforms/fuse/",
+        group="fusion", default="hero")
 
     def __post_init__(self):
         for name in ("input", "output"):
@@ -175,24 +199,20 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     def labeling_dict(self) -> dict:
-        """The settings that decide the labels (stored in every shard); no paths or execution settings."""
-        verifier = stored_settings(self.verifier)
-        for execution_only in ("num_workers", "task_size"):
-            verifier.pop(execution_only)
-        rm = stored_settings(self.rm)
-        rm.pop("cache_dir")  # where scores are remembered, not what they are
-        top = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get(OMIT_AT_DEFAULT)
-               and not _at_default(self, f)}
-        return {"verifier": verifier, "rm": rm, "hero": stored_settings(self.hero), **top}
+        """The settings that decide the labels (stored in every shard), by the rule every field declares
+        (transforms/checks.py: `stored`); no paths or execution settings."""
+        return {"verifier": stored_settings(self.verifier), "rm": stored_settings(self.rm),
+                "hero": stored_settings(self.hero), **stored_settings(self)}
 
 
-_SECTIONS = {"pipeline": PipelineConfig, "verifier": VerifierConfig, "rm": RewardModelConfig, "hero": HeroConfig,
+# The sections whose fields are options, in the order the option table lists them.
+_SECTIONS = {"pipeline": PipelineConfig, "rm": RewardModelConfig, "verifier": VerifierConfig, "hero": HeroConfig,
              "engine": EngineConfig, "pairs": PairsConfig}
 
 
 @dataclass(frozen=True)
 class Option:
-    """One user-facing option. default_text overrides the shown default where it is not a constant."""
+    """One user-facing option, read from its field's declaration (transforms/checks.py: option())."""
 
     name: str
     section: str
@@ -215,102 +235,26 @@ class Option:
         return "–" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-_IO, _RM, _VER, _HERO, _ENG = "input and output", "reward model", "verifier", "HERO fusion", "engine and placement"
-_PAIRS = "DPO pairs"
-OPTIONS: tuple[Option, ...] = (
-    Option("input", "pipeline", "input", "Parquet file, directory (searched recursively) or glob; local or fsspec URL",
-           default_text="required"),
-    Option("output", "pipeline", "output", "directory to write: data/, errors/, manifest.json", default_text="required"),
-    Option("preset", "pipeline", "preset", "input layout of another tool, comma-separated to compose: `verl` "
-           "(generation output, `responses` list), `trl` (prompt/completion/solution), `openrlhf` "
-           "(input/output/label), `wide` (a list of responses per row, exploded); detected when unambiguous"),
-    Option("column_map", "pipeline", "column_map", "renames applied to the input, `SRC=DST,...` (a dotted SRC reads a "
-           "struct field: `reward_model.ground_truth=reference`)"),
-    Option("overwrite", "pipeline", "overwrite", "replace a previous run in --output", type=bool),
-    Option("batch_rows", "pipeline", "batch_rows", "rows per Arrow batch through verify and score", type=int),
-    Option("rows_per_shard", "pipeline", "rows_per_shard", "target rows per output shard; shards = ⌈rows / this⌉",
-           type=int),
-    Option("shuffle", "pipeline", "shuffle", "`files`: group via spill files under OUTPUT/_shuffle (flat memory); "
-           "`engine`: Beam's own shuffle (use on Dataflow/Flink/Spark)", choices=SHUFFLE_MODES),
-    Option("progress", "pipeline", "progress", "live counters on stderr (`auto`: when stderr is a terminal)",
-           choices=PROGRESS_MODES),
-    Option("max_error_rate", "pipeline", "max_error_rate", "error budget: the run fails (manifest `failed`, exit 1, "
-           "everything written) when more than this fraction of input rows went to errors/ or has verifier status "
-           "`timeout`/`error`/`bad_reference` or RM status `error`", type=float),
-    Option("rm_backend", "rm", "backend", "reward-model backend: `transformers` or `vllm` with --rm-model, "
-           "`precomputed` with --rm-score-column, `none`: verifier only, or one registered in transforms/rm/",
-           default_text="inferred", group=_RM),
-    Option("rm_model", "rm", "model", "sequence-classification RM with one output: local path or hub id", group=_RM),
-    Option("rm_revision", "rm", "revision", "hub revision (commit, tag or branch) to pin", group=_RM),
-    Option("rm_score_column", "rm", "score_column", "input column holding precomputed scores", group=_RM),
-    Option("rm_max_length", "rm", "max_length", "tokens per rollout; longer ones are truncated "
-           "(`rm_status = truncated`)", type=int, group=_RM),
-    Option("rm_truncation_side", "rm", "truncation_side", "`left` keeps the end of the response, where the RM reads "
-           "its score", choices=TRUNCATION_SIDES, group=_RM),
-    Option("rm_max_tokens_per_batch", "rm", "max_tokens_per_batch", "tokens per forward pass, the RM memory knob "
-           "(real tokens when packed, rows × longest when padded)", type=int, group=_RM),
-    Option("rm_max_batch_size", "rm", "max_batch_size", "rollouts per forward pass", type=int, group=_RM),
-    Option("rm_device", "rm", "device", "`auto`: one model copy per GPU the worker sees, else cpu (chosen on the "
-           "worker); `cpu`, `cuda`, or a list such as `cuda:0,cuda:1`", group=_RM),
-    Option("rm_dtype", "rm", "dtype", "`auto`: bf16 on GPU, fp32 on CPU", choices=DTYPES, group=_RM),
-    Option("cache_dir", "rm", "cache_dir", "score cache (local path or fsspec URL): rollouts already scored by the "
-           "same RM and settings are read back instead of scored; the manifest counts both", group=_RM),
-    Option("rm_tensor_parallel_size", "rm", "tensor_parallel_size", "GPUs per model copy (vllm backend)", type=int,
-           group=_RM),
-    Option("rm_gpu_memory_utilization", "rm", "gpu_memory_utilization", "fraction of GPU memory vLLM may take "
-           "(vllm backend)", type=float, group=_RM),
-    Option("verifier_workers", "verifier", "num_workers", "math-verify processes per engine worker process",
-           type=int, default_text="host cores ÷ engine processes", group=_VER),
-    Option("verifier_timeout", "verifier", "timeout_s", "math-verify's own timeout, whole seconds (it uses "
-           "`signal.alarm`)", type=int, group=_VER),
-    Option("verifier_hard_timeout", "verifier", "hard_timeout_s", "seconds per response before its verifier process "
-           "is killed and replaced", type=float, group=_VER),
-    Option("verifier_sources", "verifier", "sources", sources_help(), group=_VER),
-    Option("verifier_task_size", "verifier", "task_size", "responses per message to a verifier process", type=int,
-           group=_VER),
-    Option("fusion", "pipeline", "fusion", "how verdicts and RM scores become one reward per rollout: `hero` "
-           "(stratified normalization + variance-aware weighting, arXiv 2510.07242), or a fusion registered in "
-           "transforms/fuse/", group=_HERO),
-    Option("alpha", "hero", "alpha", "half-width of the incorrect band `[-α, α]`; α + β < 1", type=float,
-           group=_HERO),
-    Option("beta", "hero", "beta", "half-width of the correct band `[1-β, 1+β]`", type=float, group=_HERO),
-    Option("eps", "hero", "eps", "min-max and advantage epsilon", type=float, group=_HERO),
-    Option("w_min", "hero", "w_min", "lowest difficulty weight: `w = w_min + (w_max-w_min)·sigmoid(k(σ_u - σ̄))`",
-           type=float, group=_HERO),
-    Option("w_max", "hero", "w_max", "highest difficulty weight", type=float, group=_HERO),
-    Option("k", "hero", "k", "sigmoid steepness of the difficulty weight", type=float, group=_HERO),
-    Option("sigma_bar", "hero", "sigma_bar", "fixed σ̄ (stable incremental relabeling)",
-           type=float, default_text="job mean of σ_u", group=_HERO),
-    Option("tie_placement", "hero", "tie_placement", "where a single or all-tied verifier class lands in its band",
-           choices=TIE_PLACEMENTS, group=_HERO),
-    Option("advantage_mode", "hero", "advantage_mode", "`grpo`: `w·(r̂-mean)/(std+eps)`; `mean-only`: `w·(r̂-mean)`",
-           choices=ADVANTAGE_MODES, group=_HERO),
-    Option("on_bad_reference", "hero", "on_bad_reference", "groups without a usable reference: `null` hero columns, "
-           "or `rm_only` (RM min-max into `[-α, 1+β]`)", choices=BAD_REFERENCE_POLICIES, group=_HERO),
-    Option("engine", "engine", "engine", "`beam` (local FnApiRunner, or any runner via --runner) or `dask`",
-           choices=tuple(ENGINES), group=_ENG),
-    Option("verify_ahead", "engine", "verify_ahead", "batches verified ahead of the RM inside a worker, so the "
-           "scorer never waits for the verifier; 0 turns the overlap off", type=int, group=_ENG),
-    Option("dask_scheduler", "engine", "dask_scheduler", "address of a running Dask scheduler (tcp://host:8786); "
-           "unset: a LocalCluster on this machine", default_text="LocalCluster", group=_ENG),
-    Option("dask_workers", "engine", "dask_workers", "CPU worker processes of the LocalCluster (plus one holding "
-           "the RM resource when the backend needs an accelerator)", type=int, group=_ENG),
-    Option("dask_resource", "engine", "dask_resource", "worker resource every RM task requires (`NAME=AMOUNT`); "
-           "start GPU workers with `--resources GPU=1`", group=_ENG),
-    Option("rm_accelerator", "engine", "rm_accelerator", "Beam accelerator hint on the RM step on remote runners "
-           "(`none`: no hint)", group=_ENG),
-    Option("pairs", "pairs", "enabled", "write DPO preference pairs to OUTPUT/pairs/ (TRL's prompt / chosen / "
-           "rejected)", type=bool, group=_PAIRS),
-    Option("pairs_min_margin", "pairs", "min_margin", "smallest hero_reward gap of a pair; ties never pair",
-           type=float, group=_PAIRS),
-    Option("pairs_within_band", "pairs", "within_band", "also pair inside one verifier class when a prompt's "
-           "responses are all correct (or all wrong)", type=bool, group=_PAIRS),
-    Option("pairs_strategy", "pairs", "strategy", "`best_vs_worst`: one pair per prompt; `all`: every qualifying "
-           "pair, widest margin first, up to --pairs-max-per-prompt", choices=STRATEGIES, group=_PAIRS),
-    Option("pairs_max_per_prompt", "pairs", "max_per_prompt", "pairs per prompt at most (strategy `all`)", type=int,
-           group=_PAIRS),
-)
-OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
+_TYPES = {"bool": bool, "int": int, "float": float}
+
+
+def _options() -> tuple[Option, ...]:
+    """Every field declared with option(), section by section in field order."""
+    found = []
+    for section, cls in _SECTIONS.items():
+        for spec in dataclasses.fields(cls):
+            declared = spec.metadata.get(OPTION)
+            if declared is None:
+                continue
+            annotation = spec.type if isinstance(spec.type, str) else spec.type.__name__
+            kind = declared["type"] or _TYPES.get(annotation.split(" ")[0].split("|")[0], str)
+            found.append(Option(declared["name"] or spec.name, section, spec.name, declared["help"], kind,
+                                declared["choices"], declared["default_text"], declared["group"]))
+    return tuple(found)
+
+
+OPTIONS: tuple[Option, ...] = _options()
+OPTIONS_BY_NAME = {known.name: known for known in OPTIONS}
 
 
 def flag(name: str) -> str:
@@ -320,28 +264,28 @@ def flag(name: str) -> str:
 def add_arguments(parser) -> None:
     """Adds every option to an argparse parser, grouped as in the README; values default to None (unset)."""
     groups = {}
-    for option in OPTIONS:
-        group = groups.get(option.group) or groups.setdefault(option.group, parser.add_argument_group(option.group))
-        help_text = f"{option.help} (default: {option.default()})".replace("%", "%%")
-        if option.type is bool:
-            group.add_argument(option.flag, action="store_true", default=None, help=help_text)
+    for known in OPTIONS:
+        group = groups.get(known.group) or groups.setdefault(known.group, parser.add_argument_group(known.group))
+        help_text = f"{known.help} (default: {known.default()})".replace("%", "%%")
+        if known.type is bool:
+            group.add_argument(known.flag, action="store_true", default=None, help=help_text)
         else:
-            group.add_argument(option.flag, type=option.type, choices=option.choices, help=help_text)
+            group.add_argument(known.flag, type=known.type, choices=known.choices, help=help_text)
 
 
 def options_markdown() -> str:
     """The README's option table, generated from OPTIONS."""
     lines = ["| option | default | meaning |", "|---|---|---|"]
-    for option in OPTIONS:
-        meaning = option.help + (f"; one of {', '.join(f'`{c}`' for c in option.choices)}" if option.choices else "")
-        lines.append(f"| `{option.flag}` | {option.default()} | {meaning} |")
+    for known in OPTIONS:
+        meaning = known.help + (f"; one of {', '.join(f'`{c}`' for c in known.choices)}" if known.choices else "")
+        lines.append(f"| `{known.flag}` | {known.default()} | {meaning} |")
     return "\n".join(lines)
 
 
 def name_options(message: str) -> str:
     """Rewrites 'rm.model' style field names in a validation message as the user's option names."""
-    for option in OPTIONS:
-        message = re.sub(rf"\b{option.section}\.{option.attribute}\b", option.flag, message)
+    for known in OPTIONS:
+        message = re.sub(rf"\b{known.section}\.{known.attribute}\b", known.flag, message)
     return message
 
 
@@ -356,8 +300,8 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
     sections: dict[str, dict] = {name: {} for name in _SECTIONS}
     for name, value in options.items():
         if value is not None:
-            option = OPTIONS_BY_NAME[name]
-            sections[option.section][option.attribute] = value
+            known = OPTIONS_BY_NAME[name]
+            sections[known.section][known.attribute] = value
     rm = sections["rm"]
     if "backend" not in rm:
         if rm.get("model"):

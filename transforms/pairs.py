@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from schemas.rollouts import CHAT_MESSAGE, PROMPT, PROMPT_ID, RESPONSE, VERDICT_STATUSES
-from transforms.checks import is_finite_number, is_whole
+from transforms.checks import is_finite_number, is_whole, option
 
 STRATEGIES = ("best_vs_worst", "all")
 NO_PAIR_REASONS = ("single_response", "unverified", "one_class", "below_margin")
@@ -35,11 +35,22 @@ class PairsConfig:
     within_band: also pair inside one verifier class when a group has only one. strategy / max_per_prompt:
     best_vs_worst gives one pair per prompt; all gives up to max_per_prompt, widest margin first."""
 
-    enabled: bool = False
-    min_margin: float = 0.05
-    within_band: bool = False
-    strategy: str = "best_vs_worst"
-    max_per_prompt: int = 4
+    enabled: bool = option(
+        "write DPO preference pairs to OUTPUT/pairs/ (TRL's prompt / chosen / rejected)",
+        name="pairs", group="DPO pairs", default=False)
+    min_margin: float = option(
+        "smallest hero_reward gap of a pair; ties never pair",
+        name="pairs_min_margin", group="DPO pairs", default=0.05)
+    within_band: bool = option(
+        "also pair inside one verifier class when a prompt's responses are all correct (or all wrong)",
+        name="pairs_within_band", group="DPO pairs", default=False)
+    strategy: str = option(
+        "`best_vs_worst`: one pair per prompt; `all`: every qualifying pair, widest margin first, up to "
+        "--pairs-max-per-prompt",
+        name="pairs_strategy", group="DPO pairs", choices=STRATEGIES, default="best_vs_worst")
+    max_per_prompt: int = option(
+        "pairs per prompt at most (strategy `all`)",
+        name="pairs_max_per_prompt", group="DPO pairs", default=4)
 
     def __post_init__(self):
         if not (is_finite_number(self.min_margin) and self.min_margin >= 0):
@@ -97,7 +108,8 @@ def _group_pairs(rows: list[dict], config: PairsConfig) -> tuple[list[tuple[dict
     return qualifying[:limit], None
 
 
-def make_pairs(table: pa.Table, config: PairsConfig, reward_column: str = "hero_reward") -> tuple[pa.Table, dict[str, int]]:
+def make_pairs(table: pa.Table, config: PairsConfig,
+               reward_column: str = "hero_reward") -> tuple[pa.Table, dict[str, int]]:
     """Pairs for every prompt of a labelled table (whole groups), ranked by the fusion's `reward_column`,
     and prompts without a pair by reason."""
     rows = table.to_pylist()

@@ -56,7 +56,8 @@ def fuse_and_write(plan: PlanView, bucket: int, parts: Iterable, statistic,
                                      "shard": bucket})
         sink.count("pairs", pairs.num_rows)
     with timed(sink, "write"):
-        fsio.write_parquet_atomic(fused, url, {**plan.metadata, **plan.fusion.shard_metadata(statistic), "shard": bucket})
+        metadata = {**plan.metadata, **plan.fusion.shard_metadata(statistic), "shard": bucket}
+        fsio.write_parquet_atomic(fused, url, metadata)
     sink.count("written", fused.num_rows)
     return url, fused.num_rows
 

@@ -9,7 +9,8 @@ A marker is written only after the unit's spill files, so a unit with a marker i
 killed at any point and started again with the same arguments reads the markers, skips those units
 and the finished shards, and recomputes the rest. Every file is a deterministic function of the input
 and the labeling settings, so the result is byte-identical to an uninterrupted run. A resume with other
-settings is refused, naming what differs (the fingerprint is the plan's: RunPlan.fingerprint). (Scores reused across runs belong to the RM score cache, not
+settings is refused, naming what differs (the fingerprint is the plan's: RunPlan.fingerprint).
+(Scores reused across runs belong to the RM score cache, not
 here: these checkpoints live only until the run completes.)
 """
 

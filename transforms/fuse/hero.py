@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.rollouts import HERO_FIELDS, HERO_STATUSES, ORDER, PROMPT_ID, HeroStatus, RmStatus, VerifierStatus
-from transforms.checks import is_finite_number
+from transforms.checks import ALWAYS, is_finite_number, option
 from transforms.fuse import Fusion
 
 TIE_PLACEMENTS = ("bottom", "middle")
@@ -39,16 +39,36 @@ class HeroConfig:
     "rm_only" min-max normalizes their RM scores into [-alpha, 1 + beta] instead.
     """
 
-    alpha: float = 0.1
-    beta: float = 0.1
-    eps: float = 1e-6
-    w_min: float = 0.4
-    w_max: float = 3.0
-    k: float = 6.0
-    sigma_bar: float | None = None
-    tie_placement: str = "bottom"
-    advantage_mode: str = "grpo"
-    on_bad_reference: str = "null"
+    alpha: float = option(
+        "half-width of the incorrect band `[-α, α]`; α + β < 1",
+        group="fusion", default=0.1, stored=ALWAYS)
+    beta: float = option(
+        "half-width of the correct band `[1-β, 1+β]`",
+        group="fusion", default=0.1, stored=ALWAYS)
+    eps: float = option(
+        "min-max and advantage epsilon",
+        group="fusion", default=1e-6, stored=ALWAYS)
+    w_min: float = option(
+        "lowest difficulty weight: `w = w_min + (w_max-w_min)·sigmoid(k(σ_u - σ̄))`",
+        group="fusion", default=0.4, stored=ALWAYS)
+    w_max: float = option(
+        "highest difficulty weight",
+        group="fusion", default=3.0, stored=ALWAYS)
+    k: float = option(
+        "sigmoid steepness of the difficulty weight",
+        group="fusion", default=6.0, stored=ALWAYS)
+    sigma_bar: float | None = option(
+        "fixed σ̄ (stable incremental relabeling)",
+        group="fusion", default_text="job mean of σ_u", default=None, stored=ALWAYS)
+    tie_placement: str = option(
+        "where a single or all-tied verifier class lands in its band",
+        group="fusion", choices=TIE_PLACEMENTS, default="bottom", stored=ALWAYS)
+    advantage_mode: str = option(
+        "`grpo`: `w·(r̂-mean)/(std+eps)`; `mean-only`: `w·(r̂-mean)`",
+        group="fusion", choices=ADVANTAGE_MODES, default="grpo", stored=ALWAYS)
+    on_bad_reference: str = option(
+        "groups without a usable reference: `null` hero columns, or `rm_only` (RM min-max into `[-α, 1+β]`)",
+        group="fusion", choices=BAD_REFERENCE_POLICIES, default="null", stored=ALWAYS)
 
     def __post_init__(self):
         for name in ("alpha", "beta", "eps", "w_min", "w_max", "k"):

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.rollouts import RM_FIELDS
-from transforms.checks import is_whole
+from transforms.checks import ALWAYS, NEVER, is_whole, option
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -125,19 +125,48 @@ class RewardModelConfig:
     same model and settings are not scored again. Backends that run a model only.
     """
 
-    backend: str = "none"
-    model: str | None = None
-    revision: str | None = None
-    score_column: str | None = None
-    max_length: int = 4096
-    max_tokens_per_batch: int = 65536
-    max_batch_size: int = 512
-    device: str = "auto"
-    dtype: str = "auto"
-    truncation_side: str = "left"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    cache_dir: str | None = None
+    backend: str = option(
+        "reward-model backend: `transformers` or `vllm` with --rm-model, `precomputed` with --rm-score-column, "
+        "`none`: verifier only, or one registered in transforms/rm/",
+        name="rm_backend", group="reward model", default_text="inferred", default="none", stored=ALWAYS)
+    model: str | None = option(
+        "sequence-classification RM with one output: local path or hub id",
+        name="rm_model", group="reward model", default=None, stored=ALWAYS)
+    revision: str | None = option(
+        "hub revision (commit, tag or branch) to pin",
+        name="rm_revision", group="reward model", default=None, stored=ALWAYS)
+    score_column: str | None = option(
+        "input column holding precomputed scores",
+        name="rm_score_column", group="reward model", default=None, stored=ALWAYS)
+    max_length: int = option(
+        "tokens per rollout; longer ones are truncated (`rm_status = truncated`)",
+        name="rm_max_length", group="reward model", default=4096, stored=ALWAYS)
+    max_tokens_per_batch: int = option(
+        "tokens per forward pass, the RM memory knob (real tokens when packed, rows × longest when padded)",
+        name="rm_max_tokens_per_batch", group="reward model", default=65536, stored=ALWAYS)
+    max_batch_size: int = option(
+        "rollouts per forward pass",
+        name="rm_max_batch_size", group="reward model", default=512, stored=ALWAYS)
+    device: str = option(
+        "`auto`: one model copy per GPU the worker sees, else cpu (chosen on the worker); `cpu`, `cuda`, or a "
+        "list such as `cuda:0,cuda:1`",
+        name="rm_device", group="reward model", default="auto", stored=ALWAYS)
+    dtype: str = option(
+        "`auto`: bf16 on GPU, fp32 on CPU",
+        name="rm_dtype", group="reward model", choices=DTYPES, default="auto", stored=ALWAYS)
+    truncation_side: str = option(
+        "`left` keeps the end of the response, where the RM reads its score",
+        name="rm_truncation_side", group="reward model", choices=TRUNCATION_SIDES, default="left", stored=ALWAYS)
+    tensor_parallel_size: int = option(
+        "GPUs per model copy (vllm backend)",
+        name="rm_tensor_parallel_size", group="reward model", default=1, stored=ALWAYS)
+    gpu_memory_utilization: float = option(
+        "fraction of GPU memory vLLM may take (vllm backend)",
+        name="rm_gpu_memory_utilization", group="reward model", default=0.9, stored=ALWAYS)
+    cache_dir: str | None = option(
+        "score cache (local path or fsspec URL): rollouts already scored by the same RM and settings are read "
+        "back instead of scored; the manifest counts both",
+        group="reward model", default=None, stored=NEVER)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:

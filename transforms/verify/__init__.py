@@ -8,13 +8,13 @@ verifier (and no math-verify): a verifier is loaded where it runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
 from schemas.rollouts import DATA_SOURCE, PROMPT, REFERENCE, RESPONSE, VERIFIER_FIELDS
-from transforms.checks import is_finite_number, is_whole
+from transforms.checks import ALWAYS, NEVER, STORED, is_finite_number, is_whole, option
 from transforms.verify.pool import VerifierPool, Verdicts, usable_cores
 from transforms.verify.registry import (IMPORT_PATH, VERIFIERS, Builtin, Verdict, Verifier, check_verifier_name,
                                         make_verifier, sources_help)
@@ -48,12 +48,23 @@ class VerifierConfig:
     `question` parameter. Its verifier_rule is its name.
     """
 
-    num_workers: int | None = None
-    timeout_s: int = 5
-    hard_timeout_s: float = 30.0
-    task_size: int = 32
-    judge: str = "transforms.verifier:judge_response"
-    sources: str = ""
+    num_workers: int | None = option(
+        "math-verify processes per engine worker process",
+        name="verifier_workers", group="verifier", default_text="host cores ÷ engine processes", default=None,
+        stored=NEVER)
+    timeout_s: int = option(
+        "math-verify's own timeout, whole seconds (it uses `signal.alarm`)",
+        name="verifier_timeout", group="verifier", default=5, stored=ALWAYS)
+    hard_timeout_s: float = option(
+        "seconds per response before its verifier process is killed and replaced",
+        name="verifier_hard_timeout", group="verifier", default=30.0, stored=ALWAYS)
+    task_size: int = option(
+        "responses per message to a verifier process",
+        name="verifier_task_size", group="verifier", default=32, stored=NEVER)
+    judge: str = field(default="transforms.verifier:judge_response", metadata={STORED: ALWAYS})  # not an option
+    sources: str = option(
+        sources_help(),
+        name="verifier_sources", group="verifier", default="", stored=ALWAYS)
 
     def __post_init__(self):
         if self.num_workers is not None and not is_whole(self.num_workers, 0):
