@@ -155,3 +155,68 @@ def test_layers_import_downward_only_and_no_module_imports_itself_in_a_circle():
 def test_no_module_outgrows_the_size_a_reader_can_hold():
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+@pytest.mark.parametrize("group_rows,batch_rows,unit_rows", [
+    ((300,), 64, 128),  # one big row group: sub-units of two whole batches (128 rows), the last shorter
+    ((40, 0, 300, 7), 64, 128),  # an empty row group yields no unit; small ones stay whole
+    ((500,), 100, 64),  # a batch bigger than the unit size: a unit is still one whole batch
+    ((128,), 64, 128),  # exactly one unit's worth: not split, the name has no part
+])
+def test_units_cover_every_row_once_in_whole_batches_under_deterministic_names(group_rows, batch_rows, unit_rows,
+                                                                              monkeypatch):
+    from types import SimpleNamespace
+
+    from pipeline.stages import unit as units
+
+    monkeypatch.setattr(units, "UNIT_ROWS", unit_rows)
+    starts = tuple(int(sum(group_rows[:i])) for i in range(len(group_rows)))
+    file = SimpleNamespace(index=3, url="f.parquet", row_group_starts=starts, row_group_rows=group_rows)
+    made = units.units_of([file], batch_rows, splittable=True)
+    for group, rows in enumerate(group_rows):
+        parts = [u for u in made if u.row_group == group]
+        covered = [r for u in parts for r in range(u.skip, u.skip + u.rows)]
+        assert covered == list(range(rows))  # every row of the group once, in order
+        assert all(u.skip % batch_rows == 0 for u in parts)  # batches line up with an unsplit read
+        if len(parts) == 1:
+            assert parts[0].name == f"file-00003-rg-{group:05d}" and parts[0].part is None
+        else:
+            assert [u.name for u in parts] == [f"file-00003-rg-{group:05d}-part-{p:04d}" for p in range(len(parts))]
+    assert units.units_of([file], batch_rows, splittable=True) == made  # the same names on every run
+    assert len(units.units_of([file], batch_rows, splittable=False)) == sum(1 for r in group_rows if r)
+
+
+def test_a_sub_unit_reads_its_own_rows_numbered_as_in_the_file(tmp_path):
+    from pipeline.stages.unit import WorkUnit
+
+    table = synthetic_rollouts(300, seed=9)
+    pq.write_table(table, tmp_path / "one.parquet", row_group_size=300)
+    read = []
+    for skip in (0, 128, 256):
+        unit = WorkUnit(0, str(tmp_path / "one.parquet"), 0, 0, min(128, 300 - skip), skip, skip // 128)
+        batches = list(unit.read(64))
+        assert [offset for offset, _ in batches] == list(range(skip, skip + unit.rows, 64))  # file row numbers
+        read += [t for _, t in batches]
+    assert pa.concat_tables(read).equals(table)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINE_NAMES)
+def test_row_groups_split_into_sub_units_give_the_same_files(tmp_path, engine, monkeypatch):
+    from pipeline.stages import unit as units
+
+    table = synthetic_rollouts(300, seed=10)
+    pq.write_table(table, tmp_path / "one.parquet", row_group_size=300)
+    common = dict(rm_backend="fake", engine=engine, batch_rows=32, rows_per_shard=100, pairs=True)
+    label(tmp_path / "one.parquet", tmp_path / "whole", **common)
+    monkeypatch.setattr(units, "UNIT_ROWS", 64)  # 300 rows: four sub-units of 64 and one of 44
+    from pipeline.plan import make_plan
+
+    plan = make_plan(build_config({"input": str(tmp_path / "one.parquet"), "output": str(tmp_path / "split"),
+                                   **common}), "test")
+    assert [u.rows for u in plan.units] == [64, 64, 64, 64, 44]
+    label(tmp_path / "one.parquet", tmp_path / "split", **common)
+    for kind in ("data", "pairs"):
+        whole = {p.name: p.read_bytes() for p in sorted((tmp_path / "whole" / kind).glob("*.parquet"))}
+        split = {p.name: p.read_bytes() for p in sorted((tmp_path / "split" / kind).glob("*.parquet"))}
+        assert whole and split == whole
