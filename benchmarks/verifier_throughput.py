@@ -42,7 +42,7 @@ def load_rows(rows: int) -> tuple[list[str], list[str], list[str | None], str]:
         table = pa.concat_tables([pq.read_table(p, columns=["prompt", "reference", "response"]) for p in paths])
         source = "shared labelled files"
     else:
-        from pipeline.demo import synthetic_rollouts
+        from pipeline.tools.demo import synthetic_rollouts
 
         table = synthetic_rollouts(rows, seed=0).select(["prompt", "reference", "response"])
         source = "synthetic rollouts"

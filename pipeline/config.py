@@ -52,24 +52,24 @@ class EngineConfig:
 
     engine: str = option(
         "`beam` (local FnApiRunner, or any runner via --runner) or `dask`",
-        group="engine and placement", choices=tuple(ENGINES), default="beam")
+        group="engine and placement", choices=tuple(ENGINES), default="beam", stored=NEVER)
     verify_ahead: int = option(
         "batches verified ahead of the RM inside a worker, so the scorer never waits for the verifier; 0 turns "
         "the overlap off",
-        group="engine and placement", default=2)
+        group="engine and placement", default=2, stored=NEVER)
     dask_scheduler: str | None = option(
         "address of a running Dask scheduler (tcp://host:8786); unset: a LocalCluster on this machine",
-        group="engine and placement", default_text="LocalCluster", default=None)
+        group="engine and placement", default_text="LocalCluster", default=None, stored=NEVER)
     dask_workers: int = option(
         "CPU worker processes of the LocalCluster (plus one holding the RM resource when the backend needs an "
         "accelerator)",
-        group="engine and placement", default=1)
+        group="engine and placement", default=1, stored=NEVER)
     dask_resource: str = option(
         "worker resource every RM task requires (`NAME=AMOUNT`); start GPU workers with `--resources GPU=1`",
-        group="engine and placement", default="GPU=1")
+        group="engine and placement", default="GPU=1", stored=NEVER)
     rm_accelerator: str = option(
         "Beam accelerator hint on the RM step on remote runners (`none`: no hint)",
-        group="engine and placement", default=DEFAULT_ACCELERATOR)
+        group="engine and placement", default=DEFAULT_ACCELERATOR, stored=NEVER)
 
     def __post_init__(self):
         if self.engine not in ENGINES:

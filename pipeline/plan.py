@@ -17,7 +17,7 @@ from pipeline.stages.score import ScoreStage
 from pipeline.stages.unit import WorkUnit, units_of
 from pipeline.stages.verify import VerifyStage
 from schemas.layouts import Layout, LayoutError, choose_layout, missing_columns_hint
-from schemas.rollouts import SAMPLE_INDEX, InputContract, SchemaError
+from schemas.rollouts import RM_FIELDS, SAMPLE_INDEX, VERIFIER_FIELDS, InputContract, SchemaError
 from transforms.fuse import Fusion, make_fusion
 from transforms.rm import make_reward_model
 
@@ -30,7 +30,7 @@ class RunPlan:
     files: tuple[fsio.InputFile, ...]
     contract: InputContract
     num_shards: int
-    metadata: dict  # stored in every output file (sigma_bar is added per run)
+    metadata: dict  # stored in every output file (with the fusion's shard metadata: HERO's sigma_bar)
     stages: tuple[Stage, ...]  # the row stages, in order; engines place each by its resources
     fusion: Fusion  # how verdicts and scores become rewards, per prompt group (transforms/fuse/)
     layout: Layout | None = None  # another tool's layout, applied to every batch read (schemas/layouts.py)
@@ -95,8 +95,10 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         schemas = [layout.apply(schema.empty_table()).schema for schema in schemas]
         if layout.explode:
             files = tuple(_long_form_counts(f, layout.explode) for f in files)
+    fusion = make_fusion(config.fusion, _sections(config), rm_scores=config.rm.backend != "none")
+    added = [f.name for f in VERIFIER_FIELDS + RM_FIELDS + list(fusion.fields)]
     try:
-        contract = InputContract.from_file_schemas(schemas, [f.url for f in files])
+        contract = InputContract.from_file_schemas(schemas, [f.url for f in files], added)
     except SchemaError as exc:
         if layout is None and "column" in str(exc):
             raise SchemaError(f"{exc}; {missing_columns_hint(files[0].schema)}") from exc
@@ -123,8 +125,13 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     if layout is not None:
         metadata["layout"] = layout.name
     stages = (VerifyStage(config.verifier), ScoreStage(config.rm))
-    fusion = make_fusion(config.fusion, {"hero": config.hero}, rm_scores=config.rm.backend != "none")
     return RunPlan(config, files, contract, num_shards, metadata, stages, fusion, layout)
+
+
+def _sections(config: PipelineConfig) -> dict[str, object]:
+    """The config's sections by name (hero, verifier, rm, ...): what a fusion reads its own settings from."""
+    return {spec.name: getattr(config, spec.name) for spec in dataclasses.fields(config)
+            if dataclasses.is_dataclass(getattr(config, spec.name))}
 
 
 def _long_form_counts(file: fsio.InputFile, column: str) -> fsio.InputFile:

@@ -158,8 +158,10 @@ class InputContract:
     schema: pa.Schema  # includes ORDER as its last field
 
     @classmethod
-    def from_file_schemas(cls, schemas: list[pa.Schema], sources: list[str] | None = None) -> "InputContract":
-        """The contract of files with these schemas; `sources` (their names) make errors name the files."""
+    def from_file_schemas(cls, schemas: list[pa.Schema], sources: list[str] | None = None,
+                          output_columns=tuple(LABEL_COLUMNS)) -> "InputContract":
+        """The contract of files with these schemas; `sources` (their names) make errors name the files;
+        `output_columns` are the columns the run adds (verifier, RM and the fusion's), which no input may hold."""
         if not schemas:
             raise SchemaError("no input files")
         sources = sources or [f"file {i}" for i in range(len(schemas))]
@@ -194,7 +196,7 @@ class InputContract:
         for name in names:
             if name == PROMPT_ID:
                 continue
-            if name in LABEL_COLUMNS or name == ORDER:
+            if name in output_columns or name == ORDER:
                 raise SchemaError(
                     f"input column '{name}' collides with an output column; drop or rename it before relabeling"
                 )

@@ -75,7 +75,7 @@ def test_a_fusion_in_one_file_is_chosen_by_name_on_every_engine(tmp_path, engine
 
 
 # What every shard stores about the settings at their defaults, exactly as before options were declared with
-# the stored-settings rule: an option added since must not appear here (OMIT_AT_DEFAULT), or existing outputs
+# the stored-settings rule: an option added since must not appear here (stored=AT_NON_DEFAULT), or existing outputs
 # would change bytes.
 STORED_AT_DEFAULTS = {
     "verifier": {"timeout_s": 5, "hard_timeout_s": 30.0, "judge": "transforms.verifier:judge_response", "sources": ""},
@@ -131,6 +131,10 @@ def _layer(module: str) -> int:
 def test_layers_import_downward_only_and_no_module_imports_itself_in_a_circle():
     modules = _modules()
     graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    # The check sees the whole tree and its edges (a wrong root or parser would pass vacuously).
+    assert len(modules) > 50 and sum(map(len, graph.values())) > 100
+    assert {"pipeline.stages.unit", "transforms.fuse"} <= graph["pipeline.plan"]
+    assert "transforms.verify.registry" in graph["transforms.verify.pool"]
     upward = sorted((m, d) for m, deps in graph.items() for d in deps if _layer(d) > _layer(m))
     assert upward == [], upward
     # A package's own modules may import its __init__ only if the __init__ does not import them back.

@@ -208,8 +208,13 @@ def test_every_option_reaches_the_command_line():
     args = _parser().parse_args(["--input", "in", "--output", "out", "--rm-backend", "fake"])
     assert build_config({"input": args.input, "output": args.output, "rm_backend": args.rm_backend}).rm.backend == "fake"
     with pytest.raises(ConfigError, match=r"--rm-backend must be one of \('none', 'precomputed', 'transformers', "
-                                          r"'vllm', 'fake'\), got 'onnx'"):
+                                          r"'vllm', 'fake'\) or a 'package.module:Class' import path, got 'onnx'"):
         build_config({"input": "in", "output": "out", "rm_backend": "onnx"})
+    # The plug-in door every worker process resolves itself: an import path, no registration needed.
+    by_path = build_config({"input": "in", "output": "out", "rm_backend": "fakes:FakeRewardModel"})
+    assert by_path.rm.backend == "fakes:FakeRewardModel"
+    with pytest.raises(ConfigError, match="--rm-backend 'fakes:fake_score' is not a RewardBackend subclass"):
+        build_config({"input": "in", "output": "out", "rm_backend": "fakes:fake_score"})
 
 
 def _readme_commands() -> list[list[str]]:

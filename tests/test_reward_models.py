@@ -174,3 +174,35 @@ def test_the_worker_refuses_weights_missing_at_load_time(causal_lm_path):
     model = make_reward_model(RewardModelConfig(backend="transformers", model=causal_lm_path, device="cpu"))
     with pytest.raises(ValueError, match="score.weight"):
         model.load()
+
+
+def _resaved(tiny_rm_path: str, path: str, how: str) -> str:
+    """The tiny RM's weights written another way a real checkpoint may come."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_rm_path)
+    AutoTokenizer.from_pretrained(tiny_rm_path).save_pretrained(path)
+    model.config.save_pretrained(path)
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if how == "sharded":  # model.safetensors.index.json and five shards
+        model.save_pretrained(path, max_shard_size="100KB")
+    elif how == "bin":  # an old pytorch_model.bin
+        torch.save(weights, f"{path}/pytorch_model.bin")
+    elif how == "prefixed":  # the head saved under the base model's prefix, which transformers also loads
+        save_file({("model." + k if k.startswith("score.") else k): v for k, v in weights.items()},
+                  f"{path}/model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+@pytest.mark.parametrize("how", ["sharded", "bin", "prefixed"])
+def test_real_reward_models_stored_other_ways_pass_the_head_check(how, tiny_rm_path, tiny_rm, tmp_path):
+    path = _resaved(tiny_rm_path, str(tmp_path / how), how)
+    model = make_reward_model(RewardModelConfig(backend="transformers", model=path, device="cpu", max_length=256,
+                                                max_tokens_per_batch=4096))
+    assert model.identity()["name"] == path  # no refusal before any data moves
+    model.load()  # and every weight found when loading
+    table = pa.table({"prompt": ["What is 2+2?"], "response": ["4"]})
+    assert np.isclose(model.score_table(table).column("rm_score")[0].as_py(),
+                      tiny_rm.score_table(table).column("rm_score")[0].as_py(), atol=1e-5)  # the same weights

@@ -1,14 +1,15 @@
-"""DPO preference pairs from labelled prompt groups, chosen/rejected by hero_reward under explicit rules.
+"""DPO preference pairs from labelled prompt groups, chosen/rejected by the fusion's reward (HERO: hero_reward)
+under explicit rules.
 
 Per prompt (rows of one prompt_id, as one output shard holds them whole):
-- only rows with a hero_reward and a verified verdict take part: verified-correct (verifier_score 1) or
+- only rows with a reward and a verified verdict take part: verified-correct (verifier_score 1) or
   verified-incorrect (score 0 with status ok or no_answer). A timeout, error, bad or missing reference is
   never a "verified-incorrect" rejected (nor a chosen);
 - when the group has both classes, every pair is a verified-correct chosen against a verified-incorrect
   rejected;
 - otherwise (a strong policy's all-correct groups, say) pairs inside the one class only with
   `within_band` (HERO's ranking inside a verifier band);
-- a pair needs hero_reward(chosen) - hero_reward(rejected) >= min_margin (and > 0: ties are skipped);
+- a pair needs reward(chosen) - reward(rejected) >= min_margin (and > 0: ties are skipped);
 - `strategy` "best_vs_worst": one pair, the best chosen against the worst rejected; "all": every
   qualifying pair, widest margin first, up to `max_per_prompt`.
 Prompts that give no pair are counted by reason (NO_PAIR_REASONS). Output in TRL's preference format:
@@ -31,7 +32,7 @@ NO_PAIR_REASONS = ("single_response", "unverified", "one_class", "below_margin")
 
 @dataclass(frozen=True)
 class PairsConfig:
-    """enabled: write OUTPUT/pairs/. min_margin: smallest hero_reward gap of a pair (ties never pair).
+    """enabled: write OUTPUT/pairs/. min_margin: smallest reward gap of a pair (ties never pair).
     within_band: also pair inside one verifier class when a group has only one. strategy / max_per_prompt:
     best_vs_worst gives one pair per prompt; all gives up to max_per_prompt, widest margin first."""
 
@@ -39,7 +40,7 @@ class PairsConfig:
         "write DPO preference pairs to OUTPUT/pairs/ (TRL's prompt / chosen / rejected)",
         name="pairs", group="DPO pairs", default=False)
     min_margin: float = option(
-        "smallest hero_reward gap of a pair; ties never pair",
+        "smallest reward gap of a pair (the fusion's reward column: hero_reward for HERO); ties never pair",
         name="pairs_min_margin", group="DPO pairs", default=0.05)
     within_band: bool = option(
         "also pair inside one verifier class when a prompt's responses are all correct (or all wrong)",

@@ -44,6 +44,8 @@ def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool, fu
                   f"    num_examples: {rows}", f"  download_size: {size}", f"  dataset_size: {size}"]
     configs += infos
     notes = {**COLUMN_NOTES, **fusion_notes}
+    fusion_title = (manifest.get("fusion") or {}).get("title", "the HERO fusion of both per prompt group "
+                                                                "(arXiv 2510.07242)")
     columns = "\n".join(f"| `{f.name}` | {f.type} | {notes.get(f.name, 'from the input')} |"
                         for f in data_schema)
     identity = manifest.get("reward_model", {})
@@ -51,8 +53,8 @@ def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool, fu
         "---", *configs, "tags:", "- reward-labels", "- herolabel", "---", "",
         "# Reward-labelled rollouts", "",
         f"{manifest.get('output_rows')} responses labelled by herolabel {manifest.get('herolabel_version')}: a "
-        "verifier verdict, a reward-model score and the HERO fusion of both per prompt group "
-        "(arXiv 2510.07242). Rows that could not be labelled are in `errors/` (not a config).", "",
+        f"verifier verdict, a reward-model score and {fusion_title}. Rows that could not be labelled are in "
+        "`errors/` (not a config).", "",
         "```python", "from datasets import load_dataset", f"rows = load_dataset({output!r}, split='train')",
         *([f"pairs = load_dataset({output!r}, 'pairs', split='train')  # TRL preference format"] if pairs else []),
         "```", "",

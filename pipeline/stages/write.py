@@ -1,6 +1,7 @@
 """The group step's writers, engine-neutral: one shard per bucket of complete groups, one error file per input.
 
-  fuse_and_write(plan, bucket, parts, sigma_bar)  one shard: the fusion over whole groups, then an atomic write
+  fuse_and_write(plan, bucket, parts, statistic)  one shard: the fusion over whole groups (with its job
+                                                  statistic, HERO's sigma_bar), then an atomic write
   write_errors(plan, file_index, parts)           one errors/part-FFFFF.parquet per input file
 Both are deterministic functions of their parts (rows come out sorted), so a rerun writes the same bytes.
 """
@@ -81,11 +82,6 @@ def _drop_duplicates(plan: PlanView, bucket: int, table: pa.Table, sink: Metrics
                             fsio.join(plan.config.output, "errors", f"part-dup-{bucket:05d}.parquet"))
     sink.count("errors", errors.num_rows)
     return kept
-
-
-def spill_errors(plan: PlanView, unit_name: str, errors: pa.Table) -> str:
-    """Writes one unit's error records under _shuffle/errors/ (atomically; a rerun rewrites them)."""
-    return fsio.write_parquet_atomic(errors, fsio.join(plan.spill_dir, "errors", f"{unit_name}.parquet"))
 
 
 def write_errors(plan: PlanView, file_index: int, parts: Iterable) -> tuple[str, int]:

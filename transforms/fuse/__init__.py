@@ -70,9 +70,14 @@ class Fusion:
         """What the manifest records, from a written shard's metadata (a resumed run's shards too)."""
         return {}
 
+    @property
+    def title(self) -> str:
+        """How the dataset card names what the fusion does."""
+        return f"the `{self.name}` fusion of both per prompt group"
+
     def describe(self) -> dict:
-        """The fusion's name and reward column, for readers of the manifest (report, card)."""
-        return {"name": self.name, "reward_column": self.reward_column}
+        """The fusion's name, reward column and title, for readers of the manifest (report, card)."""
+        return {"name": self.name, "reward_column": self.reward_column, "title": self.title}
 
 
 FUSIONS: dict[str, object] = {"hero": "transforms.fuse.hero:HeroFusion"}

@@ -248,6 +248,7 @@ class HeroFusion(Fusion):
 
     name = "hero"
     reward_column = "hero_reward"
+    title = "the HERO fusion of both per prompt group (arXiv 2510.07242)"
     fields = tuple(HERO_FIELDS)
     statuses = {"hero_status": HERO_STATUSES}
     column_notes = {

@@ -40,10 +40,14 @@ BACKENDS: dict[str, object] = {
 }
 
 
+IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
 def register_backend(name: str, backend) -> None:
     """Adds a backend under `name`: a RewardBackend subclass, or its "module:Class" path (imported lazily).
-    A class registered at import time exists only in processes that imported its module; workers in other
-    processes find a "module:Class" path themselves."""
+    A name registered at import time exists only in processes that ran the registration; on a cluster
+    whose workers are other processes, give the backend by its import path instead (`--rm-backend
+    package.module:Class`, the one plug-in door), which every worker resolves itself."""
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name):
         raise ValueError(f"a reward backend name is lower-case letters, digits, '-' and '_', got {name!r}")
     BACKENDS[name] = backend
@@ -54,11 +58,22 @@ def backend_names() -> tuple[str, ...]:
 
 
 def backend_class(name: str) -> type[RewardBackend]:
-    """The class registered under `name`, importing its module on first use."""
-    entry = BACKENDS[name]
+    """The class registered under `name`, or named by a "package.module:Class" import path, imported on
+    first use. Raises ValueError naming rm.backend when there is none."""
+    entry = BACKENDS.get(name, name if IMPORT_PATH.fullmatch(str(name)) else None)
+    if entry is None:
+        raise ValueError(f"rm.backend must be one of {backend_names()} or a 'package.module:Class' import path, "
+                         f"got {name!r}")
     if isinstance(entry, str):
         module, _, attribute = entry.partition(":")
-        entry = BACKENDS[name] = getattr(importlib.import_module(module), attribute)
+        try:
+            entry = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"rm.backend {name!r} cannot be imported ({type(exc).__name__}: {exc})") from exc
+        if not (isinstance(entry, type) and issubclass(entry, RewardBackend)):
+            raise ValueError(f"rm.backend {name!r} is not a RewardBackend subclass")
+        if name in BACKENDS:
+            BACKENDS[name] = entry
     return entry
 
 
@@ -84,6 +99,13 @@ class RewardBackend:
     def __init__(self, config: RewardModelConfig):
         self.config = config
 
+    @classmethod
+    def check_config(cls, config: RewardModelConfig) -> None:
+        """Raises ValueError naming the rm.* field when `config` cannot work with this backend (called when
+        the config is built, before any data moves)."""
+        if config.cache_dir and not cls.runs_model:
+            raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={config.backend} computes none")
+
     def identity(self) -> dict:
         return {"backend": self.config.backend}
 
@@ -98,10 +120,6 @@ class RewardBackend:
 
     def cache_identity(self) -> dict:
         raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={self.config.backend} computes none")
-
-    def output_fields(self) -> tuple[str, ...]:
-        """The columns score_table appends."""
-        return RM_FIELDS
 
     def close(self) -> None:
         """Nothing to release by default."""
@@ -169,17 +187,7 @@ class RewardModelConfig:
         group="reward model", default=None, stored=NEVER)
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"rm.backend must be one of {backend_names()}, got {self.backend!r}")
-        if self.backend in ("transformers", "vllm") and not self.model:
-            raise ValueError(f"rm.model is required with rm.backend={self.backend} (a local path or a hub id)")
-        if self.backend == "vllm" and self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"rm.device {self.device!r}: the vllm backend places its model itself (auto, cpu or "
-                             "cuda; GPUs per copy with rm.tensor_parallel_size)")
-        if self.cache_dir and self.backend in ("none", "precomputed"):
-            raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={self.backend} computes none")
-        if self.backend == "precomputed" and not self.score_column:
-            raise ValueError("rm.score_column is required with rm.backend=precomputed")
+        backend_class(self.backend).check_config(self)  # each backend checks the fields it reads
         for name in ("max_length", "max_tokens_per_batch", "max_batch_size", "tensor_parallel_size"):
             value = getattr(self, name)
             if not is_whole(value, 1):

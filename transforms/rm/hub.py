@@ -9,7 +9,6 @@ import logging
 import os
 import threading
 
-import pyarrow as pa
 
 from transforms.rm import RewardBackend, RewardModelConfig
 
@@ -151,32 +150,42 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def checkpoint_weight_names(name: str, revision: str | None, local: bool) -> set[str] | None:
-    """Every weight name stored in the checkpoint, read from its index or file headers (no tensor is
-    loaded); None when no weight file is found (loading then fails on its own)."""
+    """Every weight name stored in the checkpoint, from its index or file headers (no tensor is loaded, and
+    for a hub id nothing is downloaded: the files already cached, else the hub's safetensors headers by
+    range requests); None when they cannot be read (the worker's load checks the weights then)."""
     from transformers.utils import cached_file
 
     def find(filename: str) -> str | None:
         if local:
             path = os.path.join(name, filename)
             return path if os.path.exists(path) else None
-        return cached_file(name, filename, revision=revision, _raise_exceptions_for_missing_entries=False)
+        return cached_file(name, filename, revision=revision, local_files_only=True,
+                           _raise_exceptions_for_missing_entries=False)
 
-    for index in WEIGHT_INDEXES:
-        path = find(index)
+    try:
+        for index in WEIGHT_INDEXES:
+            path = find(index)
+            if path:
+                with open(path) as handle:
+                    return set(json.load(handle)["weight_map"])
+        path = find("model.safetensors")
         if path:
-            with open(path) as handle:
-                return set(json.load(handle)["weight_map"])
-    path = find("model.safetensors")
-    if path:
-        from safetensors import safe_open
+            from safetensors import safe_open
 
-        with safe_open(path, framework="np") as handle:
-            return set(handle.keys())
-    path = find("pytorch_model.bin")
-    if path:
-        import torch
+            with safe_open(path, framework="np") as handle:
+                return set(handle.keys())
+        path = find("pytorch_model.bin")
+        if path:
+            import torch
 
-        return set(torch.load(path, map_location="meta", weights_only=True, mmap=True))
+            return set(torch.load(path, map_location="meta", weights_only=True, mmap=True))
+        if not local and not os.environ.get("HF_HUB_OFFLINE"):
+            from huggingface_hub import get_safetensors_metadata
+
+            metadata = get_safetensors_metadata(name, revision=revision)
+            return {key for file in metadata.files_metadata.values() for key in file.tensors}
+    except Exception as exc:  # noqa: BLE001 - an unreadable index or header: the worker's load-time check decides
+        log.info("cannot list the weights of %s before loading (%s: %s)", name, type(exc).__name__, exc)
     return None
 
 
@@ -185,7 +194,9 @@ def check_head(name: str, revision: str | None, local: bool, model_config) -> No
     head the backends would build (`score.weight` for a Llama/Qwen RM): transformers would initialize it
     at random and only log it, so every row would get a random score with rm_status ok. A policy
     checkpoint (a causal LM) given as the RM is the usual case. The head's names come from the model
-    built on the meta device (no memory, about 0.1 s for a 7B shape); the checkpoint's from its index."""
+    built on the meta device (no memory, about 0.1 s for a 7B shape); the checkpoint's from its index. A
+    name counts as stored with or without the base model's prefix (`model.score.weight`), as transformers
+    loads it either way."""
     stored = checkpoint_weight_names(name, revision, local)
     if stored is None:
         return
@@ -199,7 +210,7 @@ def check_head(name: str, revision: str | None, local: bool, model_config) -> No
         raise ValueError(f"rm.model {name!r} is not a sequence-classification reward model ({exc})") from exc
     prefix = f"{skeleton.base_model_prefix}."
     head = [key for key in skeleton.state_dict() if not key.startswith(prefix)]
-    missing = [key for key in head if key not in stored]
+    missing = [key for key in head if key not in stored and prefix + key not in stored]
     if missing:
         architectures = ", ".join(getattr(model_config, "architectures", None) or ["unknown"])
         raise ValueError(f"rm.model {name!r} has no reward head: the checkpoint lacks {', '.join(missing)} "
@@ -221,6 +232,12 @@ class ModelFromHub(RewardBackend):
         self.dtype_name: str | None = None  # set by load()
         self._identity = None
 
+    @classmethod
+    def check_config(cls, config: RewardModelConfig) -> None:
+        super().check_config(config)
+        if not config.model:
+            raise ValueError(f"rm.model is required with rm.backend={config.backend} (a local path or a hub id)")
+
     def identity(self) -> dict:
         """Resolves the model on the driver (fails fast, naming rm.model) and returns its identity."""
         if self._identity is None:
@@ -238,6 +255,3 @@ class ModelFromHub(RewardBackend):
         c = self.config
         return {**self.identity(), "dtype": self.dtype_name, "max_length": c.max_length,
                 "truncation_side": c.truncation_side}
-
-    def check_schema(self, schema: pa.Schema):
-        """Scores prompt + response, which the input contract already requires."""

@@ -96,7 +96,7 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
 
     bounds = kwargs.get("herolabel_bounds")
     if bounds is None:
-        raise RuntimeError(f"attention {PACKED_ATTENTION!r} runs only on packed input (transforms.rm_torch.Scorer)")
+        raise RuntimeError(f"attention {PACKED_ATTENTION!r} runs only on packed input (transforms.rm.packing.Scorer)")
     if sliding_window is not None:
         raise RuntimeError("packed attention does not implement sliding windows; such models use padded batches")
     groups = query.shape[1] // key.shape[1]

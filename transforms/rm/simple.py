@@ -19,6 +19,12 @@ class NoRewardModel(RewardBackend):
 class PrecomputedScores(RewardBackend):
     """Backend "precomputed": scores read from `score_column`; null or NaN values become "missing"."""
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if not config.score_column:
+            raise ValueError("rm.score_column is required with rm.backend=precomputed")
+
     def identity(self) -> dict:
         return {"backend": "precomputed", "name": f"column:{self.config.score_column}"}
 

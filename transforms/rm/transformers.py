@@ -21,7 +21,7 @@ class TransformersRewardModel(ModelFromHub):
 
     Causal RMs with a linear score head (Llama, Qwen, Mistral, Gemma ... ForSequenceClassification) run
     padding-free: rows packed up to max_tokens_per_batch real tokens per forward, attention kept inside
-    each row (transforms/rm_torch.py), so a row's score is the same whatever shares its batch. bf16 + flash
+    each row (transforms/packing.py), so a row's score is the same whatever shares its batch. bf16 + flash
     attention on GPU; one model copy per visible GPU; forwards on a copy serialized; out of memory halves
     the batch. On a 7B RM on one H100: see benchmarks/rm_throughput.py (--shape qwen2-7b).
     """
@@ -42,17 +42,17 @@ class TransformersRewardModel(ModelFromHub):
         except ImportError as exc:
             raise ImportError("the transformers backend needs torch and transformers: pip install 'herolabel[rm]' "
                               "(pin torch, e.g. torch==2.13.0 for the CPU build)") from exc
-        from transforms.rm import packing as rm_torch
+        from transforms.rm import packing
 
         transformers_logging.disable_progress_bar()  # per-shard loading bars would drown the run's progress line
         config = self.config
-        devices = rm_torch.resolve_devices(config.device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        devices = packing.resolve_devices(config.device, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         on_gpu = devices[0].startswith("cuda")
         self.dtype_name = config.dtype if config.dtype != "auto" else ("bfloat16" if on_gpu else "float32")
         dtype = getattr(torch, self.dtype_name)
         local = os.path.isdir(config.model)
         tokenizer = AutoTokenizer.from_pretrained(config.model, revision=config.revision, local_files_only=local)
-        rm_torch.register_packed_attention()
+        packing.register_packed_attention()
         replicas = []
         for device in devices:
             model, loading = AutoModelForSequenceClassification.from_pretrained(
@@ -69,20 +69,20 @@ class TransformersRewardModel(ModelFromHub):
         """A model moved to `device` for scoring: packed attention when its architecture allows it."""
         import threading as _threading
 
-        from transforms.rm import packing as rm_torch
+        from transforms.rm import packing
 
         if model.config.num_labels != 1:
             raise ValueError(f"reward model has num_labels={model.config.num_labels}; a reward model must have "
                              "exactly one output")
-        packed = rm_torch.can_pack(model)
+        packed = packing.can_pack(model)
         if packed:
-            rm_torch.register_packed_attention()
-            model.config._attn_implementation = rm_torch.PACKED_ATTENTION
-        return rm_torch.Replica(model.to(device).eval(), device, packed, _threading.Lock())
+            packing.register_packed_attention()
+            model.config._attn_implementation = packing.PACKED_ATTENTION
+        return packing.Replica(model.to(device).eval(), device, packed, _threading.Lock())
 
     def attach(self, replicas, tokenizer) -> None:
         """Uses already-built model copies (load() calls this; a benchmark with an in-memory model too)."""
-        from transforms.rm import packing as rm_torch
+        from transforms.rm import packing
 
         if tokenizer.pad_token_id is None:
             # Only the padded path reads it, and it reads scores by length, never by pad position.
@@ -92,9 +92,9 @@ class TransformersRewardModel(ModelFromHub):
         self.tokenizer = tokenizer
         if self.dtype_name is None:
             self.dtype_name = str(next(replicas[0].model.parameters()).dtype).removeprefix("torch.")
-        self.scorer = rm_torch.Scorer(replicas, tokenizer.pad_token_id, self.config.max_tokens_per_batch,
+        self.scorer = packing.Scorer(replicas, tokenizer.pad_token_id, self.config.max_tokens_per_batch,
                                       self.config.max_batch_size)
-        rm_torch.check_varlen_kernel(replicas[0], tokenizer.pad_token_id)
+        packing.check_varlen_kernel(replicas[0], tokenizer.pad_token_id)
         if not getattr(tokenizer, "chat_template", None) and not self._warned_no_template:
             log.warning("reward model tokenizer has no chat template; scoring 'prompt\\n\\nresponse'")
             self._warned_no_template = True

@@ -49,6 +49,13 @@ class VllmRewardModel(ModelFromHub):
         super().__init__(config)
         self.llm = None
 
+    @classmethod
+    def check_config(cls, config: RewardModelConfig) -> None:
+        super().check_config(config)
+        if config.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"rm.device {config.device!r}: the vllm backend places its model itself (auto, cpu or "
+                             "cuda; GPUs per copy with rm.tensor_parallel_size)")
+
     def load(self):
         try:
             import torch
