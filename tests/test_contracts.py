@@ -62,7 +62,8 @@ def test_a_fusion_in_one_file_is_chosen_by_name_on_every_engine(tmp_path, engine
     assert data.schema.names[-2:] == ["toy_reward", "toy_status"] and "hero_reward" not in data.schema.names
     assert data.column("toy_reward").to_pylist() == [None if v is None else float(v)
                                                      for v in data.column("verifier_score").to_pylist()]
-    assert manifest["fusion"] == {"name": "verifier_score", "reward_column": "toy_reward"}
+    assert manifest["fusion"] == {"name": "verifier_score", "reward_column": "toy_reward",
+                                  "title": "the `verifier_score` fusion of both per prompt group"}
     assert set(manifest["status_counts"]["toy_status"]) <= {"verified", "unverified"}  # its own vocabulary, checked
     stored = json.loads(data.schema.metadata[b"herolabel"])
     assert stored["config"]["fusion"] == "verifier_score"  # a labeling option away from its default is stored
@@ -71,7 +72,8 @@ def test_a_fusion_in_one_file_is_chosen_by_name_on_every_engine(tmp_path, engine
     report = json.loads((tmp_path / "out" / "run_report.json").read_text())
     rewarded = data.num_rows - data.column("toy_reward").null_count
     assert report["reward_column"] == "toy_reward" and report["toy_reward"]["rows"] == rewarded
-    assert "toy_reward" in (tmp_path / "out" / "README.md").read_text()  # the card lists its columns
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| `toy_reward` | double | the verifier's score |" in card and "`verifier_score` fusion" in card
 
 
 # What every shard stores about the settings at their defaults, exactly as before options were declared with
@@ -96,7 +98,7 @@ def test_stored_settings_at_their_defaults_are_unchanged_and_execution_options_n
     assert moved.labeling_dict() == STORED_AT_DEFAULTS  # where and how fast never decide a label
 
 
-# The layers, lowest first: a module imports only from its own layer or lower ones (README: Layout).
+# The layers, lowest first: a module imports only from its own layer or lower ones (README: How it is built).
 LAYERS = ("schemas", "transforms", "pipeline.config", "pipeline.tools", "pipeline.storage", "pipeline.stages",
           "pipeline.plan", "pipeline.outputs", "pipeline.engines", "pipeline.run", "run_pipeline")
 MAX_LINES = 450
