@@ -12,6 +12,12 @@ them again. Every engine runs, per unit:
 and groups the spill files of every completed unit by bucket. A unit's tables travel whole between
 stages (at most UNIT_ROWS rows, in batches of --batch-rows), so engines need no in-band end-of-unit
 markers and every runner, local or remote, writes the same markers.
+
+Costs of the split: Parquet decodes a row group's pages in order, so a sub-unit decodes the rows before it
+and drops them (a 400k-row row group in 7 sub-units: 0.15 s more than one read, 0.4 us per row, against
+about 1-3 ms per row of verification); a unit's batches are held whole (UNIT_ROWS rows at most, input and
+output batches of the stage being run). With a layout that explodes rows (`wide`, verl), a row group is one
+unit whatever its size.
 """
 
 from __future__ import annotations
