@@ -125,10 +125,13 @@ def resolve_transformers_model(config: "RewardModelConfig") -> dict:
         raise ValueError(f"rm.model {name!r} is not a directory (a local model is a directory with config.json)")
     try:
         model_config = AutoConfig.from_pretrained(name, revision=config.revision, local_files_only=local)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"rm.model {name!r} cannot be loaded ({type(exc).__name__}: {exc})") from exc
+    check_head(name, config.revision, local, model_config)  # first: a policy checkpoint is the common mistake
+    try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=config.revision, local_files_only=local)
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"rm.model {name!r} cannot be loaded ({type(exc).__name__}: {exc})") from exc
-    check_head(name, config.revision, local, model_config)
     if getattr(model_config, "num_labels", None) != 1:
         raise ValueError(f"rm.model {name!r} has num_labels={getattr(model_config, 'num_labels', None)}; "
                          "a reward model must have exactly one output")
