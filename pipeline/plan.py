@@ -14,6 +14,7 @@ from pipeline.storage.fsio import InputError
 from pipeline.config import ConfigError, PipelineConfig, name_options
 from pipeline.stages.base import Stage, placement_groups
 from pipeline.stages.score import ScoreStage
+from pipeline.stages import unit as unit_module
 from pipeline.stages.unit import WorkUnit, units_of
 from pipeline.stages.verify import VerifyStage
 from schemas.layouts import Layout, LayoutError, choose_layout, missing_columns_hint
@@ -42,7 +43,7 @@ class RunPlan:
     @property
     def units(self) -> list[WorkUnit]:
         """Every unit of work (pipeline/stages/unit.py), in input order."""
-        return units_of(self.files, self.config.batch_rows, splittable=self.layout is None or not self.layout.explode)
+        return units_of(self.files, self.config.batch_rows)
 
     @property
     def spill_dir(self) -> str:
@@ -94,7 +95,7 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     if layout is not None:
         schemas = [layout.apply(schema.empty_table()).schema for schema in schemas]
         if layout.explode:
-            files = tuple(_long_form_counts(f, layout.explode) for f in files)
+            files = tuple(_long_form_counts(f, layout.explode, config.batch_rows) for f in files)
     fusion = make_fusion(config.fusion, _sections(config), rm_scores=config.rm.backend != "none")
     added = [f.name for f in VERIFIER_FIELDS + RM_FIELDS + list(fusion.fields)]
     try:
@@ -134,17 +135,36 @@ def _sections(config: PipelineConfig) -> dict[str, object]:
             if dataclasses.is_dataclass(getattr(config, spec.name))}
 
 
-def _long_form_counts(file: fsio.InputFile, column: str) -> fsio.InputFile:
-    """The file's row counts after exploding its list `column` (reads that column once, on the driver)."""
+def _long_form_counts(file: fsio.InputFile, column: str, batch_rows: int) -> fsio.InputFile:
+    """The file's row counts after exploding its list `column`, and each row group's sub-units: runs of
+    whole raw batches holding at most UNIT_ROWS exploded rows (one batch at least). Reads that column once,
+    on the driver."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     import fsspec
 
     with fsspec.open(file.url, "rb") as handle:
         parquet = pq.ParquetFile(handle)
-        rows = []
+        rows, parts = [], []
         for group in range(parquet.num_row_groups):
             lists = parquet.read_row_group(group, columns=[column]).column(column)
-            rows.append(int(pc.sum(pc.fill_null(pc.list_value_length(lists), 0)).as_py() or 0))
+            lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+            per_batch = [int(lengths[i:i + batch_rows].sum()) for i in range(0, len(lengths), batch_rows)]
+            rows.append(sum(per_batch))
+            parts.append(_sub_units(per_batch, batch_rows, len(lengths)))
     starts = tuple(int(s) for s in np.concatenate([[0], np.cumsum(rows)[:-1]])) if rows else ()
-    return dataclasses.replace(file, num_rows=sum(rows), row_group_rows=tuple(rows), row_group_starts=starts)
+    return dataclasses.replace(file, num_rows=sum(rows), row_group_rows=tuple(rows), row_group_starts=starts,
+                               row_group_parts=tuple(parts))
+
+
+def _sub_units(per_batch: list[int], batch_rows: int, raw_rows: int) -> tuple[tuple[int, int, int], ...]:
+    """(raw rows before, raw rows, exploded rows) of each sub-unit: whole batches up to UNIT_ROWS rows."""
+    parts, first, exploded = [], 0, 0
+    for index, rows in enumerate(per_batch):
+        if index > first and exploded + rows > unit_module.UNIT_ROWS:
+            parts.append((first * batch_rows, (index - first) * batch_rows, exploded))
+            first, exploded = index, 0
+        exploded += rows
+    if per_batch:
+        parts.append((first * batch_rows, raw_rows - first * batch_rows, exploded))
+    return tuple(parts)

@@ -36,7 +36,8 @@ def three_rows() -> pa.Table:
 
 def test_a_backend_registered_in_one_line_scores_through_the_score_stage(tmp_path):
     table = three_rows()
-    expected = [fake_score(p, r) for p, r in zip(table.column("prompt").to_pylist(), table.column("response").to_pylist())]
+    prompts, responses = table.column("prompt").to_pylist(), table.column("response").to_pylist()
+    expected = [fake_score(p, r) for p, r in zip(prompts, responses)]
     loads = FakeRewardModel.loads
     for cache_dir, scored, cached in ((None, 3, 0), (str(tmp_path / "cache"), 3, 0), (str(tmp_path / "cache"), 0, 3)):
         stage = ScoreStage(RewardModelConfig(backend="fake", cache_dir=cache_dir))
@@ -177,19 +178,20 @@ def test_units_cover_every_row_once_in_whole_batches_under_deterministic_names(g
 
     monkeypatch.setattr(units, "UNIT_ROWS", unit_rows)
     starts = tuple(int(sum(group_rows[:i])) for i in range(len(group_rows)))
-    file = SimpleNamespace(index=3, url="f.parquet", row_group_starts=starts, row_group_rows=group_rows)
-    made = units.units_of([file], batch_rows, splittable=True)
+    file = SimpleNamespace(index=3, url="f.parquet", row_group_starts=starts, row_group_rows=group_rows,
+                           row_group_parts=None)
+    made = units.units_of([file], batch_rows)
     for group, rows in enumerate(group_rows):
         parts = [u for u in made if u.row_group == group]
-        covered = [r for u in parts for r in range(u.skip, u.skip + u.rows)]
-        assert covered == list(range(rows))  # every row of the group once, in order
+        covered = [r for u in parts for r in range(u.first_row, u.first_row + u.rows)]
+        assert covered == list(range(starts[group], starts[group] + rows))  # every row of the group once, in order
+        assert all(u.first_row - starts[group] == u.skip for u in parts)  # read from where it starts
         assert all(u.skip % batch_rows == 0 for u in parts)  # batches line up with an unsplit read
         if len(parts) == 1:
             assert parts[0].name == f"file-00003-rg-{group:05d}" and parts[0].part is None
         else:
             assert [u.name for u in parts] == [f"file-00003-rg-{group:05d}-part-{p:04d}" for p in range(len(parts))]
-    assert units.units_of([file], batch_rows, splittable=True) == made  # the same names on every run
-    assert len(units.units_of([file], batch_rows, splittable=False)) == sum(1 for r in group_rows if r)
+    assert units.units_of([file], batch_rows) == made  # the same names on every run
 
 
 def test_a_sub_unit_reads_its_own_rows_numbered_as_in_the_file(tmp_path):
@@ -199,7 +201,8 @@ def test_a_sub_unit_reads_its_own_rows_numbered_as_in_the_file(tmp_path):
     pq.write_table(table, tmp_path / "one.parquet", row_group_size=300)
     read = []
     for skip in (0, 128, 256):
-        unit = WorkUnit(0, str(tmp_path / "one.parquet"), 0, 0, min(128, 300 - skip), skip, skip // 128)
+        rows = min(128, 300 - skip)
+        unit = WorkUnit(0, str(tmp_path / "one.parquet"), 0, skip, rows, skip, skip // 128, rows)
         batches = list(unit.read(64))
         assert [offset for offset, _ in batches] == list(range(skip, skip + unit.rows, 64))  # file row numbers
         read += [t for _, t in batches]
@@ -226,3 +229,24 @@ def test_row_groups_split_into_sub_units_give_the_same_files(tmp_path, engine, m
         whole = {p.name: p.read_bytes() for p in sorted((tmp_path / "whole" / kind).glob("*.parquet"))}
         split = {p.name: p.read_bytes() for p in sorted((tmp_path / "split" / kind).glob("*.parquet"))}
         assert whole and split == whole
+
+
+@pytest.mark.slow
+def test_a_wide_row_group_is_cut_by_exploded_rows_and_gives_the_same_files(tmp_path, monkeypatch):
+    from pipeline.plan import make_plan
+    from pipeline.stages import unit as units
+
+    long = synthetic_rollouts(320, responses_per_prompt=8, seed=11)
+    first = {name: long.column(name).to_pylist()[::8] for name in ("prompt_id", "prompt", "reference")}
+    wide = pa.table({**first, "responses": [long.column("response").to_pylist()[i:i + 8] for i in range(0, 320, 8)]})
+    pq.write_table(wide, tmp_path / "wide.parquet", row_group_size=40)  # one row group: 40 prompts, 320 rows
+    common = dict(preset="wide", rm_backend="fake", batch_rows=8, rows_per_shard=100)
+    label(tmp_path / "wide.parquet", tmp_path / "whole", **common)
+    monkeypatch.setattr(units, "UNIT_ROWS", 100)  # 8 prompts (64 rows) a batch: one batch a sub-unit
+    plan = make_plan(build_config({"input": str(tmp_path / "wide.parquet"), "output": str(tmp_path / "split"),
+                                   **common}), "test")
+    assert [(u.first_row, u.rows, u.skip, u.read_rows) for u in plan.units] == [
+        (64 * i, 64, 8 * i, 8) for i in range(5)]  # long-form rows, raw rows read
+    label(tmp_path / "wide.parquet", tmp_path / "split", **common)
+    whole = {p.name: p.read_bytes() for p in sorted((tmp_path / "whole" / "data").glob("*.parquet"))}
+    assert whole and {p.name: p.read_bytes() for p in sorted((tmp_path / "split" / "data").glob("*.parquet"))} == whole

@@ -16,8 +16,8 @@ markers and every runner, local or remote, writes the same markers.
 Costs of the split: Parquet decodes a row group's pages in order, so a sub-unit decodes the rows before it
 and drops them (a 400k-row row group in 7 sub-units: 0.15 s more than one read, 0.4 us per row, against
 about 1-3 ms per row of verification); a unit's batches are held whole (UNIT_ROWS rows at most, input and
-output batches of the stage being run). With a layout that explodes rows (`wide`, verl), a row group is one
-unit whatever its size.
+output batches of the stage being run; with a layout that explodes rows, `wide` or verl's, the row group is
+cut by exploded rows, from the list lengths the planner reads, one batch at the least).
 """
 
 from __future__ import annotations
@@ -40,15 +40,17 @@ UNIT_ROWS = 65_536
 
 @dataclass(frozen=True)
 class WorkUnit:
-    """Rows [skip, skip + rows) of one input row group."""
+    """Rows [first_row, first_row + rows) of one input file (numbered as the contract numbers them: in the
+    long form when a layout explodes rows), read from raw rows [skip, skip + read_rows) of one row group."""
 
     file_index: int
     url: str
     row_group: int
-    first_row: int  # row index of the row group's first row within its file
+    first_row: int
     rows: int
-    skip: int = 0  # rows of the row group before this unit
+    skip: int = 0  # raw rows of the row group before this unit
     part: int | None = None  # None: the whole row group
+    read_rows: int | None = None  # raw rows to read (None: to the row group's end)
 
     @property
     def name(self) -> str:
@@ -57,15 +59,14 @@ class WorkUnit:
         return whole if self.part is None else f"{whole}-part-{self.part:04d}"
 
     def read(self, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
-        """Yields (row offset within the file, table) batches of at most `batch_rows` rows."""
-        limit = None if self.part is None else self.rows
-        for offset, table in fsio.iter_row_group(self.url, self.row_group, batch_rows, self.skip, limit):
-            yield self.first_row + offset, table
+        """Yields (file row of the batch's first raw row, table) batches of at most `batch_rows` raw rows."""
+        for offset, table in fsio.iter_row_group(self.url, self.row_group, batch_rows, self.skip, self.read_rows):
+            yield self.first_row + offset - self.skip, table
 
 
-def units_of(files: Iterable, batch_rows: int, splittable: bool) -> list[WorkUnit]:
-    """The units of `files` (fsio.InputFile): one per non-empty row group, split into sub-units of
-    UNIT_ROWS rows (whole batches) when `splittable` (not when a layout explodes rows while reading)."""
+def units_of(files: Iterable, batch_rows: int) -> list[WorkUnit]:
+    """The units of `files` (fsio.InputFile): one per non-empty row group, split into sub-units of at most
+    UNIT_ROWS rows in whole batches (by the file's row_group_parts when a layout explodes rows)."""
     size = max(1, UNIT_ROWS // batch_rows) * batch_rows
     units = []
     for f in files:
@@ -73,11 +74,17 @@ def units_of(files: Iterable, batch_rows: int, splittable: bool) -> list[WorkUni
             rows = f.row_group_rows[group]
             if not rows:
                 continue
-            if not splittable or rows <= size:
+            if f.row_group_parts is not None:
+                parts = [p for p in f.row_group_parts[group] if p[2]]
+            else:
+                parts = [(skip, min(size, rows - skip), min(size, rows - skip)) for skip in range(0, rows, size)]
+            if len(parts) == 1:
                 units.append(WorkUnit(f.index, f.url, group, start, rows))
                 continue
-            for part, skip in enumerate(range(0, rows, size)):
-                units.append(WorkUnit(f.index, f.url, group, start, min(size, rows - skip), skip, part))
+            first = start
+            for part, (skip, raw_rows, long_rows) in enumerate(parts):
+                units.append(WorkUnit(f.index, f.url, group, first, long_rows, skip, part, raw_rows))
+                first += long_rows
     return units
 
 
@@ -104,7 +111,7 @@ def read_unit(plan: PlanView, unit: WorkUnit, sink: MetricsSink) -> UnitTables:
     """Reads `unit`, applies the plan's layout, validates against its contract (error records spilled
     under _shuffle/errors/UNIT.parquet), timed and counted."""
     batches = unit.read(plan.config.batch_rows)
-    exploded = unit.first_row + unit.skip  # with a layout, rows are numbered in the long form
+    exploded = unit.first_row  # with a layout, rows are numbered in the long form
     valid, errors = [], []
     while True:
         with timed(sink, "read"):

@@ -32,6 +32,9 @@ class InputFile:
     row_group_starts: tuple[int, ...]
     row_group_rows: tuple[int, ...]
     footer_sha256: str = ""  # of the Parquet footer (schema, row groups, column statistics, offsets)
+    # With a layout that explodes rows while reading: per row group, its sub-units as (raw rows before it, raw
+    # rows, rows once exploded); row_group_rows and row_group_starts then count exploded rows.
+    row_group_parts: tuple[tuple[tuple[int, int, int], ...], ...] | None = None
 
 
 def _has_magic(path: str) -> bool:
