@@ -1,4 +1,4 @@
-"""An independent, deliberately plain implementation of docs/HERO.md, used to check transforms/hero.py.
+"""An independent, deliberately plain implementation of docs/HERO.md, used to check transforms/fuse/hero.py.
 
 One Python loop per group, statistics from the standard library; nothing shared with the code under test.
 """

@@ -21,7 +21,7 @@ class TransformersRewardModel(ModelFromHub):
 
     Causal RMs with a linear score head (Llama, Qwen, Mistral, Gemma ... ForSequenceClassification) run
     padding-free: rows packed up to max_tokens_per_batch real tokens per forward, attention kept inside
-    each row (transforms/packing.py), so a row's score is the same whatever shares its batch. bf16 + flash
+    each row (transforms/rm/packing.py), so a row's score is the same whatever shares its batch. bf16 + flash
     attention on GPU; one model copy per visible GPU; forwards on a copy serialized; out of memory halves
     the batch. On a 7B RM on one H100: see benchmarks/rm_throughput.py (--shape qwen2-7b).
     """
