@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from schemas.layouts import choose_layout
-from transforms.checks import NEVER, OPTION, is_finite_number, is_whole, option, stored_settings
+from transforms.checks import NEVER, OPTION, field_default, is_finite_number, is_whole, option, stored_settings
 from transforms.fuse import FUSIONS
 from transforms.fuse.hero import HeroConfig
 from transforms.pairs import PairsConfig
@@ -231,7 +231,7 @@ class Option:
         if self.default_text is not None:
             return self.default_text
         spec = {f.name: f for f in dataclasses.fields(_SECTIONS[self.section])}[self.attribute]
-        value = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+        value = field_default(spec)
         return "–" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 

@@ -38,6 +38,11 @@ def option(help: str, *, group: str, name: str | None = None, type: type | None 
     return dataclasses.field(metadata={OPTION: spec, STORED: stored}, **field_arguments)
 
 
+def field_default(spec: dataclasses.Field):
+    """The value a dataclass field takes when it is not given."""
+    return spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+
+
 def stored_settings(config) -> dict:
     """A config section as shards store it, by the rule above (fields without a `stored` mark: not stored)."""
     values = dataclasses.asdict(config)
@@ -46,7 +51,6 @@ def stored_settings(config) -> dict:
         stored = spec.metadata.get(STORED, NEVER)
         if stored == NEVER:
             continue
-        default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
-        if stored == ALWAYS or values[spec.name] != default:
+        if stored == ALWAYS or values[spec.name] != field_default(spec):
             kept[spec.name] = values[spec.name]
     return kept
