@@ -26,7 +26,7 @@ from transforms.verify import VerifierConfig
 SHUFFLE_MODES = ("files", "engine")
 PROGRESS_MODES = ("auto", "on", "off")
 # Engine name -> the module that runs a plan on it (pipeline/engines/; imported only when chosen).
-ENGINES = {"beam": "pipeline.engines.beam", "dask": "pipeline.engines.dask"}
+ENGINES = {"beam": "pipeline.engines.beam", "dask": "pipeline.engines.dask", "ray": "pipeline.engines.ray"}
 DEFAULT_ACCELERATOR = "type:nvidia-l4;count:1;install-nvidia-driver"
 
 
@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 class EngineConfig:
     """Where and how the stages run; nothing here changes a label.
 
-    engine: "beam" (default; local FnApiRunner or any Beam runner via --runner) or "dask".
+    engine: "beam" (default; local FnApiRunner or any Beam runner via --runner), "dask" or "ray".
     verify_ahead: batches verified ahead of the reward model inside a worker, so the scorer does not
     wait for verification (0 turns the overlap off; memory grows by this many batches).
     dask_scheduler: address of a running Dask scheduler; unset starts a LocalCluster on this machine.
@@ -48,10 +48,12 @@ class EngineConfig:
     dask_resource: worker resource the RM tasks require, "NAME=AMOUNT"; workers started with
     `--resources NAME=AMOUNT` receive them.
     rm_accelerator: Beam accelerator resource hint put on the RM step on remote runners ("none": no hint).
+    ray_address, ray_resource, ray_skip_resource_check: the Ray cluster to join (unset: a local one), the
+    resource RM tasks request, and whether to submit when no node holds it yet (autoscaling from zero).
     """
 
     engine: str = option(
-        "`beam` (local FnApiRunner, or any runner via --runner) or `dask`",
+        "`beam` (local FnApiRunner, or any runner via --runner), `dask` or `ray`",
         group="engine and placement", choices=tuple(ENGINES), default="beam", stored=NEVER)
     verify_ahead: int = option(
         "batches verified ahead of the RM inside a worker, so the scorer never waits for the verifier; 0 turns "
@@ -67,6 +69,15 @@ class EngineConfig:
     dask_resource: str = option(
         "worker resource every RM task requires (`NAME=AMOUNT`); start GPU workers with `--resources GPU=1`",
         group="engine and placement", default="GPU=1", stored=NEVER)
+    ray_address: str | None = option(
+        "address of a running Ray cluster (`auto`, HOST:6379 or ray://HOST:10001); unset: a local cluster on this "
+        "machine", group="engine and placement", default_text="local cluster", default=None, stored=NEVER)
+    ray_resource: str = option(
+        "Ray resource every RM task requests (`NAME=AMOUNT`; `GPU=1` is `num_gpus=1`)",
+        group="engine and placement", default="GPU=1", stored=NEVER)
+    ray_skip_resource_check: bool = option(
+        "submit even when no node holds --ray-resource yet (an autoscaling GPU group that starts at zero nodes)",
+        group="engine and placement", default=False, stored=NEVER)
     rm_accelerator: str = option(
         "Beam accelerator hint on the RM step on remote runners (`none`: no hint)",
         group="engine and placement", default=DEFAULT_ACCELERATOR, stored=NEVER)
@@ -80,18 +91,25 @@ class EngineConfig:
             raise ValueError(f"engine.dask_workers must be an integer >= 1, got {self.dask_workers!r}")
         if self.dask_scheduler is not None and self.engine != "dask":
             raise ValueError("engine.dask_scheduler needs engine.engine=dask")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ValueError("engine.ray_address needs engine.engine=ray")
         self.resource_requirement()  # validates dask_resource
+        parse_resource(self.ray_resource, "engine.ray_resource")
         if self.rm_accelerator != "none" and "type:" not in self.rm_accelerator:
             raise ValueError(f"engine.rm_accelerator must look like 'type:nvidia-l4;count:1;install-nvidia-driver' "
                              f"or be 'none', got {self.rm_accelerator!r}")
 
     def resource_requirement(self) -> dict[str, float]:
         """dask_resource as Dask's resources mapping, e.g. {"GPU": 1.0}."""
-        match = re.fullmatch(r"\s*([A-Za-z_][\w.-]*)\s*=\s*([0-9]*\.?[0-9]+)\s*", str(self.dask_resource))
-        if not match or float(match.group(2)) <= 0:
-            raise ValueError(f"engine.dask_resource must look like NAME=AMOUNT with AMOUNT > 0 (e.g. GPU=1), "
-                             f"got {self.dask_resource!r}")
-        return {match.group(1): float(match.group(2))}
+        return parse_resource(self.dask_resource, "engine.dask_resource")
+
+
+def parse_resource(text: str, field_name: str) -> dict[str, float]:
+    """"NAME=AMOUNT" as {NAME: AMOUNT}; raises ValueError naming `field_name` otherwise."""
+    match = re.fullmatch(r"\s*([A-Za-z_][\w.-]*)\s*=\s*([0-9]*\.?[0-9]+)\s*", str(text))
+    if not match or float(match.group(2)) <= 0:
+        raise ValueError(f"{field_name} must look like NAME=AMOUNT with AMOUNT > 0 (e.g. GPU=1), got {text!r}")
+    return {match.group(1): float(match.group(2))}
 
 
 @dataclass(frozen=True)

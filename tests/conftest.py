@@ -6,11 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ENGINES
-from transforms.rm import register_backend
+import os
 
-register_backend("fake", "fakes:FakeRewardModel")  # tests/fakes.py: instant deterministic scores
+import fakes  # noqa: F401 - registers the "fake" reward backend (tests/fakes.py: instant deterministic scores)
+from pipeline.config import ENGINES
+
 ENGINE_NAMES = tuple(ENGINES)  # every engine test runs on each registered engine
+# Worker processes that engines start (Ray's) import the test plug-ins as the driver does.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,7 +1,8 @@
 """A fake reward backend for tests: a deterministic score per rollout from a hash, no model, instant.
 
-Registered in one line (conftest.py): `register_backend("fake", "fakes:FakeRewardModel")`. It claims to
-run a model (runs_model), so the score stage counts and caches its scores as it would a real one's.
+Registered in one line, below: importing this module (conftest.py does; so does every worker process that
+unpickles a plan using it) registers "fake". It claims to run a model (runs_model), so the score stage
+counts and caches its scores as it would a real one's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.rollouts import PROMPT, RESPONSE, RmStatus
-from transforms.rm import RewardBackend, rm_columns
+from transforms.rm import RewardBackend, register_backend, rm_columns
 
 
 def fake_score(prompt, response) -> float:
@@ -34,3 +35,6 @@ class FakeRewardModel(RewardBackend):
         prompts, responses = table.column(PROMPT).to_pylist(), table.column(RESPONSE).to_pylist()
         scores = np.array([fake_score(p, r) for p, r in zip(prompts, responses)])
         return rm_columns(table, scores, [RmStatus.OK] * table.num_rows)
+
+
+register_backend("fake", "fakes:FakeRewardModel")

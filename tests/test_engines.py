@@ -206,7 +206,8 @@ def test_every_option_reaches_the_command_line():
     assert {o.flag for o in OPTIONS} <= flags
     # Backends come from the registry, plug-ins included (conftest registers "fake"), checked by the config.
     args = _parser().parse_args(["--input", "in", "--output", "out", "--rm-backend", "fake"])
-    assert build_config({"input": args.input, "output": args.output, "rm_backend": args.rm_backend}).rm.backend == "fake"
+    chosen = build_config({"input": args.input, "output": args.output, "rm_backend": args.rm_backend})
+    assert chosen.rm.backend == "fake"
     with pytest.raises(ConfigError, match=r"--rm-backend must be one of \('none', 'precomputed', 'transformers', "
                                           r"'vllm', 'fake'\) or a 'package.module:Class' import path, got 'onnx'"):
         build_config({"input": "in", "output": "out", "rm_backend": "onnx"})
@@ -263,3 +264,25 @@ def test_data_files_are_byte_identical_whatever_the_execution_settings(tmp_path)
     contents = [{Path(p).name: Path(p).read_bytes() for p in run["data_files"]} for run in runs]
     assert len(contents[0]) == 3
     assert contents[0] == contents[1] == contents[2]
+
+
+def test_kuberay_manifest_puts_the_reward_model_on_gpu_nodes():
+    import yaml
+
+    from pipeline.tools.deploy import kuberay_cluster
+
+    text = yaml.safe_dump(kuberay_cluster("herolabel", image="registry.example/herolabel:1", cpu_workers=8,
+                                          gpu_workers=2))
+    manifest = yaml.safe_load(text)  # what kubectl apply would read
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayCluster")
+    head = manifest["spec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # the head schedules no work
+    groups = {g["groupName"]: g for g in manifest["spec"]["workerGroupSpecs"]}
+    gpu, cpu = groups["gpu"], groups["cpu"]
+    assert gpu["replicas"] == 2 and gpu["rayStartParams"]["num-gpus"] == "1"  # ray start --num-gpus 1
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert cpu["replicas"] == 8 and cpu["rayStartParams"]["num-gpus"] == "0"
+    assert "nvidia.com/gpu" not in cpu["template"]["spec"]["containers"][0]["resources"]["limits"]
+    for pod in [head, gpu, cpu]:
+        env = pod["template"]["spec"]["containers"][0]["env"]
+        assert {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"} in env

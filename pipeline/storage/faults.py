@@ -6,6 +6,9 @@ import os
 import signal
 
 FAULT_ENV = "HEROLABEL_FAULT_AT"
+# The process group a fault kills, when the engine runs work in processes of another group (Ray's workers):
+# set by the engine on the driver, inherited by its workers, so a fault anywhere kills the whole run.
+FAULT_GROUP_ENV = "HEROLABEL_FAULT_GROUP"
 FAULT_POINTS = ("verify", "score", "group", "write")
 _REACHED: dict[str, int] = {}
 
@@ -18,4 +21,4 @@ def fault_point(name: str) -> None:
         return
     _REACHED[name] = _REACHED.get(name, 0) + 1
     if _REACHED[name] >= int(spec.split(":", 1)[1]):
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.killpg(int(os.environ.get(FAULT_GROUP_ENV) or os.getpgrp()), signal.SIGKILL)

@@ -1,4 +1,4 @@
-"""Cluster recipes for the Dask engine: CPU workers that verify, GPU workers that hold the RM resource.
+"""Cluster recipes for the Dask and Ray engines: CPU workers that verify, GPU workers that hold the RM resource.
 
 These build what the README's deployment sections run (and what the tests check builds); herolabel
 needs nothing else from a cluster than workers that can import it and a scheduler address.
@@ -13,6 +13,10 @@ Kubernetes with the dask-kubernetes operator (pip install 'herolabel[kubernetes]
     cluster_spec, gpu_group = kubernetes_specs("herolabel", image="REGISTRY/herolabel:TAG", cpu_workers=8,
                                                gpu_workers=2)
     # kubectl apply both (as YAML); run_pipeline.py --engine dask --dask-scheduler tcp://herolabel-scheduler:8786
+
+KubeRay (pip install 'herolabel[ray]'):
+    manifest = kuberay_cluster("herolabel", image="REGISTRY/herolabel:TAG", cpu_workers=8, gpu_workers=2)
+    # kubectl apply it (as YAML); run_pipeline.py --engine ray --ray-address ray://herolabel-head-svc:10001
 """
 
 from __future__ import annotations
@@ -73,3 +77,33 @@ def kubernetes_specs(name: str, image: str, cpu_workers: int, gpu_workers: int,
         },
     }
     return cluster, gpu_group
+
+
+def kuberay_cluster(name: str, image: str, cpu_workers: int, gpu_workers: int, cpus_per_worker: int = 8,
+                    gpus_per_worker: int = 1, memory: str = "32Gi") -> dict:
+    """A KubeRay RayCluster manifest (ray.io/v1) for `--engine ray`: a head that schedules no work, a CPU
+    group that verifies, a GPU group that scores (each pod requests `nvidia.com/gpu` and its Ray node is
+    started with `--num-gpus`, so RM tasks land there). Usage statistics stay off in every pod. Write it
+    with `yaml.safe_dump(...)` and `kubectl apply -f`; then `run_pipeline.py --engine ray --ray-address
+    ray://NAME-head-svc:10001 ...` from a pod or a port-forward."""
+    environment = [{"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
+
+    def container(cpus: int, gpus: int) -> dict:
+        limits = {"cpu": str(cpus), "memory": memory, **({"nvidia.com/gpu": str(gpus)} if gpus else {})}
+        return {"name": "ray", "image": image, "env": environment,
+                "resources": {"requests": dict(limits), "limits": limits}}
+
+    def group(group_name: str, replicas: int, cpus: int, gpus: int) -> dict:
+        return {"groupName": group_name, "replicas": replicas, "minReplicas": 0, "maxReplicas": max(replicas, 1),
+                "rayStartParams": {"num-cpus": str(cpus), "num-gpus": str(gpus)},
+                "template": {"spec": {"containers": [container(cpus, gpus)]}}}
+
+    return {
+        "apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": name},
+        "spec": {
+            "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "num-gpus": "0", "dashboard-host": "0.0.0.0"},
+                              "template": {"spec": {"containers": [container(2, 0)]}}},
+            "workerGroupSpecs": [group("cpu", cpu_workers, cpus_per_worker, 0),
+                                 group("gpu", gpu_workers, cpus_per_worker, gpus_per_worker)],
+        },
+    }
