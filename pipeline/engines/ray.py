@@ -117,8 +117,9 @@ def _connect(plan: RunPlan, requirement: dict[str, float] | None):
         # Declared even when this run needs none, so that later runs in this process can reuse the cluster.
         extra["num_gpus"] = 1
         requirement = {"GPU": 1.0}
-    ray.init(_node_ip_address=LOCAL_NODE_ADDRESS, include_dashboard=False, logging_level=logging.WARNING,
-             log_to_driver=False, num_cpus=os.cpu_count() or 1, **extra)
+    # address="local": a new cluster of this process's own, never one `ray start` left on this machine.
+    ray.init(address="local", _node_ip_address=LOCAL_NODE_ADDRESS, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False, num_cpus=os.cpu_count() or 1, **extra)
     _STARTED_LOCALLY["resource"] = requirement
     return ray
 
