@@ -1,20 +1,28 @@
 #!/usr/bin/env python
-"""End-to-end local benchmark: the whole pipeline vs plain single-process math-verify on the same rows.
+"""End-to-end local benchmark: the whole pipeline on each engine vs plain single-process math-verify.
 
-    python benchmarks/e2e_local.py [--engine beam|dask] [--rows 100000] [--per-prompt 8] [--workers 1,2]
-                                   [--baseline-rows 20000]
+    python benchmarks/e2e_local.py [--engine beam,ray] [--rows 50000,200000] [--per-prompt 8]
+                                   [--workers 1,2] [--baseline-rows 20000]
 
 1. Generates N synthetic rollouts (8 per prompt; GSM8K "A: N", \\boxed{}, \\(..\\) and answer-free forms like
-   ../shared/data) with a precomputed RM score column, written as 10,000-row Parquet files.
-2. Runs `run_pipeline.py --engine E --rm-backend precomputed --verifier-workers W` on them in a child
-   process, once per W in --workers, while sampling the resident memory of the child and all its
-   descendants (verifier processes; Dask's scheduler and worker processes) every 0.1 s.
-3. Runs the baseline in this process on the first --baseline-rows rows: for every row, math_verify.parse
-   the reference (wrapped in $...$ so bare answers parse, as the pipeline does), parse the response, verify.
-Prints one JSON line: engine, rows, runs (per W: wall_s, rows_per_s, stage_s = busy seconds per stage from
-the engine's counters, peak_rss_mb), scaling (rows/s at the largest W / at the smallest),
-baseline_rows_per_s, speedup (best pipeline rows/s / baseline rows/s), and the fraction of rows where
-pipeline and baseline verdicts agree. The temporary directory is removed unless --workdir is given.
+   ../shared/data) with a precomputed RM score column, written as 10,000-row Parquet files (once per N).
+2. For each N in --rows, each engine in --engine and each W in --workers, runs `run_pipeline.py --engine E
+   --rm-backend precomputed` in a child process with W verifier workers, while sampling the memory of the
+   child and all its descendants (verifier processes; Dask's workers; Ray's raylet, object store and worker
+   processes) every 0.2 s: RSS, and PSS (proportional set size, which counts a shared page once across
+   processes: Ray's object store is shared memory that appears in every process's RSS).
+   W verifier workers means W verifying processes in all: `--verifier-workers W` on Beam and Dask (one engine
+   process holds one pool), `--ray-num-cpus W` on Ray (a local cluster of W CPUs runs one verification task
+   with a one-process pool per CPU).
+3. Runs the baseline in this process on the first --baseline-rows rows of the first N: for every row,
+   math_verify.parse the reference (wrapped in $...$ so bare answers parse, as the pipeline does), parse the
+   response, verify.
+Prints one JSON line: per (engine, rows) the runs (per W: wall_s, rows_per_s, stage_s = busy seconds per stage
+from the engine's counters, peak_rss_mb, peak_pss_mb) and scaling (rows/s at the largest W / at the smallest);
+ratios against the first engine in the same invocation (rows/s at each W, and scaling), and per engine
+the peak PSS at the largest N over that at the smallest; baseline_rows_per_s, speedup (best pipeline rows/s /
+baseline rows/s), and the fraction of rows where pipeline and baseline verdicts agree. The temporary
+directory is removed unless --workdir is given.
 """
 
 from __future__ import annotations
@@ -55,28 +63,55 @@ def write_inputs(directory: str, rows: int, per_prompt: int, rows_per_file: int 
         index += 1
 
 
-def sample_peak_rss(process: psutil.Process, stop: threading.Event, result: dict) -> None:
-    peak_tree = peak_driver = 0
+def proportional_set_size(pid: int) -> int:
+    """PSS in bytes, from /proc/PID/smaps_rollup (0 where the kernel does not provide it)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # the process ended between listing and reading: it holds no memory now
+        return 0
+    return 0
+
+
+def sample_peak_memory(process: psutil.Process, stop: threading.Event, result: dict) -> None:
+    peak_tree = peak_driver = peak_pss = 0
     while not stop.is_set():
         try:
+            tree = [process, *process.children(recursive=True)]
             driver = process.memory_info().rss
-            tree = driver + sum(child.memory_info().rss for child in process.children(recursive=True))
         except psutil.Error:
             break
-        peak_driver, peak_tree = max(peak_driver, driver), max(peak_tree, tree)
-        stop.wait(0.1)
-    result.update(peak_driver_rss_mb=round(peak_driver / 2**20, 1), peak_rss_mb=round(peak_tree / 2**20, 1))
+        rss = pss = 0
+        for member in tree:
+            try:
+                rss += member.memory_info().rss
+            except psutil.Error:
+                continue  # ended since listed
+            pss += proportional_set_size(member.pid)
+        peak_driver, peak_tree, peak_pss = max(peak_driver, driver), max(peak_tree, rss), max(peak_pss, pss)
+        stop.wait(0.2)
+    result.update(peak_driver_rss_mb=round(peak_driver / 2**20, 1), peak_rss_mb=round(peak_tree / 2**20, 1),
+                  peak_pss_mb=round(peak_pss / 2**20, 1))
+
+
+def worker_flags(engine: str, workers: int) -> list[str]:
+    """W verifying processes in all: a pool of W on Beam and Dask, a local cluster of W CPUs on Ray."""
+    if engine == "ray":
+        return ["--ray-num-cpus", str(workers), "--verifier-workers", "1"]
+    return ["--verifier-workers", str(workers)]
 
 
 def run_pipeline(input_dir: str, output_dir: str, engine: str, workers: int, extra: list[str]) -> tuple[float, dict, dict]:
     command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", input_dir, "--output", output_dir,
                "--rm-backend", "precomputed", "--rm-score-column", "bench_rm_score", "--progress", "off",
-               "--engine", engine, "--verifier-workers", str(workers), "--overwrite", *extra]
+               "--engine", engine, *worker_flags(engine, workers), "--overwrite", *extra]
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     memory: dict = {}
     stop = threading.Event()
-    sampler = threading.Thread(target=sample_peak_rss, args=(psutil.Process(child.pid), stop, memory))
+    sampler = threading.Thread(target=sample_peak_memory, args=(psutil.Process(child.pid), stop, memory))
     sampler.start()
     out, err = child.communicate()
     wall = time.perf_counter() - started
@@ -110,31 +145,53 @@ def run_baseline(input_dir: str, limit: int | None) -> tuple[float, int, dict]:
     return len(rows) / elapsed, len(rows), verdicts
 
 
+def comma_list(text: str, kind=str) -> list:
+    return [kind(item.strip()) for item in text.split(",") if item.strip()]
+
+
 def main() -> None:
+    from pipeline.config import ENGINES
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", choices=("beam", "dask"), default="beam")
-    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--engine", default="beam", help=f"engines, comma-separated, of {', '.join(ENGINES)} "
+                        "(default beam); ratios are against the first")
+    parser.add_argument("--rows", default="100000", help="input sizes, comma-separated (default 100000)")
     parser.add_argument("--per-prompt", type=int, default=8)
-    parser.add_argument("--workers", default="1,2", help="verifier processes per run, comma-separated (default 1,2)")
+    parser.add_argument("--workers", default="1,2", help="verifier workers per run, comma-separated (default 1,2)")
     parser.add_argument("--baseline-rows", type=int, default=20_000,
                         help="judge only the first N rows in the baseline (default 20000; 0 = all rows)")
     parser.add_argument("--workdir", default=None, help="keep inputs/outputs here (default: a temporary directory)")
     args, extra = parser.parse_known_args()  # anything else goes to run_pipeline.py (e.g. --batch-rows 4096)
-    worker_counts = [int(w) for w in args.workers.split(",")]
+    engines, sizes = comma_list(args.engine), comma_list(args.rows, int)
+    worker_counts = comma_list(args.workers, int)
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown or not engines:
+        parser.error(f"--engine: {unknown or engines} not among {tuple(ENGINES)}")
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="herolabel-bench-")
+    results = []
     try:
-        input_dir, output_dir = os.path.join(workdir, "input"), os.path.join(workdir, "output")
-        write_inputs(input_dir, args.rows, args.per_prompt)
-        runs = []
-        for workers in worker_counts:
-            wall, memory, manifest = run_pipeline(input_dir, output_dir, args.engine, workers, extra)
-            counters = manifest["engine"]["counters"]
-            runs.append({"verifier_workers": workers, "wall_s": round(wall, 2), "rows_per_s": round(args.rows / wall, 1),
-                         "stage_s": {k[:-3]: round(v / 1000, 2) for k, v in counters.items() if k.endswith("_ms")},
-                         **memory, "output_rows": manifest["output_rows"], "error_rows": manifest["error_rows"]})
-        baseline_rate, baseline_rows, verdicts = run_baseline(input_dir, args.baseline_rows or None)
-        labelled = pq.read_table(os.path.join(output_dir, "data"),
+        for rows in sizes:
+            input_dir = os.path.join(workdir, f"input-{rows}")
+            write_inputs(input_dir, rows, args.per_prompt)
+            for engine in engines:
+                output_dir = os.path.join(workdir, f"output-{engine}-{rows}")
+                runs = []
+                for workers in worker_counts:
+                    wall, memory, manifest = run_pipeline(input_dir, output_dir, engine, workers, extra)
+                    counters = manifest["engine"]["counters"]
+                    runs.append({"verifier_workers": workers, "wall_s": round(wall, 2),
+                                 "rows_per_s": round(rows / wall, 1),
+                                 "stage_s": {k[:-3]: round(v / 1000, 2) for k, v in counters.items()
+                                             if k.endswith("_ms")},
+                                 **memory, "output_rows": manifest["output_rows"],
+                                 "error_rows": manifest["error_rows"]})
+                    print(json.dumps({"engine": engine, "rows": rows, **runs[-1]}), file=sys.stderr, flush=True)
+                results.append({"engine": engine, "rows": rows, "runs": runs,
+                                "scaling": round(runs[-1]["rows_per_s"] / runs[0]["rows_per_s"], 3)})
+        first_input = os.path.join(workdir, f"input-{sizes[0]}")
+        baseline_rate, baseline_rows, verdicts = run_baseline(first_input, args.baseline_rows or None)
+        labelled = pq.read_table(os.path.join(workdir, f"output-{engines[0]}-{sizes[0]}", "data"),
                                  columns=["prompt_id", "sample_index", "verifier_score"])
     finally:
         if not args.workdir:
@@ -143,13 +200,26 @@ def main() -> None:
         1 for pid, index, score in zip(*(labelled.column(c).to_pylist() for c in labelled.column_names))
         if (pid, index) in verdicts and (score or 0.0) == verdicts[(pid, index)]
     )
-    best = max(r["rows_per_s"] for r in runs)
+    by_key = {(r["engine"], r["rows"]): r for r in results}
+    reference = engines[0]
+    ratios = {}
+    for engine in engines[1:]:
+        for rows in sizes:
+            ours, theirs = by_key[(engine, rows)], by_key[(reference, rows)]
+            ratios[f"{engine}_vs_{reference}@{rows}"] = {
+                **{f"rows_per_s@{mine['verifier_workers']}w": round(mine["rows_per_s"] / base["rows_per_s"], 3)
+                   for mine, base in zip(ours["runs"], theirs["runs"])},
+                "scaling": round(ours["scaling"] / theirs["scaling"], 3)}
+    memory_growth = {engine: round(max(r["peak_pss_mb"] for r in by_key[(engine, sizes[-1])]["runs"])
+                                   / max(r["peak_pss_mb"] for r in by_key[(engine, sizes[0])]["runs"]), 3)
+                     for engine in engines} if len(sizes) > 1 else {}
+    best = max(run["rows_per_s"] for r in results for run in r["runs"])
     print(json.dumps({
-        "engine": args.engine,
+        "engines": engines,
         "pipeline_flags": extra,
-        "rows": args.rows,
-        "runs": runs,
-        "scaling": round(runs[-1]["rows_per_s"] / runs[0]["rows_per_s"], 3),
+        "results": results,
+        "ratios": ratios,
+        f"peak_pss_{sizes[-1]}_over_{sizes[0]}": memory_growth,
         "baseline_rows": baseline_rows,
         "baseline_rows_per_s": round(baseline_rate, 1),
         "speedup": round(best / baseline_rate, 2),

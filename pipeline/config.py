@@ -50,6 +50,8 @@ class EngineConfig:
     rm_accelerator: Beam accelerator resource hint put on the RM step on remote runners ("none": no hint).
     ray_address, ray_resource, ray_skip_resource_check: the Ray cluster to join (unset: a local one), the
     resource RM tasks request, and whether to submit when no node holds it yet (autoscaling from zero).
+    ray_num_cpus: CPUs of the local Ray cluster (default: this machine's cores); one verification task
+    runs per CPU, so this is the local run's verifying parallelism.
     """
 
     engine: str = option(
@@ -75,6 +77,9 @@ class EngineConfig:
     ray_resource: str = option(
         "Ray resource every RM task requests (`NAME=AMOUNT`; `GPU=1` is `num_gpus=1`)",
         group="engine and placement", default="GPU=1", stored=NEVER)
+    ray_num_cpus: int | None = option(
+        "CPUs of the local Ray cluster: one verification task runs per CPU (ignored with --ray-address)",
+        group="engine and placement", default_text="this machine's cores", default=None, stored=NEVER)
     ray_skip_resource_check: bool = option(
         "submit even when no node holds --ray-resource yet (an autoscaling GPU group that starts at zero nodes)",
         group="engine and placement", default=False, stored=NEVER)
@@ -93,6 +98,11 @@ class EngineConfig:
             raise ValueError("engine.dask_scheduler needs engine.engine=dask")
         if self.ray_address is not None and self.engine != "ray":
             raise ValueError("engine.ray_address needs engine.engine=ray")
+        if self.ray_num_cpus is not None and not is_whole(self.ray_num_cpus, 1):
+            raise ValueError(f"engine.ray_num_cpus must be an integer >= 1, got {self.ray_num_cpus!r}")
+        if self.ray_num_cpus is not None and self.ray_address is not None:
+            raise ValueError("engine.ray_num_cpus sizes the local Ray cluster; a running one (engine.ray_address) "
+                             "has its own CPUs")
         self.resource_requirement()  # validates dask_resource
         parse_resource(self.ray_resource, "engine.ray_resource")
         if self.rm_accelerator != "none" and "type:" not in self.rm_accelerator:

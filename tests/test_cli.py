@@ -24,6 +24,11 @@ BAD_OPTIONS = [
     (["--bogus-flag", "1"], "unknown option(s): --bogus-flag"),  # not ours and not Beam's
     (["--rm-score-column", "no_such_column"], "'no_such_column' is not an input column"),
     (["--rm-score-column", "prompt"], "expected a number"),
+    (["--engine", "ray", "--ray-num-cpus", "0"], "--ray-num-cpus"),  # a local cluster needs a CPU
+    (["--ray-address", "127.0.0.2:6379"], "--ray-address"),  # a Ray option on the default (Beam) engine
+    # --ray-num-cpus sizes only the local cluster; a running one has its own CPUs
+    (["--engine", "ray", "--ray-address", "127.0.0.2:6379", "--ray-num-cpus", "2"], "--ray-num-cpus"),
+    (["--engine", "ray", "--ray-resource", "GPU"], "--ray-resource"),  # NAME=AMOUNT
 ]
 
 

@@ -1,4 +1,4 @@
-"""Both engines wire the same stages: identical output on real data, Beam placement on remote runners,
+"""Every engine wires the same stages: identical output on real data, Beam placement on remote runners,
 Beam's local multi-process mode, cluster recipes that build, and one declaration of every option."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import label, shared_file
+from conftest import ENGINE_NAMES, label, shared_file
 from pipeline.config import ConfigError, build_config, options_markdown
 from pipeline.tools.demo import write_synthetic_rollouts
 from schemas.rollouts import STATUS_VOCABULARIES
@@ -34,30 +34,34 @@ def keyed_rows(output) -> dict:
 ])
 def test_engines_agree_on_the_shared_files(tmp_path, name, options):
     beam = label(shared_file(name), tmp_path / "beam", **options)
-    dask = label(shared_file(name), tmp_path / "dask", engine="dask", **options)
-    assert beam["engine"]["name"] == "beam" and dask["engine"]["name"] == "dask"
-    for key in ("input_rows", "output_rows", "error_rows", "status_counts", "num_shards"):
-        assert beam[key] == dask[key], key
-    if beam["sigma_bar"] is None:
-        assert dask["sigma_bar"] is None
-    else:
-        assert abs(beam["sigma_bar"] - dask["sigma_bar"]) <= 1e-9
-    a, b = keyed_rows(tmp_path / "beam"), keyed_rows(tmp_path / "dask")
-    assert a.keys() == b.keys() and len(a) == beam["output_rows"]
-    for key, row in a.items():
-        other = b[key]
-        for column, value in row.items():
-            if column in VALUE_COLUMNS and value is not None:
-                assert other[column] == pytest.approx(value, abs=1e-9), (key, column)
-            else:
-                assert other[column] == value, (key, column)
-        for column, vocabulary in STATUS_VOCABULARIES.items():
-            assert row[column] in vocabulary
-    # Same shards, same rows in each, same order.
-    for path in beam["data_files"]:
-        shard = Path(path).name
-        assert pq.read_table(path, columns=["prompt_id"]).equals(
-            pq.read_table(tmp_path / "dask" / "data" / shard, columns=["prompt_id"]))
+    assert beam["engine"]["name"] == "beam"
+    a = keyed_rows(tmp_path / "beam")
+    assert len(a) == beam["output_rows"]
+    for engine in ENGINE_NAMES[1:]:  # every other registered engine against Beam
+        other_manifest = label(shared_file(name), tmp_path / engine, engine=engine, **options)
+        assert other_manifest["engine"]["name"] == engine
+        for key in ("input_rows", "output_rows", "error_rows", "status_counts", "num_shards"):
+            assert beam[key] == other_manifest[key], (engine, key)
+        if beam["sigma_bar"] is None:
+            assert other_manifest["sigma_bar"] is None
+        else:
+            assert abs(beam["sigma_bar"] - other_manifest["sigma_bar"]) <= 1e-9, engine
+        b = keyed_rows(tmp_path / engine)
+        assert a.keys() == b.keys(), engine
+        for key, row in a.items():
+            other = b[key]
+            for column, value in row.items():
+                if column in VALUE_COLUMNS and value is not None:
+                    assert other[column] == pytest.approx(value, abs=1e-9), (engine, key, column)
+                else:
+                    assert other[column] == value, (engine, key, column)
+            for column, vocabulary in STATUS_VOCABULARIES.items():
+                assert row[column] in vocabulary
+        # Same shards, same rows in each, same order.
+        for path in beam["data_files"]:
+            shard = Path(path).name
+            assert pq.read_table(path, columns=["prompt_id"]).equals(
+                pq.read_table(tmp_path / engine / "data" / shard, columns=["prompt_id"])), (engine, shard)
 
 
 @pytest.mark.slow
@@ -286,3 +290,17 @@ def test_kuberay_manifest_puts_the_reward_model_on_gpu_nodes():
     for pod in [head, gpu, cpu]:
         env = pod["template"]["spec"]["containers"][0]["env"]
         assert {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"} in env
+
+
+@pytest.mark.skipif("ray" not in ENGINE_NAMES, reason="the Ray engine is not registered")
+def test_local_ray_cluster_keeps_a_loopback_node_address_and_records_placement(tmp_path):
+    from pipeline.engines.ray import LOCAL_NODE_ADDRESS
+
+    write_synthetic_rollouts(str(tmp_path / "in"), 120, rows_per_file=40, seed=12)
+    manifest = label(tmp_path / "in", tmp_path / "out", engine="ray", ray_num_cpus=1, verifier_workers=1,
+                     rm_score_column="sample_index")
+    # Not 127.0.0.1, which Ray would rewrite to an outward address (none exists in a namespace without network).
+    assert LOCAL_NODE_ADDRESS.startswith("127.") and LOCAL_NODE_ADDRESS != "127.0.0.1"
+    placement = manifest["engine"]["placement"]
+    assert placement == {"verify+score": {LOCAL_NODE_ADDRESS: 3}, "spill": {LOCAL_NODE_ADDRESS: 3}}  # a unit a file
+    assert manifest["engine"]["nodes"] == 1 and manifest["output_rows"] == 120

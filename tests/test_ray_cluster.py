@@ -147,3 +147,18 @@ def test_rm_runs_on_the_gpu_node_and_the_job_survives_losing_the_cpu_node(cluste
     clean_files = {p.name: p.read_bytes() for p in sorted((tmp_path / "clean" / "data").glob("*.parquet"))}
     killed_files = {p.name: p.read_bytes() for p in sorted((tmp_path / "killed" / "data").glob("*.parquet"))}
     assert clean_files and killed_files == clean_files
+
+
+def test_a_cluster_without_the_rm_resource_is_refused_before_submitting(cluster, tmp_path, tiny_rm_path):
+    address, url, _ = cluster
+    write_synthetic_rollouts(str(tmp_path / "in.parquet"), 40, seed=4)
+    before = {t[3] for t in _tasks(url)}
+    # No node of this cluster has a resource named TPU: the RM tasks would wait forever.
+    refused = subprocess.run(_pipeline(address, tmp_path / "in.parquet", tmp_path / "out", "--rm-model",
+                                       tiny_rm_path, "--ray-resource", "TPU=1"), cwd=REPO, capture_output=True,
+                             text=True, timeout=200, env={**os.environ, **RAY_ENV})
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "--ray-resource TPU=1: no node of the cluster holds it" in refused.stderr
+    assert "--ray-skip-resource-check" in refused.stderr
+    assert not list((tmp_path / "out").rglob("*.parquet"))  # no data moved
+    assert not {t[3] for t in _tasks(url)} - before  # nothing was submitted

@@ -38,7 +38,9 @@ from pipeline.storage.faults import FAULT_ENV, FAULT_GROUP_ENV
 from pipeline.tools import progress
 
 log = logging.getLogger(__name__)
-LOCAL_NODE_ADDRESS = "127.0.0.1"
+# The local cluster's node address: loopback, but not 127.0.0.1 or localhost, which Ray rewrites to the
+# machine's outward address (and where there is none, as in a namespace without network, cannot start).
+LOCAL_NODE_ADDRESS = "127.0.0.2"
 TASK_RETRIES = 3  # re-executions of a task whose worker or node died
 
 
@@ -60,15 +62,23 @@ def _run_group(plan: RunPlan, unit: WorkUnit | None, carried, group: int, host_c
     tables = run_stages(stages, tables, sink, plan.config.engine.verify_ahead)
     counts = Counter(carried["counts"] if carried else {})
     counts.update(sink.counts)
-    return {"tables": tables, "counts": dict(counts)}
+    nodes = {**(carried["nodes"] if carried else {}), "+".join(spec.name for spec in specs): _node_address()}
+    return {"tables": tables, "counts": dict(counts), "nodes": nodes}
 
 
-def _spill(plan: RunPlan, carried: dict) -> tuple[CompletedUnit, dict]:
+def _spill(plan: RunPlan, carried: dict) -> tuple[CompletedUnit, dict, dict]:
     sink = CounterSink()
     done = complete_unit(plan, carried["tables"], sink)
     counts = Counter(carried["counts"])
     counts.update(sink.counts)
-    return done, dict(counts)
+    return done, dict(counts), {**carried["nodes"], "spill": _node_address()}
+
+
+def _node_address() -> str:
+    """The id of the node this task runs on (the driver names it by its address in the manifest)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _partial(plan: RunPlan, parts: list[str]):
@@ -92,11 +102,13 @@ def _connect(plan: RunPlan, requirement: dict[str, float] | None):
     import ray
 
     engine = plan.config.engine
+    cpus = engine.ray_num_cpus or os.cpu_count() or 1
     if ray.is_initialized():
         declared = _STARTED_LOCALLY.get("resource")
-        if not _STARTED_LOCALLY or not requirement or requirement == declared or _local_has(requirement):
+        has_resource = not requirement or requirement == declared or _local_has(requirement)
+        if not _STARTED_LOCALLY or (has_resource and _STARTED_LOCALLY["cpus"] == cpus):
             return ray
-        ray.shutdown()  # the local cluster lacks this run's RM resource: start it again with it
+        ray.shutdown()  # the local cluster lacks this run's RM resource or CPUs: start it again with them
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if os.environ.get(FAULT_ENV):  # tests: a fault in a Ray worker kills this run, as a crash of it would
         os.environ[FAULT_GROUP_ENV] = str(os.getpgrp())
@@ -119,8 +131,8 @@ def _connect(plan: RunPlan, requirement: dict[str, float] | None):
         requirement = {"GPU": 1.0}
     # address="local": a new cluster of this process's own, never one `ray start` left on this machine.
     ray.init(address="local", _node_ip_address=LOCAL_NODE_ADDRESS, include_dashboard=False,
-             logging_level=logging.WARNING, log_to_driver=False, num_cpus=os.cpu_count() or 1, **extra)
-    _STARTED_LOCALLY["resource"] = requirement
+             logging_level=logging.WARNING, log_to_driver=False, num_cpus=cpus, **extra)
+    _STARTED_LOCALLY.update(resource=requirement, cpus=cpus)
     return ray
 
 
@@ -202,7 +214,11 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
     bucket_parts: dict[int, list[str]] = defaultdict(list)
     error_parts: dict[int, list[str]] = defaultdict(list)
 
-    def collect(done: CompletedUnit, unit_counts: dict) -> None:
+    placement: dict[str, Counter] = defaultdict(Counter)
+
+    def collect(done: CompletedUnit, unit_counts: dict, unit_nodes: dict) -> None:
+        for stage, address in unit_nodes.items():
+            placement[stage][address] += 1
         for bucket, url in done.buckets.items():
             bucket_parts[bucket].append(url)
         if done.errors_url:
@@ -211,18 +227,22 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
         for name in ("read", "verified", "scored", "errors"):
             progress.add(name, unit_counts.get(name, 0))
 
+    # A CPU task holds as many CPUs as its verifier pool has processes (one by default: a task per CPU).
+    cpu_task_cpus = min(plan.config.verifier.num_workers or 1, max(nodes.cpus.values(), default=1))
+
     def submit(unit: WorkUnit):
         carried = None
         for index, group in enumerate(groups):
             accelerator = any(stage.resources.accelerator for stage in group)
-            options = _task_options(requirement) if accelerator else {"num_cpus": 1, **nodes.prefer_cpu()}
+            options = _task_options(requirement) if accelerator else {"num_cpus": cpu_task_cpus,
+                                                                       **nodes.prefer_cpu()}
             name = "+".join(stage.name for stage in group)
             carried = remote["group"].options(name=name, **options).remote(
                 plan_ref, unit if index == 0 else None, carried, index, nodes.host_cpus(), run_id)
         return remote["spill"].options(name="spill", num_cpus=1, **nodes.prefer_cpu()).remote(plan_ref, carried)
 
     for done in resumed:  # finished before a crash: its spill files are complete
-        collect(done, {})
+        collect(done, {}, {})
     window = max(4, 2 * sum(nodes.cpus.get(n, 1) for n in (nodes.cpu or nodes.cpus)))
     units = iter(pending)
     in_flight = [submit(u) for u in islice(units, window)]
@@ -258,5 +278,9 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
                 shards.append(remote["fuse"].options(name="fuse", num_cpus=1).remote(
                     plan_ref, following[0], following[1], statistic))
         ray.get(errors)
+    addresses = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}  # the dead ones too
+    placement = {stage: {addresses.get(node, node): count for node, count in where.items()}
+                 for stage, where in placement.items()}
     return {"name": "ray", "counters": dict(counts), "wall_s": time.monotonic() - started,
-            "nodes": len(nodes.cpus), "rm_nodes": len(nodes.rm)}
+            "nodes": len(nodes.cpus), "rm_nodes": len(nodes.rm),
+            "placement": placement}
