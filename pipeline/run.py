@@ -10,6 +10,7 @@ from pipeline.config import PipelineConfig
 from pipeline.engines import run_engine
 from pipeline.outputs.manifest import AccountingError, finish_run, prepare_output  # noqa: F401 - AccountingError is API
 from pipeline.plan import make_plan
+from pipeline.storage.preflight import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,9 @@ def run(config: PipelineConfig, show_progress: bool | None = None) -> dict:
     Raises AccountingError (after writing the manifest) if any input row is neither in data nor errors.
     """
     started = time.monotonic()
+    check_writable(config.output, "--output")  # before the inputs are read (and before staging writes there)
+    if config.rm.cache_dir:
+        check_writable(config.rm.cache_dir, "--cache-dir")
     plan = make_plan(config, package_version())
     resuming = prepare_output(plan)
     if show_progress is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -112,3 +113,39 @@ def test_input_problems_fail_fast_naming_the_file(tmp_path, capsys, layout, mess
     if layout == "incompatible":
         assert "a.parquet" in error and "b.parquet" in error
     assert not (tmp_path / "out" / "data").exists()
+
+
+# (option, where it points, relative to a tmp directory holding a regular file `f`; text the error must
+# contain): each stops before any data moves, naming the option, and leaves nothing behind.
+UNWRITABLE = [
+    ("--output", "/proc/herolabel-out", "No such file or directory"),  # a filesystem that refuses new entries
+    ("--output", "{tmp}/f", "is a file, not a directory"),  # an existing file
+    ("--output", "{tmp}/f/out", "is a file, not a directory"),  # a path under a file
+    ("--output", "{tmp}/f/deeper/out", "is a file, not a directory"),  # further under it
+    ("--cache-dir", "{tmp}/f/cache", "is a file, not a directory"),  # the score cache is written too
+]
+
+
+@pytest.mark.parametrize("option,where,message", UNWRITABLE)
+def test_an_unwritable_output_fails_before_any_data_moves(tmp_path, capsys, option, where, message):
+    (tmp_path / "f").write_text("a regular file")
+    target = where.format(tmp=tmp_path)
+    args = {"--input": QWEN, "--output": str(tmp_path / "out"), "--rm-score-column": "qwen_rm_score", option: target}
+    if option == "--cache-dir":
+        args.update({"--rm-score-column": None, "--rm-model": "/no/model/needed/first"})
+    argv = [item for key, value in args.items() if value is not None for item in (key, value)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"error: {option} {target} cannot be created or written: " in error and message in error, error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]  # not even the output directory
+    assert not os.path.exists(target) or target.endswith("/f")
+
+
+def test_the_write_check_leaves_a_new_output_directory_as_it_found_it(tmp_path):
+    from pipeline.storage.preflight import check_writable
+
+    check_writable(str(tmp_path / "a" / "b" / "out"), "--output")
+    assert list(tmp_path.iterdir()) == []  # the directories it created for its probe are gone again
+    (tmp_path / "kept").mkdir()
+    check_writable(str(tmp_path / "kept"), "--output")
+    assert list((tmp_path / "kept").iterdir()) == []  # and its probe file

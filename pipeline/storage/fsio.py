@@ -48,15 +48,18 @@ def as_url(fs, path: str, like: str) -> str:
 
 def list_input_files(spec: str) -> list[str]:
     """Expands a file, a directory (recursively, *.parquet) or a glob into a sorted list of file URLs."""
-    fs, path = fsspec.core.url_to_fs(spec)
-    if _has_magic(path):
-        paths = sorted(p for p in fs.glob(path) if fs.isfile(p))
-    elif fs.isdir(path):
-        paths = sorted(p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p[len(path):])
-    elif fs.isfile(path):
-        paths = [path]
-    else:
-        raise InputError(f"--input {spec!r}: no such file or directory")
+    try:
+        fs, path = fsspec.core.url_to_fs(spec)
+        if _has_magic(path):
+            paths = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        elif fs.isdir(path):
+            paths = sorted(p for p in fs.find(path) if p.endswith(".parquet") and "/." not in p[len(path):])
+        elif fs.isfile(path):
+            paths = [path]
+        else:
+            raise InputError(f"--input {spec!r}: no such file or directory")
+    except (OSError, ImportError) as exc:  # wrong credentials (PermissionError), no filesystem for the protocol
+        raise InputError(f"--input {spec!r} cannot be listed: {getattr(exc, 'strerror', None) or exc}") from exc
     if not paths:
         raise InputError(f"--input {spec!r}: no Parquet files found")
     return [as_url(fs, p, spec) for p in paths]
@@ -128,13 +131,14 @@ def open_atomic(url: str, mode: str = "wb"):
     streaming upload would be completed by close() even on an error)."""
     fs, path = fsspec.core.url_to_fs(url)
     parent, name = path.rsplit("/", 1)
-    fs.makedirs(parent, exist_ok=True)
     if not renames_for_atomicity(fs):
+        # No makedirs: object stores have no directories, and s3fs's would create a missing bucket.
         buffer = pyio.BytesIO() if "b" in mode else pyio.StringIO()
         yield buffer
         data = buffer.getvalue()
         fs.pipe_file(path, data if isinstance(data, bytes) else data.encode("utf-8"))
         return
+    fs.makedirs(parent, exist_ok=True)
     temporary = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
         with fs.open(temporary, mode) as handle:
