@@ -7,12 +7,13 @@ statistic), a "fuse" task per shard and an "errors" task per input file with bad
 a lost node's task outputs are rebuilt from lineage (each task may be retried), actor state is not.
 
 Placement: a group whose stages need an accelerator requests --ray-resource (`GPU=1` is num_gpus=1, any
-other name a custom resource); the others request one CPU and prefer nodes without that resource (a soft
-node affinity, so they still run when only accelerator nodes are left). Set-up once per worker process: a
-worker-side cache (pipeline/stages/base.py WORKER_STAGES) in each Ray worker process, which Ray reuses
+other name a custom resource); the others request a CPU per verifier process of their task (one by default)
+and prefer nodes without that resource (a soft node affinity, so they still run when only accelerator
+nodes are left). Set-up once per worker process: a worker-side cache (pipeline/stages/base.py WORKER_STAGES) in each Ray worker process, which Ray reuses
 across the job's tasks; not an actor per node, whose state (a loaded model) would be lost with its node
 while the tasks' outputs are not. Ray ends a job's worker processes with the job, and with them their
-verifier pools and models. At most `window` units are in flight, so memory stays flat.
+verifier pools and models. At most twice the verifying CPUs' worth of units is in flight, and one fuse
+task (a whole shard) per verifying node, so memory stays flat whatever the input size.
 
 Without --ray-address a local cluster sized to this machine starts on a loopback node address, once per
 process (later runs reuse it), with usage statistics off; with no accelerator here it declares the RM
@@ -264,10 +265,16 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
             statistic = fusion.combine(p for p, _ in partials)
         errors = [remote["errors"].options(name="errors", num_cpus=1).remote(plan_ref, f, parts)
                   for f, parts in sorted(error_parts.items())]
-        # A fuse task holds a whole shard: one in flight per CPU of the verifying nodes keeps memory flat.
+        # A fuse task holds a whole shard (up to --rows-per-shard rows): one in flight per verifying node
+        # keeps each node's memory at one shard whatever the input size (Dask: one per CPU worker).
+        slots = max(1, len(nodes.cpu or [node for node, cpus in nodes.cpus.items() if cpus > 0]))
+
+        def fuse(bucket: int, parts: list[str]):
+            return remote["fuse"].options(name="fuse", num_cpus=1, **nodes.prefer_cpu()).remote(
+                plan_ref, bucket, parts, statistic)
+
         buckets = iter(sorted(bucket_parts.items()))
-        shards = [remote["fuse"].options(name="fuse", num_cpus=1).remote(plan_ref, b, parts, statistic)
-                  for b, parts in islice(buckets, window)]
+        shards = [fuse(*item) for item in islice(buckets, slots)]
         while shards:
             finished, shards = ray.wait(shards, num_returns=1)
             (_, rows), written_counts = ray.get(finished[0])
@@ -275,8 +282,7 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
             progress.add("written", rows)
             following = next(buckets, None)
             if following is not None:
-                shards.append(remote["fuse"].options(name="fuse", num_cpus=1).remote(
-                    plan_ref, following[0], following[1], statistic))
+                shards.append(fuse(*following))
         ray.get(errors)
     addresses = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}  # the dead ones too
     placement = {stage: {addresses.get(node, node): count for node, count in where.items()}
