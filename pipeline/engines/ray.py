@@ -11,9 +11,10 @@ other name a custom resource); the others request a CPU per verifier process of 
 and prefer nodes without that resource (a soft node affinity, so they still run when only accelerator
 nodes are left). Set-up once per worker process: a worker-side cache (pipeline/stages/base.py
 WORKER_STAGES) in each Ray worker process, which Ray reuses across the job's tasks; not an actor per
-node, whose state (a loaded model) would be lost with its node while the tasks' outputs are not. Ray ends a job's worker processes with the job, and with them their
-verifier pools and models. At most twice the verifying CPUs' worth of units is in flight, and one fuse
-task (a whole shard) per verifying node, so memory stays flat whatever the input size.
+node, whose state (a loaded model) would be lost with its node while the tasks' outputs are not. Ray ends
+a job's worker processes with the job, and with them their verifier pools and models. At most twice the
+verifying CPUs' worth of units is in flight, and one fuse task (a whole shard) per verifying node, so
+memory stays flat whatever the input size.
 
 Without --ray-address a local cluster sized to this machine starts on a loopback node address, once per
 process (later runs reuse it), with usage statistics off; with no accelerator here it declares the RM
