@@ -246,7 +246,9 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
     for done in resumed:  # finished before a crash: its spill files are complete
         collect(done, {}, {})
     window = max(4, 2 * sum(nodes.cpus.get(n, 1) for n in (nodes.cpu or nodes.cpus)))
-    units = iter(pending)
+    # Largest units first: a task is a whole unit, so the last ones in flight are the small ones and no CPU
+    # waits idle at the end for a big one (the output does not depend on the order units finish in).
+    units = iter(sorted(pending, key=lambda unit: -unit.rows))
     in_flight = [submit(u) for u in islice(units, window)]
     with progress.ProgressDisplay(plan.input_rows, enabled=show_progress):
         while in_flight:
