@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
-
-import os
 
 import fakes  # noqa: F401 - registers the "fake" reward backend (tests/fakes.py: instant deterministic scores)
 from pipeline.config import ENGINES

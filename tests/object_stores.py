@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -26,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from processes import free_ports, stop
 
 BUCKET = "herolabel-test"  # S3 bucket names need 3-63 characters
 # AWS-shaped keys; SeaweedFS checks every request's signature against these.
@@ -73,29 +73,6 @@ def s3_env(endpoint: str, identity: str = "admin", secret: str | None = None) ->
     # No region in client kwargs (bucket creation then fails); the region comes from the environment.
     return {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ACCESS_KEY_ID": key,
             "AWS_SECRET_ACCESS_KEY": real_secret if secret is None else secret, "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 now (all held open together, so none repeats)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def stop(process: subprocess.Popen, grace_s: float = 5) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `grace_s`."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(grace_s)
 
 
 def _binary(name: str) -> str | None:
@@ -173,7 +150,7 @@ def seaweedfs(directory: Path):
         _wait_until_ready(store, ready)
         yield store
     finally:
-        stop(store.process)
+        stop(store.process, grace_s=5, group=False)
 
 
 @contextmanager
@@ -205,7 +182,7 @@ def fake_gcs(directory: Path):
         _wait_until_ready(store, ready)
         yield store
     finally:
-        stop(store.process)
+        stop(store.process, grace_s=5, group=False)
 
 
 @pytest.fixture(scope="module")

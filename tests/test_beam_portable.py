@@ -35,6 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from processes import free_ports
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 320  # 40 prompts x 8 responses in 4 files of 80 rows, row groups of 40: 8 units of work
 ROWS_PER_FILE = 80
@@ -71,18 +73,6 @@ def _demo():
     except ImportError:
         from pipeline import demo
     return demo
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct loopback ports free right now (all held open together, so none repeats)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _accepts(port: int) -> bool:
@@ -169,7 +159,7 @@ class PortableServices:
 
     def __init__(self, workdir: Path):
         self.workdir = workdir
-        self.job_port, self.pool_port = _free_ports(2)
+        self.job_port, self.pool_port = free_ports(2)
         (workdir / "site").mkdir(parents=True, exist_ok=True)
         (workdir / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
         (workdir / "staging").mkdir(exist_ok=True)

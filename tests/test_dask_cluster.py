@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.tools.demo import write_synthetic_rollouts
+from processes import free_ports, stop
 
 REPO = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(command: list[str], log: Path) -> subprocess.Popen:
@@ -40,23 +34,13 @@ def _start(command: list[str], log: Path) -> subprocess.Popen:
                             cwd=REPO)
 
 
-def _stop(process: subprocess.Popen):
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """(scheduler address, client, {"gpu": (process, address), "cpu": (process, address)})."""
     from distributed import Client
 
     logs = tmp_path_factory.mktemp("dask_logs")
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_ports(1)[0]}"
     port = address.rsplit(":", 1)[1]
     processes = [_start([DASK, "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard"],
                         logs / "scheduler.log")]
@@ -77,7 +61,7 @@ def cluster(tmp_path_factory):
         client.close()
     finally:
         for process in reversed(processes):
-            _stop(process)
+            stop(process)
 
 
 def _task_stream(client, since: int) -> list[tuple[str, str]]:

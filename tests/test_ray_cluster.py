@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.tools.demo import write_synthetic_rollouts
+from processes import free_ports, stop
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -33,26 +33,10 @@ RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _start(args: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, **RAY_ENV}
     return subprocess.Popen([RAY, "start", "--block", *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True, cwd=REPO, env=env)
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +45,7 @@ def cluster(tmp_path_factory):
 
     os.environ.update(RAY_ENV)  # the state API client in this process too
     logs = tmp_path_factory.mktemp("ray_logs")
-    port, dashboard = _free_port(HEAD), _free_port(HEAD)
+    port, dashboard = free_ports(2, HEAD)
     address = f"{HEAD}:{port}"
     common = ["--object-store-memory", STORE, "--disable-usage-stats"]
     processes = {"head": _start(["--head", "--node-ip-address", HEAD, "--port", str(port), "--num-cpus", "0",
@@ -78,7 +62,7 @@ def cluster(tmp_path_factory):
         yield address, url, processes
     finally:
         for process in reversed(list(processes.values())):
-            _stop(process)
+            stop(process, grace_s=30)
 
 
 def _wait_for(url: str, ips: set[str], logs: Path, timeout_s: float = 120) -> None:
