@@ -252,3 +252,18 @@ def test_every_adversarial_row_comes_back_labelled_even_when_a_worker_is_killed(
     for (kind, _, _), status in zip(corpus, statuses):
         by_kind.setdefault(kind, set()).add(status)
     assert "timeout" in by_kind["huge exponent"] | by_kind["power tower"]  # math-verify's own limit fired
+
+
+def test_the_pool_works_under_a_default_socket_timeout():
+    """A process-wide socket timeout (Beam's GCP credentials code sets 60 s) makes new sockets
+    non-blocking; the pool's connections must stay blocking or every read fails with EAGAIN."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)
+    try:
+        with VerifierPool(VerifierConfig(num_workers=1)) as pool:
+            scores, statuses, _, _ = pool.verify(["4", "9"], ["so \\boxed{4}", "the answer is \\boxed{8}"])
+    finally:
+        socket.setdefaulttimeout(previous)
+    assert statuses == ["ok", "ok"] and scores == [1.0, 0.0]

@@ -114,6 +114,7 @@ _PROGRESS = struct.Struct("<qq")  # (task id, position in the task)
 def _subprocess_main(fd: int, progress_fd: int):
     """Entry point of a worker subprocess: its socket is file descriptor `fd`, its progress file
     `progress_fd`; the config comes first."""
+    os.set_blocking(fd, True)
     conn = Connection(fd)
     progress = mmap.mmap(progress_fd, _PROGRESS.size)
     _worker_main(conn, pickle.loads(conn.recv_bytes()), progress)
@@ -216,6 +217,10 @@ class VerifierPool:
 
     def _spawn(self) -> _Worker:
         parent_socket, child_socket = socket.socketpair()
+        # Blocking, whatever socket.setdefaulttimeout says: a default timeout (Beam's GCP credentials code sets
+        # 60 s) makes new sockets non-blocking, and Connection's raw reads would then fail with EAGAIN.
+        parent_socket.setblocking(True)
+        child_socket.setblocking(True)
         # The child sees the parent's import path, as multiprocessing's spawn would give it.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         with tempfile.TemporaryFile() as progress_file:
