@@ -158,14 +158,14 @@ def test_a_run_on_s3_killed_mid_run_resumes_to_the_same_bytes(s3_server, engine,
     output = s3_server.url(f"killed-{engine}")
     args = ["--input", upload_input(s3_server, rollouts), "--output", output, "--engine", engine, "--shuffle",
             "files", *RUN_ARGS]
-    # SIGKILL after the 4th unit's spill files, before its marker: up to 3 units are complete on the store
-    # (Dask's threads may be between another unit's spill files and its marker).
+    # SIGKILL after a 4th unit's spill files, before its marker. Some units are complete on the store, never
+    # all: how many depends on the engine (Ray counts the 4th unit per worker process, which run in parallel).
     code, err = finish(cli(args, s3_server.env, fault="group:4"))
     assert code == -signal.SIGKILL, f"expected a SIGKILL, got {code}: {err[-2000:]}"
     fs = s3_server.filesystem()
     assert not fs.exists(f"{BUCKET}/killed-{engine}/manifest.json")
     marked = len(fs.glob(f"{BUCKET}/killed-{engine}/_shuffle/units/*.json"))
-    assert 1 <= marked <= 3
+    assert 1 <= marked < ROWS // ROWS_PER_UNIT
 
     run_ok(args, s3_server.env)  # the same command again
     got = download(s3_server, output, tmp_path / "got")
