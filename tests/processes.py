@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -33,3 +34,21 @@ def stop(process: subprocess.Popen, grace_s: float = 20, group: bool = True) -> 
     except subprocess.TimeoutExpired:
         send(signal.SIGKILL)
         process.wait()
+
+
+def dask_task_stream(client, since: int) -> list[tuple[str, str]]:
+    """(task name prefix, worker) of every task the Dask scheduler saw finish since index `since`."""
+    def collect(dask_scheduler, start):
+        return [(str(t["key"]), t["worker"]) for t in dask_scheduler.get_task_stream(start_index=start)]
+    return [(key.split("-")[0], worker) for key, worker in client.run_on_scheduler(collect, start=since)]
+
+
+def dask_stream_index(client) -> int:
+    """Where the scheduler's task stream is now (the first call makes it keep one from then on)."""
+    return client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.get_task_stream_index())
+
+
+def dask_pipeline(address: str, input_path, output, *extra) -> list[str]:
+    """The command line of a run on the Dask scheduler at `address`."""
+    return [sys.executable, "run_pipeline.py", "--engine", "dask", "--dask-scheduler", address, "--input",
+            str(input_path), "--output", str(output), "--progress", "off", *extra]

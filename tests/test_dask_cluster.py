@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.tools.demo import write_synthetic_rollouts
-from processes import free_ports, stop
+from processes import dask_pipeline, dask_stream_index, dask_task_stream, free_ports, stop
 
 REPO = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))
@@ -56,7 +56,7 @@ def cluster(tmp_path_factory):
         client.wait_for_workers(2, timeout=120)
         cpu_address = next(a for a in client.scheduler_info()["workers"] if a != gpu_address)
         # Make the scheduler keep its task stream from now on (the plugin is installed on first use).
-        client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.get_task_stream_index())
+        dask_stream_index(client)
         yield address, client, {"gpu": (gpu, gpu_address), "cpu": (cpu, cpu_address)}
         client.close()
     finally:
@@ -64,32 +64,16 @@ def cluster(tmp_path_factory):
             stop(process)
 
 
-def _task_stream(client, since: int) -> list[tuple[str, str]]:
-    """(task name prefix, worker) of every task the scheduler saw finish since index `since`."""
-    def collect(dask_scheduler, start):
-        return [(str(t["key"]), t["worker"]) for t in dask_scheduler.get_task_stream(start_index=start)]
-    return [(key.split("-")[0], worker) for key, worker in client.run_on_scheduler(collect, start=since)]
-
-
-def _stream_index(client) -> int:
-    return client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.get_task_stream_index())
-
-
-def _pipeline(address: str, input_path, output, *extra) -> list[str]:
-    return [sys.executable, "run_pipeline.py", "--engine", "dask", "--dask-scheduler", address, "--input",
-            str(input_path), "--output", str(output), "--progress", "off", *extra]
-
-
 def test_missing_resource_fails_before_submitting(cluster, tmp_path, tiny_rm_path):
     address, client, _ = cluster
     write_synthetic_rollouts(str(tmp_path / "in.parquet"), 16, seed=1)
-    before = _stream_index(client)
-    finished = subprocess.run(_pipeline(address, tmp_path / "in.parquet", tmp_path / "out", "--rm-model",
+    before = dask_stream_index(client)
+    finished = subprocess.run(dask_pipeline(address, tmp_path / "in.parquet", tmp_path / "out", "--rm-model",
                                         tiny_rm_path, "--dask-resource", "TPU=1"),
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 2
     assert "--dask-resource TPU=1: no worker of the cluster holds it" in finished.stderr
-    assert _task_stream(client, before) == []  # nothing was submitted
+    assert dask_task_stream(client, before) == []  # nothing was submitted
 
 
 def test_rm_runs_on_the_gpu_worker_and_the_job_survives_losing_the_cpu_worker(cluster, tmp_path, tiny_rm_path):
@@ -102,22 +86,24 @@ def test_rm_runs_on_the_gpu_worker_and_the_job_survives_losing_the_cpu_worker(cl
     pq.write_table(table, tmp_path / "in.parquet", row_group_size=40)
 
     # 1. A clean run: every RM task on the GPU worker, every verification on the CPU worker.
-    before = _stream_index(client)
-    clean = subprocess.run(_pipeline(address, tmp_path / "in.parquet", tmp_path / "clean", "--rm-model", tiny_rm_path),
+    before = dask_stream_index(client)
+    clean = subprocess.run(dask_pipeline(address, tmp_path / "in.parquet", tmp_path / "clean", "--rm-model",
+                                         tiny_rm_path),
                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stderr[-3000:]
-    stream = _task_stream(client, before)
+    stream = dask_task_stream(client, before)
     assert {w for name, w in stream if name == "score"} == {gpu_address}
     assert {w for name, w in stream if name == "verify"} == {cpu_address}
     assert sum(name == "score" for name, _ in stream) == sum(name == "verify" for name, _ in stream) == 60
 
     # 2. The same job; kill the CPU worker (nanny, worker and its verifier processes) as soon as the
     # scheduler records its first finished verification task.
-    before = _stream_index(client)
-    job = subprocess.Popen(_pipeline(address, tmp_path / "in.parquet", tmp_path / "killed", "--rm-model", tiny_rm_path),
+    before = dask_stream_index(client)
+    job = subprocess.Popen(dask_pipeline(address, tmp_path / "in.parquet", tmp_path / "killed", "--rm-model",
+                                         tiny_rm_path),
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while ("verify", cpu_address) not in _task_stream(client, before):
+    while ("verify", cpu_address) not in dask_task_stream(client, before):
         assert job.poll() is None, "the job ended before the CPU worker finished a verification task"
         assert time.monotonic() < deadline, "no verification task finished on the CPU worker"
         time.sleep(0.05)
@@ -126,7 +112,7 @@ def test_rm_runs_on_the_gpu_worker_and_the_job_survives_losing_the_cpu_worker(cl
     out, err = job.communicate(timeout=300)
     assert job.returncode == 0, err[-3000:]
 
-    stream = _task_stream(client, before)
+    stream = dask_task_stream(client, before)
     verify_workers = [w for name, w in stream if name == "verify"]
     assert verify_workers[0] == cpu_address and verify_workers[-1] == gpu_address  # verification moved over
     assert {w for name, w in stream if name == "score"} == {gpu_address}

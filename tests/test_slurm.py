@@ -1,6 +1,6 @@
-"""The Slurm recipe for real: a slurmctld and a slurmd on this machine (one node, two cores, a count-only
-`gpu:1` generic resource backed by /dev/null), munge for their credentials, all started by the test on 127.0.0.1 with a fresh
-state directory and torn down after.
+"""The Slurm recipe for real: a slurmctld and a slurmd on this machine (one node, two cores, a `gpu:1`
+generic resource backed by /dev/null), munge for their credentials, all started by the test on 127.0.0.1
+with a fresh state directory and torn down after.
 
 dask-jobqueue's SLURMCluster (pipeline/tools/deploy.py `slurm_cpu_cluster`) submits the CPU job and
 `sbatch` submits the GPU job script (`slurm_gpu_job_script`, `--gres=gpu:1`); both run `dask worker`
@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.tools.demo import write_synthetic_rollouts
+from processes import dask_pipeline, dask_stream_index, dask_task_stream
 
 REPO = Path(__file__).resolve().parents[1]
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel")
@@ -78,7 +78,7 @@ def _write_config(root: Path, host: str, socket_path: Path) -> Path:
         "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "MpiDefault=none",
         "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
         "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
-        f"JobCompType=jobcomp/filetxt", f"JobCompLoc={root / 'jobs.txt'}",
+        "JobCompType=jobcomp/filetxt", f"JobCompLoc={root / 'jobs.txt'}",
         "ReturnToService=2", "GresTypes=gpu",
         _node_line(host),
         f"PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP",
@@ -140,22 +140,6 @@ def _jobs(env) -> dict[str, str]:
     return dict(line.split() for line in lines if line.strip())
 
 
-def _task_stream(client, since: int) -> list[tuple[str, str]]:
-    """(task name prefix, worker) of every task the scheduler saw finish since index `since`."""
-    def collect(dask_scheduler, start):
-        return [(str(t["key"]), t["worker"]) for t in dask_scheduler.get_task_stream(start_index=start)]
-    return [(key.split("-")[0], worker) for key, worker in client.run_on_scheduler(collect, start=since)]
-
-
-def _stream_index(client) -> int:
-    return client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.get_task_stream_index())
-
-
-def _pipeline(address: str, input_path, output, *extra) -> list[str]:
-    return [sys.executable, "run_pipeline.py", "--engine", "dask", "--dask-scheduler", address, "--input",
-            str(input_path), "--output", str(output), "--progress", "off", "--verifier-workers", "1", *extra]
-
-
 def test_slurm_jobs_run_the_workers_and_the_run_survives_scancel(slurm, tmp_path, tiny_rm_path, monkeypatch):
     from distributed import Client
 
@@ -188,24 +172,24 @@ def test_slurm_jobs_run_the_workers_and_the_run_survives_scancel(slurm, tmp_path
         jobs = _jobs(slurm)
         assert jobs[gpu_job] == "RUNNING" and len(jobs) == 2, jobs
         cpu_job = next(job for job in jobs if job != gpu_job)
-        _stream_index(client)  # the scheduler keeps its task stream from here on
+        dask_stream_index(client)  # the scheduler keeps its task stream from here on
 
         # 1. A clean run: RM tasks on the GPU job's worker, verification on the CPU job's.
-        before = _stream_index(client)
-        clean = subprocess.run(_pipeline(address, tmp_path / "in.parquet", tmp_path / "clean", "--rm-model",
-                                         tiny_rm_path), cwd=REPO, capture_output=True, text=True, timeout=400)
+        one_verifier = ("--verifier-workers", "1", "--rm-model", tiny_rm_path)
+        before = dask_stream_index(client)
+        clean = subprocess.run(dask_pipeline(address, tmp_path / "in.parquet", tmp_path / "clean", *one_verifier),
+                               cwd=REPO, capture_output=True, text=True, timeout=400)
         assert clean.returncode == 0, clean.stderr[-3000:]
-        stream = _task_stream(client, before)
+        stream = dask_task_stream(client, before)
         assert {worker for name, worker in stream if name == "score"} == {gpu_worker}
         assert {worker for name, worker in stream if name == "verify"} == {cpu_worker}
 
         # 2. The same job; `scancel` the CPU job once it has finished a verification.
-        before = _stream_index(client)
-        job = subprocess.Popen(_pipeline(address, tmp_path / "in.parquet", tmp_path / "cancelled", "--rm-model",
-                                         tiny_rm_path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+        before = dask_stream_index(client)
+        job = subprocess.Popen(dask_pipeline(address, tmp_path / "in.parquet", tmp_path / "cancelled", *one_verifier),
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 200
-        while ("verify", cpu_worker) not in _task_stream(client, before):
+        while ("verify", cpu_worker) not in dask_task_stream(client, before):
             assert job.poll() is None, "the run ended before the CPU job finished a verification"
             assert time.monotonic() < deadline, "no verification finished on the CPU job's worker"
             time.sleep(0.2)
