@@ -97,7 +97,7 @@ def _errors(plan: RunPlan, file_index: int, parts: list[str]):
     return write_errors(plan, file_index, parts)
 
 
-_STARTED_LOCALLY: dict = {}  # the local cluster this process started, and the RM resource it declared
+_STARTED_LOCALLY: dict = {}  # the local cluster this process started: the RM resource and CPUs it declared
 
 
 def _connect(plan: RunPlan, requirement: dict[str, float] | None):
