@@ -2,7 +2,7 @@
 """End-to-end local benchmark: the whole pipeline on each engine vs plain single-process math-verify.
 
     python benchmarks/e2e_local.py [--engine beam,ray] [--rows 50000,200000] [--per-prompt 8]
-                                   [--workers 1,2] [--baseline-rows 20000]
+                                   [--workers 1,2] [--baseline-rows 20000] [--ray-task-per-cpu]
 
 1. Generates N synthetic rollouts (8 per prompt; GSM8K "A: N", \\boxed{}, \\(..\\) and answer-free forms like
    ../shared/data) with a precomputed RM score column, written as 10,000-row Parquet files (once per N).
@@ -11,9 +11,10 @@
    child and all its descendants (verifier processes; Dask's workers; Ray's raylet, object store and worker
    processes) every 0.2 s: RSS, and PSS (proportional set size, which counts a shared page once across
    processes: Ray's object store is shared memory that appears in every process's RSS).
-   W verifier workers means W verifying processes in all: `--verifier-workers W` on Beam and Dask (one engine
-   process holds one pool), `--ray-num-cpus W` on Ray (a local cluster of W CPUs runs one verification task
-   with a one-process pool per CPU).
+   W verifier workers means W verifying processes in all: `--verifier-workers W` on every engine (one engine
+   process, Dask worker or Ray task holds a pool of W), with `--ray-num-cpus W` on Ray (a local cluster of W
+   CPUs, so one verification task at a time). With --ray-task-per-cpu, Ray runs W tasks at a time instead,
+   each with a one-process pool (`--verifier-workers 1`): a unit is a task, so the last units leave CPUs idle.
 3. Runs the baseline in this process on the first --baseline-rows rows of the first N: for every row,
    math_verify.parse the reference (wrapped in $...$ so bare answers parse, as the pipeline does), parse the
    response, verify.
@@ -96,17 +97,19 @@ def sample_peak_memory(process: psutil.Process, stop: threading.Event, result: d
                   peak_pss_mb=round(peak_pss / 2**20, 1))
 
 
-def worker_flags(engine: str, workers: int) -> list[str]:
-    """W verifying processes in all: a pool of W on Beam and Dask, a local cluster of W CPUs on Ray."""
+def worker_flags(engine: str, workers: int, ray_task_per_cpu: bool = False) -> list[str]:
+    """W verifying processes in all: a pool of W on every engine, on Ray in a local cluster of W CPUs (or W
+    tasks with a one-process pool each)."""
     if engine == "ray":
-        return ["--ray-num-cpus", str(workers), "--verifier-workers", "1"]
+        return ["--ray-num-cpus", str(workers), "--verifier-workers", "1" if ray_task_per_cpu else str(workers)]
     return ["--verifier-workers", str(workers)]
 
 
-def run_pipeline(input_dir: str, output_dir: str, engine: str, workers: int, extra: list[str]) -> tuple[float, dict, dict]:
+def run_pipeline(input_dir: str, output_dir: str, engine: str, workers: int, extra: list[str],
+                 ray_task_per_cpu: bool = False) -> tuple[float, dict, dict]:
     command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", input_dir, "--output", output_dir,
                "--rm-backend", "precomputed", "--rm-score-column", "bench_rm_score", "--progress", "off",
-               "--engine", engine, *worker_flags(engine, workers), "--overwrite", *extra]
+               "--engine", engine, *worker_flags(engine, workers, ray_task_per_cpu), "--overwrite", *extra]
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     memory: dict = {}
@@ -160,6 +163,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="verifier workers per run, comma-separated (default 1,2)")
     parser.add_argument("--baseline-rows", type=int, default=20_000,
                         help="judge only the first N rows in the baseline (default 20000; 0 = all rows)")
+    parser.add_argument("--ray-task-per-cpu", action="store_true",
+                        help="on Ray, W tasks with a one-process pool each instead of one task with a pool of W")
     parser.add_argument("--workdir", default=None, help="keep inputs/outputs here (default: a temporary directory)")
     args, extra = parser.parse_known_args()  # anything else goes to run_pipeline.py (e.g. --batch-rows 4096)
     engines, sizes = comma_list(args.engine), comma_list(args.rows, int)
@@ -178,7 +183,8 @@ def main() -> None:
                 output_dir = os.path.join(workdir, f"output-{engine}-{rows}")
                 runs = []
                 for workers in worker_counts:
-                    wall, memory, manifest = run_pipeline(input_dir, output_dir, engine, workers, extra)
+                    wall, memory, manifest = run_pipeline(input_dir, output_dir, engine, workers, extra,
+                                                          args.ray_task_per_cpu)
                     counters = manifest["engine"]["counters"]
                     runs.append({"verifier_workers": workers, "wall_s": round(wall, 2),
                                  "rows_per_s": round(rows / wall, 1),
@@ -217,6 +223,7 @@ def main() -> None:
     print(json.dumps({
         "engines": engines,
         "pipeline_flags": extra,
+        "ray_layout": "a task per CPU" if args.ray_task_per_cpu else "a pool of W per task",
         "results": results,
         "ratios": ratios,
         f"peak_pss_{sizes[-1]}_over_{sizes[0]}": memory_growth,

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Nothing a test runs reaches beyond loopback: no hub downloads, no usage statistics (set before any library
+# reads them at import; .ci/run also runs the suite in a namespace with only a loopback interface).
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+os.environ.update(OFFLINE_ENV)
+
 import fakes  # noqa: F401 - registers the "fake" reward backend (tests/fakes.py: instant deterministic scores)
 from pipeline.config import ENGINES
 

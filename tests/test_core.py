@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.stages.group import SpillWriter, load_parts, spill_path, split_by_bucket
+from pipeline.stages.group import SpillWriter, load_parts, split_by_bucket
 from pipeline.config import EngineConfig, build_config
 from pipeline.stages.write import fuse_and_write, write_errors
 from pipeline.plan import make_plan
@@ -53,21 +53,42 @@ def test_split_by_bucket_keeps_groups_whole_and_rows_once():
     assert [b for b, _ in pieces] == sorted(b for b, _ in pieces)
 
 
-def test_spill_files_round_trip_under_deterministic_names(tmp_path):
+def test_a_unit_spills_one_object_whose_byte_ranges_read_back_each_bucket(tmp_path):
     table = scored_rows()
     writer = SpillWriter(str(tmp_path), 2, table.schema, name="unit-a", flush_rows=1)
     writer.add(table.slice(0, 2))
     writer.add(table.slice(2))
     written = writer.close()
-    assert written == {b: spill_path(str(tmp_path), b, "unit-a") for b in written}
-    assert not list(tmp_path.rglob("*.tmp"))  # temporaries renamed into place
+    objects = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(objects) == 1 and objects[0].name.startswith("unit-a-")  # one object for every bucket
+    assert not list(tmp_path.rglob("*.tmp"))  # the temporary renamed into place
+    for bucket, part in written.items():  # each range is that bucket's rows, and only those
+        rows = load_parts([part])
+        assert set(bucket_of(rows.column("prompt_id"), 2)) == {bucket}
     back = load_parts(written.values()).sort_by([("prompt_id", "ascending"), (ORDER, "ascending")])
     assert back.equals(table.sort_by([("prompt_id", "ascending"), (ORDER, "ascending")]))
-    # Rewriting the same unit (a retried task) replaces its files instead of adding rows.
-    again = SpillWriter(str(tmp_path), 2, table.schema, name="unit-a")
-    again.add(table)
+    # A retried task with the same rows in the same batches writes the same object: nothing added.
+    again = SpillWriter(str(tmp_path), 2, table.schema, name="unit-a", flush_rows=1)
+    again.add(table.slice(0, 2))
+    again.add(table.slice(2))
     assert again.close() == written
-    assert load_parts(written.values()).num_rows == 3
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == objects
+    # One whose rows differ (other scores) writes another object, and its parts name that one.
+    changed = table.set_column(table.schema.get_field_index("rm_score"), "rm_score",
+                               pa.array([9.0] * table.num_rows, pa.float32()))
+    other = SpillWriter(str(tmp_path), 2, table.schema, name="unit-a")
+    other.add(changed)
+    parts = other.close()
+    assert set(parts) == set(written) and not set(parts.values()) & set(written.values())
+    assert load_parts(parts.values()).column("rm_score").to_pylist() == [9.0] * table.num_rows
+    assert load_parts(written.values()).num_rows == 3  # the first object is intact
+
+
+def test_a_spill_file_per_bucket_from_an_earlier_version_still_reads(tmp_path):
+    """A resumed run may find markers that name whole Parquet files (one per unit and bucket)."""
+    table = scored_rows()
+    pq.write_table(table, tmp_path / "file-00000-rg-00000.parquet")
+    assert load_parts([str(tmp_path / "file-00000-rg-00000.parquet")]).equals(table)
 
 
 def test_sigma_bar_does_not_depend_on_partial_order():

@@ -304,3 +304,34 @@ def test_local_ray_cluster_keeps_a_loopback_node_address_and_records_placement(t
     placement = manifest["engine"]["placement"]
     assert placement == {"verify+score": {LOCAL_NODE_ADDRESS: 3}, "spill": {LOCAL_NODE_ADDRESS: 3}}  # a unit a file
     assert manifest["engine"]["nodes"] == 1 and manifest["output_rows"] == 120
+
+
+LOCAL_GPU = {"address": None, "resource": {"GPU": 1.0}, "cpus": 2}  # the local cluster, as a CPU-only host starts it
+JOINED_A = {"address": "127.0.0.2:6379"}
+# (open session, this run's --ray-address, its RM resource, its CPUs, reused?): a run never lands on a
+# cluster other than the one it names, nor on a local cluster without its RM resource or CPUs.
+RAY_SESSIONS = [
+    ({}, None, None, 2, True),  # the caller's own ray.init: joined as it is
+    ({}, "127.0.0.2:6379", None, 2, False),  # ... unless the run names a cluster
+    (JOINED_A, "127.0.0.2:6379", None, 2, True),  # the cluster this process joined before
+    (JOINED_A, "127.0.0.3:6379", None, 2, False),  # another cluster's address
+    (JOINED_A, None, None, 2, False),  # a local run after a joined one: the local cluster, not the joined one
+    (LOCAL_GPU, "127.0.0.2:6379", None, 2, False),  # a joined run after a local one
+    (LOCAL_GPU, None, {"GPU": 1.0}, 2, True),  # the same local cluster again
+    (LOCAL_GPU, None, None, 2, True),  # a run that needs no RM resource
+    (LOCAL_GPU, None, None, 1, False),  # --ray-num-cpus changed
+    (LOCAL_GPU, None, {"TPU": 1.0}, 2, False),  # a custom resource the local cluster did not declare
+]
+
+
+@pytest.mark.skipif("ray" not in ENGINE_NAMES, reason="the Ray engine is not registered")
+@pytest.mark.parametrize("session,address,requirement,cpus,reused", RAY_SESSIONS)
+def test_an_open_ray_session_is_reused_only_for_the_cluster_the_run_asks_for(monkeypatch, session, address,
+                                                                             requirement, cpus, reused):
+    from pipeline.config import build_config
+    from pipeline.engines import ray as ray_engine
+
+    monkeypatch.setattr(ray_engine, "_SESSION", dict(session))
+    options = {"input": "in.parquet", "output": "out", "engine": "ray", "rm_backend": "none"}
+    engine = build_config({**options, **({"ray_address": address} if address else {})}).engine
+    assert ray_engine._reusable(engine, requirement, cpus) is reused

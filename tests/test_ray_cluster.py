@@ -62,7 +62,7 @@ def cluster(tmp_path_factory):
         yield address, url, processes
     finally:
         for process in reversed(list(processes.values())):
-            stop(process, grace_s=30)
+            stop(process, grace_s=10)  # SIGTERM, then SIGKILL to the group (a node whose raylet died lingers)
 
 
 def _wait_for(url: str, ips: set[str], logs: Path, timeout_s: float = 120) -> None:

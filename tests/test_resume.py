@@ -42,6 +42,10 @@ def launch(args: list[str], fault: str | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "HEROLABEL_FAULT_AT"}
     if fault:
         env["HEROLABEL_FAULT_AT"] = fault
+        # Where Ray's worker processes count the points they reach together, beside the output.
+        counts = Path(args[args.index("--output") + 1]).parent / "fault-counts"
+        counts.mkdir(exist_ok=True)
+        env["HEROLABEL_FAULT_COUNTS"] = str(counts)
     # A session of its own: the fault kills this run's process group, never the test's.
     return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -74,10 +78,17 @@ FAULTS = [
 ]
 
 
+# On Ray a kill anywhere inside a unit's tasks is the same crash (every task is in the driver's process
+# group): one such point there, plus the shard writes, keeps its share of the suite's time down.
+RAY_FAULT_POINTS = ("group", "write")
+
+
 @pytest.mark.parametrize("point,count", FAULTS)
 def test_a_run_killed_at_a_named_point_resumes_to_the_clean_output(clean, rollouts, tiny_rm_path, tmp_path,
                                                                      point, count):
     engine, clean_output = clean
+    if engine == "ray" and point not in RAY_FAULT_POINTS:
+        pytest.skip(f"on Ray, {RAY_FAULT_POINTS} cover a kill inside a unit's tasks and during the writes")
     output = tmp_path / "out"
     args = command(rollouts, output, tiny_rm_path, engine)
     code, err = finish(launch(args, fault=f"{point}:{count}"))
@@ -117,6 +128,8 @@ def test_a_run_killed_on_a_timer_resumes_to_the_clean_output(clean, rollouts, ti
 def test_resuming_with_other_settings_is_refused_and_a_finished_run_is_kept(clean, rollouts, tiny_rm_path,
                                                                              tmp_path):
     engine, _ = clean
+    if engine == "ray":
+        pytest.skip("the settings check runs before any engine starts: Beam and Dask cover it")
     output = tmp_path / "out"
     args = command(rollouts, output, tiny_rm_path, engine)
     code, _ = finish(launch(args, fault="score:2"))

@@ -14,9 +14,9 @@ fuse-BUCKET task per shard and one errors-FILE task per input file with bad rows
 Scoring unit k overlaps verification of units k+1.. naturally (separate tasks on separate workers).
 At most `window` units are in flight, so memory stays flat whatever the input size; only spill-file
 paths come back to the client. A worker that dies loses its running tasks and the results it held,
-which the scheduler recomputes; spill files have deterministic names and atomic writes, so a rerun
-rewrites them. Spill files number units x buckets (each fuse task reads one per unit that had rows of
-its bucket).
+which the scheduler recomputes; a unit's spill object is named after the unit and its content and
+written atomically, so a rerun rewrites it (or, with other rows, writes another that its marker names).
+A unit spills one object; each fuse task reads one byte range of it per unit that had rows of its bucket.
 
 Resources are required through `client.submit(..., resources=...)`, never `dask.annotate` (annotations
 on dask DataFrame graphs are dropped by the query optimizer), and checked before anything is submitted:
@@ -88,8 +88,8 @@ def run_group(plan: RunPlan, carried: dict, group: int, verifying_per_host: dict
 
 
 def spill_unit(plan: RunPlan, carried: dict) -> dict:
-    """Buckets the unit's rows into spill files named after the unit and marks it complete; returns the
-    paths (no rows)."""
+    """Buckets the unit's rows into its spill object and marks it complete; returns where each bucket's
+    rows are (no rows)."""
     sink = CounterSink()
     done = complete_unit(plan, carried["tables"], sink)
     return {"done": done, "counts": _merge(carried["counts"], sink.counts),

@@ -2,10 +2,11 @@
 
     OUTPUT/_shuffle/run.json              what the run is (labeling settings, RM identity, inputs, shards)
     OUTPUT/_shuffle/units/UNIT.json       a unit (input row group) is verified, scored and spilled
-    OUTPUT/_shuffle/bucket-B/UNIT.parquet its spilled rows          OUTPUT/_shuffle/errors/UNIT.parquet
+    OUTPUT/_shuffle/spill/UNIT-D.parquet  its spilled rows (bucket: byte range, in its marker); its bad rows
+                                          in OUTPUT/_shuffle/errors/UNIT.parquet
     OUTPUT/data/part-B-of-S.parquet       a finished shard (written atomically: complete when present)
 
-A marker is written only after the unit's spill files, so a unit with a marker is complete; a run
+A marker is written only after the unit's spill object, so a unit with a marker is complete; a run
 killed at any point and started again with the same arguments reads the markers, skips those units
 and the finished shards, and recomputes the rest. Every file is a deterministic function of the input
 and the labeling settings, so the result is byte-identical to an uninterrupted run. A resume with other
