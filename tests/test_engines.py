@@ -335,3 +335,14 @@ def test_an_open_ray_session_is_reused_only_for_the_cluster_the_run_asks_for(mon
     options = {"input": "in.parquet", "output": "out", "engine": "ray", "rm_backend": "none"}
     engine = build_config({**options, **({"ray_address": address} if address else {})}).engine
     assert ray_engine._reusable(engine, requirement, cpus) is reused
+
+
+def test_dask_in_process_addresses_are_named_on_loopback(monkeypatch):
+    """Not after the outward IP (found by aiming a socket at 8.8.8.8, which warns without a network)."""
+    from distributed.comm import inproc
+
+    from pipeline.engines.dask import _label_in_process_addresses_with_loopback
+
+    monkeypatch.setattr(inproc.global_manager, "_ip", None)
+    _label_in_process_addresses_with_loopback()
+    assert inproc.global_manager.ip == "127.0.0.1"

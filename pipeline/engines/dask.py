@@ -135,6 +135,17 @@ def _has_resources(worker: dict, required: dict[str, float]) -> bool:
     return all(held.get(name, 0) >= amount for name, amount in required.items())
 
 
+def _label_in_process_addresses_with_loopback() -> None:
+    """The in-process transport names its addresses (labels only: nothing listens on them) after the
+    machine's outward IP, which distributed finds by pointing a UDP socket at 8.8.8.8; where there is no
+    network (a namespace with only loopback) that warns. Loopback names them as well."""
+    from distributed.comm import inproc
+
+    manager = getattr(inproc, "global_manager", None)
+    if manager is not None and not getattr(manager, "_ip", True):  # private: left alone when absent
+        manager._ip = "127.0.0.1"
+
+
 @contextmanager
 def _client(plan: RunPlan, required: dict[str, float] | None):
     """A Client on --dask-scheduler, or on a LocalCluster sized to this machine.
@@ -157,6 +168,7 @@ def _client(plan: RunPlan, required: dict[str, float] | None):
         return
     if not log.isEnabledFor(logging.INFO):  # distributed logs its start-up at INFO through its own handler
         logging.getLogger("distributed").setLevel(logging.WARNING)
+    _label_in_process_addresses_with_loopback()
     cluster = LocalCluster(n_workers=engine.dask_workers, threads_per_worker=2, processes=False,
                            dashboard_address=None, silence_logs=logging.WARNING)
     try:
