@@ -132,8 +132,10 @@ def test_accelerator_hint_sits_on_the_rm_step_only_on_remote_runners(tmp_path, t
 def test_slurm_recipes_build_with_the_documented_settings():
     from pipeline.tools.deploy import slurm_cpu_cluster, slurm_gpu_job_script
 
+    # The scheduler this starts listens on loopback (by default on the outward address, which it finds by
+    # aiming a socket at 8.8.8.8).
     cluster = slurm_cpu_cluster(cores=32, memory="64GB", walltime="04:00:00",
-                                scheduler_options={"dashboard_address": None})
+                                scheduler_options={"dashboard_address": None, "interface": "lo"})
     try:
         cpu_script = cluster.job_script()
     finally:
@@ -171,8 +173,9 @@ def test_verification_runs_in_a_worker_started_by_the_slurm_job_script(tmp_path)
 
     from pipeline.tools.deploy import slurm_cpu_cluster
 
-    cluster = slurm_cpu_cluster(cores=2, memory="4GB", walltime="00:10:00",
-                                scheduler_options={"dashboard_address": None})
+    # Scheduler and worker on loopback, not the outward address (found by aiming a socket at 8.8.8.8).
+    cluster = slurm_cpu_cluster(cores=2, memory="4GB", walltime="00:10:00", interface="lo",
+                                scheduler_options={"dashboard_address": None, "interface": "lo"})
     try:
         command_line = cluster.job_script().strip().splitlines()[-1]
         address = cluster.scheduler_address
