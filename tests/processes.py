@@ -1,5 +1,5 @@
-"""Servers and cluster nodes that tests start as OS processes: free loopback ports, and a stop that
-cannot leave one behind."""
+"""Servers, cluster nodes and runs that tests start as OS processes: free loopback ports, a stop that
+cannot leave one behind, and the environment of a run killed at a fault point."""
 
 from __future__ import annotations
 
@@ -8,6 +8,22 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
+
+from pipeline.storage.faults import FAULT_COUNTS_ENV, FAULT_ENV
+
+
+def with_fault(env: dict[str, str], fault: str | None, counts: Path | None = None) -> dict[str, str]:
+    """`env` for a run that SIGKILLs its process group at `fault` (NAME:N, storage/faults.py), or, with
+    None, for a clean run (an inherited fault removed). The run's processes count the fault's points
+    together in the directory `counts` (Ray's workers take units in no fixed order)."""
+    child = {k: v for k, v in env.items() if k not in (FAULT_ENV, FAULT_COUNTS_ENV)}
+    if fault:
+        if counts is None:
+            raise ValueError("a fault needs a directory to count its points in")
+        counts.mkdir(parents=True, exist_ok=True)
+        child.update({FAULT_ENV: fault, FAULT_COUNTS_ENV: str(counts)})
+    return child
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

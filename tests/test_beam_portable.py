@@ -35,15 +35,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from processes import free_ports
+from conftest import OFFLINE_ENV
+from processes import free_ports, with_fault
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 320  # 40 prompts x 8 responses in 4 files of 80 rows, row groups of 40: 8 units of work
 ROWS_PER_FILE = 80
 ROW_GROUP_SIZE = 40
 SORT_KEYS = [("prompt_id", "ascending"), ("sample_index", "ascending")]
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-               "RAY_USAGE_STATS_ENABLED": "0"}
 PORT_WAIT_S = 60  # both services listen within ~3 s here
 RUN_TIMEOUT_S = 90  # one CLI run takes 7-17 s here
 MARKER_WAIT_S = 60  # upper bound on waiting for the first completion marker of a run
@@ -145,8 +144,8 @@ def _is_loopback(address: str) -> bool:
 
 
 def _base_env(extra_pythonpath: list[str] = ()) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "HEROLABEL_FAULT_AT"}
-    env.update(OFFLINE_ENV)
+    env = with_fault(dict(os.environ), None)
+    env.update(OFFLINE_ENV)  # the SDK workers' environment too
     # The environment's bin/ first: the worker pool starts SDK workers as a bare `python`.
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     # Workers import the pipeline from this checkout, as the submitter does.

@@ -19,6 +19,7 @@ import pytest
 from conftest import ENGINE_NAMES
 from object_stores import BUCKET, Store, gcs_server, s3_env, s3_server, seaweedfs  # noqa: F401 - fixtures
 from pipeline.tools.demo import write_synthetic_rollouts
+from processes import with_fault
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, ROWS_PER_UNIT = 240, 40  # 2 files x 3 row groups: 6 units of work
@@ -35,14 +36,11 @@ pytestmark = [pytest.mark.object_store, pytest.mark.timeout(300)]
 
 
 def cli(args: list[str], env: dict[str, str] | None = None, main: str | None = None,
-        fault: str | None = None) -> subprocess.Popen:
+        fault: str | None = None, fault_counts: Path | None = None) -> subprocess.Popen:
     """The command line in a session of its own (a fault SIGKILLs its process group, not the test's),
     with a store's client environment added to this process's."""
-    child = {k: v for k, v in os.environ.items() if k != "HEROLABEL_FAULT_AT"}
-    child.update(env or {})
+    child = with_fault({**os.environ, **(env or {})}, fault, fault_counts)
     child["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), str(REPO / "tests"), child.get("PYTHONPATH")) if p)
-    if fault:
-        child["HEROLABEL_FAULT_AT"] = fault
     program = ["-c", main] if main else ["run_pipeline.py"]
     return subprocess.Popen([sys.executable, *program, *args], cwd=REPO, env=child, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -160,9 +158,7 @@ def test_a_run_on_s3_killed_mid_run_resumes_to_the_same_bytes(s3_server, engine,
             "files", *RUN_ARGS]
     # SIGKILL after the run's 4th unit's spill files, before its marker. Some units are complete on the store,
     # never all: 3, or fewer where units finish in parallel (Ray's worker processes).
-    counts = tmp_path / "fault-counts"  # where Ray's worker processes count the points they reach together
-    counts.mkdir()
-    code, err = finish(cli(args, {**s3_server.env, "HEROLABEL_FAULT_COUNTS": str(counts)}, fault="group:4"))
+    code, err = finish(cli(args, s3_server.env, fault="group:4", fault_counts=tmp_path / "fault-counts"))
     assert code == -signal.SIGKILL, f"expected a SIGKILL, got {code}: {err[-2000:]}"
     fs = s3_server.filesystem()
     assert not fs.exists(f"{BUCKET}/killed-{engine}/manifest.json")

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ENGINE_NAMES, shared_file
+from processes import with_fault
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 2000
@@ -39,13 +40,7 @@ def command(input_path, output, tiny_rm_path, engine: str) -> list[str]:
 
 
 def launch(args: list[str], fault: str | None = None) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "HEROLABEL_FAULT_AT"}
-    if fault:
-        env["HEROLABEL_FAULT_AT"] = fault
-        # Where Ray's worker processes count the points they reach together, beside the output.
-        counts = Path(args[args.index("--output") + 1]).parent / "fault-counts"
-        counts.mkdir(exist_ok=True)
-        env["HEROLABEL_FAULT_COUNTS"] = str(counts)
+    env = with_fault(dict(os.environ), fault, Path(args[args.index("--output") + 1]).parent / "fault-counts")
     # A session of its own: the fault kills this run's process group, never the test's.
     return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

@@ -159,14 +159,11 @@ def _connect(plan: RunPlan, requirement: dict[str, float] | None):
     # address="local": a new cluster of this process's own, never one `ray start` left on this machine.
     ray.init(address="local", _node_ip_address=LOCAL_NODE_ADDRESS, include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=False, num_cpus=cpus, **extra)
-    if not _EXIT_HOOK:
-        atexit.register(_stop_local_cluster)  # runs before Ray's own exit hook, registered at import
-        _EXIT_HOOK.append(True)
+    # Once, and after Ray's own exit hook (registered when ray is imported), so that it runs before it.
+    atexit.unregister(_stop_local_cluster)
+    atexit.register(_stop_local_cluster)
     _SESSION.update(address=None, resource=requirement, cpus=cpus)
     return ray
-
-
-_EXIT_HOOK: list = []
 
 
 def _stop_local_cluster() -> None:

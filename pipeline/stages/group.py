@@ -84,21 +84,22 @@ class SpillWriter:
     def close(self) -> dict[int, str]:
         """Writes the object; returns {bucket: part} in bucket order ({} for a unit without rows)."""
         self._flush()
-        files = []
+        files = []  # (bucket, its Parquet file as an Arrow buffer: hashed and written without a copy)
+        digest = hashlib.blake2b(digest_size=8)
         for bucket, (stream, writer) in sorted(self._writers.items()):
             writer.close()
-            files.append((bucket, stream.getvalue().to_pybytes()))
+            files.append((bucket, stream.getvalue()))
+            digest.update(files[-1][1])
         self._writers = {}
         if not files:
             return {}
-        content = b"".join(data for _, data in files)
-        url = spill_url(self.spill_dir, self.name, hashlib.blake2b(content, digest_size=8).hexdigest())
-        with fsio.open_atomic(url) as handle:
-            handle.write(content)
+        url = spill_url(self.spill_dir, self.name, digest.hexdigest())
         parts, start = {}, 0
-        for bucket, data in files:
-            parts[bucket] = f"{url}#{start}-{start + len(data)}"
-            start += len(data)
+        with fsio.open_atomic(url) as handle:
+            for bucket, data in files:
+                handle.write(data)
+                parts[bucket] = f"{url}#{start}-{start + data.size}"
+                start += data.size
         return parts
 
 
