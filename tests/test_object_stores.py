@@ -163,7 +163,7 @@ def test_a_run_on_s3_killed_mid_run_resumes_to_the_same_bytes(s3_server, engine,
     fs = s3_server.filesystem()
     assert not fs.exists(f"{BUCKET}/killed-{engine}/manifest.json")
     marked = len(fs.glob(f"{BUCKET}/killed-{engine}/_shuffle/units/*.json"))
-    assert 1 <= marked < ROWS // ROWS_PER_UNIT
+    assert 1 <= marked <= 3
 
     run_ok(args, s3_server.env)  # the same command again
     got = download(s3_server, output, tmp_path / "got")

@@ -38,3 +38,6 @@ def fault_point(name: str) -> None:
         reached = _REACHED[name]
     if reached >= int(spec.split(":", 1)[1]):
         os.killpg(int(os.environ.get(FAULT_GROUP_ENV) or os.getpgrp()), signal.SIGKILL)
+        # A worker outside that group (Ray's run in groups of their own) dies too: the crash is its own,
+        # and it must not go on to finish its unit.
+        os.kill(os.getpid(), signal.SIGKILL)
