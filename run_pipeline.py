@@ -18,7 +18,7 @@ import sys
 
 import yaml
 
-from pipeline.config import OPTIONS_BY_NAME, ConfigError, add_arguments, build_config, flag
+from pipeline.config import MAPPING_OPTIONS, OPTIONS_BY_NAME, ConfigError, add_arguments, build_config, flag
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def _options_from_yaml(path: str) -> dict:
     if not isinstance(loaded, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option names to values")
     options = {str(k).replace("-", "_"): v for k, v in loaded.items()}
-    unknown = sorted(set(options) - set(OPTIONS_BY_NAME))
+    unknown = sorted(set(options) - set(OPTIONS_BY_NAME) - set(MAPPING_OPTIONS))
     if unknown:
         raise ConfigError(f"--config {path}: unknown key(s): {', '.join(unknown)}")
     return options

@@ -21,6 +21,7 @@ from transforms.fuse import FUSIONS
 from transforms.fuse.hero import HeroConfig
 from transforms.pairs import PairsConfig
 from transforms.rm import RewardModelConfig
+from transforms.rm.signals import RewardSignal, build_signals
 from transforms.verify import VerifierConfig
 
 SHUFFLE_MODES = ("files", "engine")
@@ -190,6 +191,16 @@ class PipelineConfig:
         "how verdicts and RM scores become one reward per rollout: `hero` (stratified normalization + "
         "variance-aware weighting, arXiv 2510.07242), or a fusion registered in transforms/fuse/",
         group="fusion", default="hero")
+    fusion_rm: str | None = option(
+        "the reward signal the fusion uses, and `rm_score`/`rm_status` hold, when --rm-model names several",
+        group="fusion", default_text="the first", default=None)
+    rm_max_resident: int | None = option(
+        "reward models kept on a GPU worker's device at once when --rm-model names several; the others wait in "
+        "host memory and are moved in when their turn comes",
+        group="reward model", default_text="as many as fit", default=None, stored=NEVER)
+    # Several named reward signals (transforms/rm/signals.py), built from --rm-model / --rm-score-column /
+    # rm_models; empty for a run with one reward model. `rm` then holds the fusion's signal (fusion_rm).
+    rm_signals: tuple[RewardSignal, ...] = ()
 
     def __post_init__(self):
         for name in ("input", "output"):
@@ -218,9 +229,49 @@ class PipelineConfig:
                              "worker threads)")
         if self.fusion not in FUSIONS:
             raise ValueError(f"pipeline.fusion must be one of {tuple(FUSIONS)}, got {self.fusion!r}")
+        self._check_signals()
         if self.beam_args and self.engine.engine != "beam":
             raise ValueError(f"options not known to herolabel go to Apache Beam, which engine.engine="
                              f"{self.engine.engine} does not use: {' '.join(self.beam_args)}")
+
+    def _check_signals(self) -> None:
+        signals = tuple(self.rm_signals)
+        if len(signals) == 1:  # one named signal is a run with one reward model: today's columns exactly
+            if self.fusion_rm not in (None, signals[0].name):
+                raise ValueError(f"pipeline.fusion_rm {self.fusion_rm!r} is not a reward signal of this run "
+                                 f"({signals[0].name})")
+            object.__setattr__(self, "rm", signals[0].config)
+            object.__setattr__(self, "rm_signals", ())
+            object.__setattr__(self, "fusion_rm", None)
+            signals = ()
+        if self.rm_max_resident is not None and not is_whole(self.rm_max_resident, 1):
+            raise ValueError(f"pipeline.rm_max_resident must be an integer >= 1, got {self.rm_max_resident!r}")
+        if not signals:
+            if self.fusion_rm is not None:
+                raise ValueError("pipeline.fusion_rm chooses among several reward signals (--rm-model a=PATH,b=PATH); "
+                                 "this run has one")
+            if self.rm_max_resident is not None:
+                raise ValueError("pipeline.rm_max_resident applies when --rm-model names several models")
+            return
+        names = [s.name for s in signals]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pipeline.rm_signals: names must be unique, got {names}")
+        chosen = self.fusion_rm or names[0]
+        if chosen not in names:
+            raise ValueError(f"pipeline.fusion_rm must be one of the reward signals {names}, got {self.fusion_rm!r}")
+        object.__setattr__(self, "rm_signals", signals)
+        object.__setattr__(self, "rm", signals[names.index(chosen)].config)
+        models = [s for s in signals if s.runs_model]
+        if self.rm_max_resident is not None and self.rm_max_resident < len(models) and any(
+                s.config.backend == "vllm" for s in models):
+            raise ValueError(f"pipeline.rm_max_resident {self.rm_max_resident} would move models off the device, "
+                             "which a vllm engine cannot do; keep every vllm signal resident (unset it) or use the "
+                             "transformers backend")
+
+    @property
+    def fusion_signal(self) -> str | None:
+        """The name of the signal in rm_score / rm_status (None with one reward model)."""
+        return (self.fusion_rm or self.rm_signals[0].name) if self.rm_signals else None
 
     def to_dict(self) -> dict:
         """JSON-ready form of every setting, stored in the manifest."""
@@ -229,9 +280,15 @@ class PipelineConfig:
     def labeling_dict(self) -> dict:
         """The settings that decide the labels (stored in every shard), by the rule every field declares
         (transforms/checks.py: `stored`); no paths or execution settings."""
-        return {"verifier": stored_settings(self.verifier), "rm": stored_settings(self.rm),
-                "hero": stored_settings(self.hero), **stored_settings(self)}
+        stored = {"verifier": stored_settings(self.verifier), "rm": stored_settings(self.rm),
+                  "hero": stored_settings(self.hero), **stored_settings(self)}
+        if self.rm_signals:  # several reward signals: each one's settings (one model: nothing more stored)
+            stored["rm_signals"] = {s.name: stored_settings(s.config) for s in self.rm_signals}
+        return stored
 
+
+# Options given only as YAML mappings (no flag): rm_models, the reward signals with per-model settings.
+MAPPING_OPTIONS = ("rm_models",)
 
 # The sections whose fields are options, in the order the option table lists them.
 _SECTIONS = {"pipeline": PipelineConfig, "rm": RewardModelConfig, "verifier": VerifierConfig, "hero": HeroConfig,
@@ -322,16 +379,26 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
 
     rm_backend left unset is inferred: rm_model -> transformers, rm_score_column -> precomputed.
     """
-    unknown = sorted(set(options) - set(OPTIONS_BY_NAME))
+    unknown = sorted(set(options) - set(OPTIONS_BY_NAME) - set(MAPPING_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown option(s): {', '.join(flag(u) for u in unknown)}")
     sections: dict[str, dict] = {name: {} for name in _SECTIONS}
     for name, value in options.items():
-        if value is not None:
+        if value is not None and name not in MAPPING_OPTIONS:
             known = OPTIONS_BY_NAME[name]
             sections[known.section][known.attribute] = value
     rm = sections["rm"]
-    if "backend" not in rm:
+    models = options.get("rm_models")
+    if models is not None and not isinstance(models, dict):
+        raise ConfigError(f"rm_models must be a mapping of signal names to settings, got {models!r}")
+    try:
+        signals = build_signals(rm, models)
+    except ValueError as exc:
+        raise ConfigError(name_options(str(exc))) from exc
+    if signals:
+        sections["pipeline"]["rm_signals"] = signals
+        rm = {}  # the fusion's signal's own config replaces it (PipelineConfig checks fusion_rm)
+    elif "backend" not in rm:
         if rm.get("model"):
             rm["backend"] = "transformers"
         elif rm.get("score_column"):
@@ -342,7 +409,7 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
     try:
         return PipelineConfig(
             verifier=VerifierConfig(**sections["verifier"]),
-            rm=RewardModelConfig(**rm),
+            rm=RewardModelConfig(**rm) if rm else RewardModelConfig(),
             hero=HeroConfig(**sections["hero"]),
             engine=EngineConfig(**sections["engine"]),
             pairs=PairsConfig(**sections["pairs"]),

@@ -21,6 +21,7 @@ from schemas.layouts import Layout, LayoutError, choose_layout, missing_columns_
 from schemas.rollouts import RM_FIELDS, SAMPLE_INDEX, VERIFIER_FIELDS, InputContract, SchemaError
 from transforms.fuse import Fusion, make_fusion
 from transforms.rm import make_reward_model
+from transforms.rm.signals import SignalSet, signal_fields
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class RunPlan:
             "labeling": config.labeling_dict(),
             "pairs": dataclasses.asdict(config.pairs),
             "reward_model": self.metadata["reward_model"],
+            **({"reward_models": self.metadata["reward_models"]} if "reward_models" in self.metadata else {}),
             "herolabel_version": self.metadata["herolabel_version"],
             "inputs": [[f.url, f.num_rows, list(f.row_group_rows), f.footer_sha256] for f in self.files],
             "num_shards": self.num_shards,
@@ -79,9 +81,20 @@ class RunPlan:
         return SAMPLE_INDEX in self.contract.schema.names
 
     @property
+    def signal_fields(self) -> list:
+        """rm_score__NAME and rm_status__NAME per reward signal when there are several (else none)."""
+        return signal_fields(self.config.rm_signals)
+
+    @property
     def output_schema(self):
-        """The schema of every data shard: input columns, verifier and RM columns, the fusion's columns."""
-        return self.contract.output_schema(self.fusion.fields)
+        """The schema of every data shard: input columns, verifier and RM columns (each signal's too), the
+        fusion's columns."""
+        return self.contract.output_schema(self.fusion.fields, self.signal_fields)
+
+    @property
+    def scored_schema(self):
+        """Rows after verify and score, before fusion: what the group stage shuffles."""
+        return self.contract.scored_schema(self.signal_fields)
 
 
 def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
@@ -97,7 +110,7 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         if layout.explode:
             files = tuple(_long_form_counts(f, layout.explode, config.batch_rows) for f in files)
     fusion = make_fusion(config.fusion, _sections(config), rm_scores=config.rm.backend != "none")
-    added = [f.name for f in VERIFIER_FIELDS + RM_FIELDS + list(fusion.fields)]
+    added = [f.name for f in VERIFIER_FIELDS + RM_FIELDS + signal_fields(config.rm_signals) + list(fusion.fields)]
     try:
         contract = InputContract.from_file_schemas(schemas, [f.url for f in files], added)
     except SchemaError as exc:
@@ -107,26 +120,48 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
     if not any(f.num_rows for f in files):
         raise InputError(f"--input {config.input}: the input is empty ({len(files)} Parquet file(s), 0 rows: "
                          f"{', '.join(f.url for f in files[:3])}{' ...' if len(files) > 3 else ''})")
-    model = make_reward_model(config.rm)
-    try:
-        model.check_schema(contract.input_schema())
-        identity = model.identity()  # resolves the model (config, tokenizer, weights) before any data moves
-    except ValueError as exc:
-        raise ConfigError(name_options(str(exc))) from exc
-    if identity.get("commit") and config.rm.revision != identity["commit"]:
-        # Every worker loads the commit the driver resolved, even if the branch moves during the run.
-        config = dataclasses.replace(config, rm=dataclasses.replace(config.rm, revision=identity["commit"]))
+    config, identities = _resolve_reward_models(config, contract)
     total = sum(f.num_rows for f in files)
     num_shards = max(1, math.ceil(total / config.rows_per_shard))
     metadata = {
         "herolabel_version": package_version,
         "config": config.labeling_dict(),
-        "reward_model": identity,
+        "reward_model": identities[config.fusion_signal],
     }
+    if config.rm_signals:  # several reward signals: each one's identity (one model: exactly as before)
+        metadata["reward_models"] = {s.name: identities[s.name] for s in config.rm_signals}
+        metadata["fusion_rm"] = config.fusion_signal
     if layout is not None:
         metadata["layout"] = layout.name
-    stages = (VerifyStage(config.verifier), ScoreStage(config.rm))
+    stages = (VerifyStage(config.verifier),
+              ScoreStage(SignalSet(config.rm_signals, config.fusion_signal, config.rm_max_resident)
+                         if config.rm_signals else config.rm))
     return RunPlan(config, files, contract, num_shards, metadata, stages, fusion, layout)
+
+
+def _resolve_reward_models(config: PipelineConfig, contract: InputContract) -> tuple[PipelineConfig, dict]:
+    """Resolves and checks every reward model (config, tokenizer, weights, head, one output) and column before
+    any data moves; returns the config with each hub model pinned to the commit resolved here (every worker
+    loads that commit, even if the branch moves during the run) and each signal's identity (key None: the
+    one unnamed model)."""
+    named = [(s.name, s.config) for s in config.rm_signals] or [(None, config.rm)]
+    identities, pinned = {}, {}
+    for name, rm in named:
+        model = make_reward_model(rm)
+        try:
+            model.check_schema(contract.input_schema())
+            identities[name] = model.identity()
+        except ValueError as exc:
+            where = f"reward signal {name!r}: " if name is not None else ""
+            raise ConfigError(where + name_options(str(exc))) from exc
+        commit = identities[name].get("commit")
+        pinned[name] = dataclasses.replace(rm, revision=commit) if commit and rm.revision != commit else rm
+    if config.rm_signals:
+        signals = tuple(dataclasses.replace(s, config=pinned[s.name]) for s in config.rm_signals)
+        config = dataclasses.replace(config, rm_signals=signals)
+    else:
+        config = dataclasses.replace(config, rm=pinned[None])
+    return config, identities
 
 
 def _sections(config: PipelineConfig) -> dict[str, object]:

@@ -213,13 +213,15 @@ class InputContract:
         """The unified input columns as users see them (without the internal ORDER column)."""
         return pa.schema([f for f in self.schema if f.name != ORDER])
 
-    def output_schema(self, fusion_fields=tuple(HERO_FIELDS)) -> pa.Schema:
-        """The schema of data/part-*.parquet: input columns, verifier and RM columns, then the fusion's."""
-        return pa.schema(list(self.input_schema()) + VERIFIER_FIELDS + RM_FIELDS + list(fusion_fields))
+    def output_schema(self, fusion_fields=tuple(HERO_FIELDS), signal_fields=()) -> pa.Schema:
+        """The schema of data/part-*.parquet: input columns, verifier and RM columns (then each reward
+        signal's, when a run has several), then the fusion's."""
+        return pa.schema(list(self.input_schema()) + VERIFIER_FIELDS + RM_FIELDS + list(signal_fields)
+                         + list(fusion_fields))
 
-    def scored_schema(self) -> pa.Schema:
+    def scored_schema(self, signal_fields=()) -> pa.Schema:
         """Rows after verify and score, before fusion: what the group stage shuffles."""
-        return pa.schema(list(self.schema) + VERIFIER_FIELDS + RM_FIELDS)
+        return pa.schema(list(self.schema) + VERIFIER_FIELDS + RM_FIELDS + list(signal_fields))
 
 
 def _unified_type(name: str, schemas: list[pa.Schema], sources: list[str]) -> pa.DataType:

@@ -17,7 +17,8 @@ import pytest
 
 import pipeline.outputs.report as report_module
 from conftest import label, shared_file
-from pipeline.outputs.report import auroc, write_report
+from pipeline.outputs.agreement import auroc
+from pipeline.outputs.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -44,6 +44,11 @@ def write_dataset_card(output: str, manifest: dict, data_schema, pairs: bool, fu
                   f"    num_examples: {rows}", f"  download_size: {size}", f"  dataset_size: {size}"]
     configs += infos
     notes = {**COLUMN_NOTES, **fusion_notes}
+    for name, signal in (manifest.get("reward_models") or {}).items():  # several reward signals
+        score_column, status_column = signal.get("columns", [f"rm_score__{name}", f"rm_status__{name}"])
+        used = " (the one in rm_score, used by the fusion)" if name == manifest.get("fusion_rm") else ""
+        notes[score_column] = f"reward signal `{name}`'s raw score{used}"
+        notes[status_column] = f"reward signal `{name}`'s status, as rm_status"
     fusion_title = (manifest.get("fusion") or {}).get("title", "the HERO fusion of both per prompt group "
                                                                 "(arXiv 2510.07242)")
     columns = "\n".join(f"| `{f.name}` | {f.type} | {notes.get(f.name, 'from the input')} |"

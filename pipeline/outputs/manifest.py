@@ -202,6 +202,7 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         # This run's rows by how they got their score (a resumed run counts only what it did itself).
         "rm_rows": {"scored": int(engine.get("counters", {}).get("rm_scored", 0)),
                     "cached": int(engine.get("counters", {}).get("rm_cached", 0))},
+        **_signals_section(plan, engine.get("counters", {})),
         "herolabel_version": plan.metadata["herolabel_version"],
         **({"pairs": summarize_pairs(config.output)} if config.pairs.enabled else {}),
         "engine": {**engine, "wall_s": round(engine["wall_s"], 3)},
@@ -220,3 +221,21 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
     if failure is not None:
         raise failure
     return manifest
+
+
+def _signals_section(plan, counters: dict) -> dict:
+    """With several reward signals: each one's identity and columns, which one the fusion used, and each
+    model's rows scored and served by its cache (nothing with one reward model)."""
+    signals = plan.config.rm_signals
+    if not signals:
+        return {}
+    return {
+        "fusion_rm": plan.config.fusion_signal,
+        "reward_models": {s.name: {**plan.metadata["reward_models"][s.name],
+                                   "columns": [s.score_column, s.status_column]} for s in signals},
+        "rm_rows_by_signal": {s.name: {"scored": int(counters.get(f"rm_scored__{s.name}", 0)),
+                                       "cached": int(counters.get(f"rm_cached__{s.name}", 0))}
+                              for s in signals if s.runs_model},
+        "rm_switches": {"count": int(counters.get("rm_switches", 0)),
+                        "seconds": round(counters.get("rm_switch_ms", 0) / 1000, 3)},
+    }

@@ -30,8 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.outputs.agreement import rm_vs_verifier, signals_section, summary_stats
 from pipeline.storage import fsio
 from schemas.rollouts import VERDICT_STATUSES
+from transforms.rm.signals import SCORE_PREFIX
 
 # "reward" is read from the fusion's reward column (the manifest's fusion.reward_column; HERO: hero_reward).
 COLUMN_TYPES = {"prompt_id": pa.string(), "data_source": pa.string(), "verifier_score": pa.float64(),
@@ -133,10 +135,12 @@ class RuleTally:
         return {"label_column": LABEL, "total": self.total, "by_rule": by_rule, "rows": self.listed}
 
 
-def read_columns(output: str, tally: RuleTally | None = None, reward_column: str = DEFAULT_REWARD) -> pa.Table:
-    """COLUMNS of every shard ("reward" from `reward_column`), missing ones as nulls; `tally` (when given)
-    counts the rules on the way."""
+def read_columns(output: str, tally: RuleTally | None = None, reward_column: str = DEFAULT_REWARD,
+                 signal_columns: tuple[str, ...] = ()) -> pa.Table:
+    """COLUMNS of every shard ("reward" from `reward_column`) and `signal_columns` (each reward signal's
+    score, as float64), missing ones as nulls; `tally` (when given) counts the rules on the way."""
     source = {"reward": reward_column}
+    types = {**COLUMN_TYPES, **{c: pa.float64() for c in signal_columns}}
     fs, path = fsspec.core.url_to_fs(output)
     tables = []
     for name in sorted(fs.glob(f"{path}/data/*.parquet")):
@@ -144,14 +148,14 @@ def read_columns(output: str, tally: RuleTally | None = None, reward_column: str
             parquet = pq.ParquetFile(handle)
             names = parquet.schema_arrow.names
             extra = tally.columns(parquet.schema_arrow) if tally is not None else []
-            wanted = {c: source.get(c, c) for c in COLUMNS}
+            wanted = {c: source.get(c, c) for c in types}
             read = parquet.read(columns=list(dict.fromkeys([n for n in wanted.values() if n in names] + extra)))
             table = pa.table({c: read.column(wanted[c]).cast(t) if wanted[c] in names else pa.nulls(read.num_rows, t)
-                              for c, t in COLUMN_TYPES.items()})
+                              for c, t in types.items()})
             if tally is not None:
                 tally.add(table, read.select(extra), parquet)
         tables.append(table)
-    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.float64()) for c in COLUMNS})
+    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.float64()) for c in types})
 
 
 def verifier_class(scores: np.ndarray, statuses: np.ndarray) -> np.ndarray:
@@ -160,36 +164,12 @@ def verifier_class(scores: np.ndarray, statuses: np.ndarray) -> np.ndarray:
     return np.where(~verified | np.isnan(scores), "unverified", np.where(scores == 1.0, "correct", "incorrect"))
 
 
-def auroc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties counted half (Mann-Whitney)."""
-    if len(positives) == 0 or len(negatives) == 0:
-        return None
-    values = np.concatenate([positives, negatives])
-    order = values.argsort(kind="mergesort")
-    ranks = np.empty(len(values))
-    ranks[order] = np.arange(1, len(values) + 1)
-    for value in np.unique(values):  # average ranks of ties
-        tied = values == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    rank_sum = ranks[: len(positives)].sum()
-    return float((rank_sum - len(positives) * (len(positives) + 1) / 2) / (len(positives) * len(negatives)))
-
-
-def _stats(values: np.ndarray) -> dict:
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return {"rows": 0}
-    return {"rows": int(len(values)), "mean": round(float(values.mean()), 6), "std": round(float(values.std()), 6),
-            "min": round(float(values.min()), 6), "median": round(float(np.median(values)), 6),
-            "max": round(float(values.max()), 6)}
-
-
 def build_report(output: str, manifest: dict) -> dict:
     """The numbers of run_report.json, from the written shards and the run's manifest fields."""
     tally = RuleTally()
     reward_column = (manifest.get("fusion") or {}).get("reward_column", DEFAULT_REWARD)
-    table = read_columns(output, tally, reward_column)
+    signal_names = list(manifest.get("reward_models") or {})
+    table = read_columns(output, tally, reward_column, tuple(SCORE_PREFIX + n for n in signal_names))
     scores = table.column("verifier_score").to_numpy(zero_copy_only=False).astype(float)
     statuses = np.array(table.column("verifier_status").to_pylist(), dtype=object)
     rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
@@ -202,36 +182,26 @@ def build_report(output: str, manifest: dict) -> dict:
         mask = (sources == source) & (classes != "unverified")
         pass_rates[source] = {"rows": int((sources == source).sum()), "verified": int(mask.sum()),
                               "pass_rate": round(float((classes[mask] == "correct").mean()), 6) if mask.any() else None}
-    # AUROC of the RM against the verifier, on groups that have both verdicts.
     by_group: dict[str, list[int]] = defaultdict(list)
     for i, prompt_id in enumerate(prompt_ids):
         by_group[prompt_id].append(i)
-    pooled_pos, pooled_neg, per_group = [], [], []
-    for rows in by_group.values():
-        rows = np.array(rows)
-        pos = rm[rows][(classes[rows] == "correct") & ~np.isnan(rm[rows])]
-        neg = rm[rows][(classes[rows] == "incorrect") & ~np.isnan(rm[rows])]
-        if len(pos) and len(neg):
-            pooled_pos.append(pos)
-            pooled_neg.append(neg)
-            per_group.append(auroc(pos, neg))
-    pooled = auroc(np.concatenate(pooled_pos), np.concatenate(pooled_neg)) if pooled_pos else None
+    groups = [np.array(rows) for rows in by_group.values()]
     counters = manifest.get("engine", {}).get("counters", {})
     report = {
         "input_rows": manifest.get("input_rows"), "output_rows": manifest.get("output_rows"),
         "error_rows": manifest.get("error_rows"), "status_counts": manifest.get("status_counts"),
         "error_reasons": manifest.get("error_reasons"),
         "verifier_pass_rate_by_source": pass_rates,
-        "rm_score_by_verifier_class": {c: _stats(rm[classes == c]) for c in ("correct", "incorrect", "unverified")},
+        "rm_score_by_verifier_class": {c: summary_stats(rm[classes == c]) for c in ("correct", "incorrect", "unverified")},
         "reward_column": reward_column,
-        reward_column: _stats(table.column("reward").to_numpy(zero_copy_only=False).astype(float)),
+        reward_column: summary_stats(table.column("reward").to_numpy(zero_copy_only=False).astype(float)),
         "sigma_bar": manifest.get("sigma_bar"),
         "rows_by_stage": {k: v for k, v in sorted(counters.items()) if not k.endswith("_ms")},
         "stage_seconds": {k[:-3]: round(v / 1000, 3) for k, v in sorted(counters.items()) if k.endswith("_ms")},
         "wall_s": manifest.get("wall_s"),
-        "rm_vs_verifier_auroc": {"mixed_groups": len(per_group), "pooled": None if pooled is None else round(pooled, 6),
-                                 "mean_per_group": round(float(np.mean(per_group)), 6) if per_group else None},
+        "rm_vs_verifier_auroc": rm_vs_verifier(rm, classes, groups),
         "rm_rows": manifest.get("rm_rows"),
+        **({"reward_signals": signals_section(table, classes, groups, manifest)} if manifest.get("reward_models") else {}),
         "pairs": manifest.get("pairs"),
         "verdicts_by_rule_and_source": tally.verdicts_by_rule(),
         "refusals_on_labelled_correct": tally.refusals_on_labelled_correct(),

@@ -1,8 +1,10 @@
-"""The score stage: reward-model scores for a batch, the backend loaded once per worker, with the score cache."""
+"""The score stage: reward-model scores for a batch, the backends loaded once per worker, with the score cache."""
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -12,42 +14,36 @@ from pipeline.storage.score_cache import ScoreCache, rollout_keys
 from pipeline.stages.base import MetricsSink, Resources, WorkerContext, timed
 from schemas.rollouts import PROMPT, RESPONSE
 from transforms.rm import RewardBackend, RewardModelConfig, make_reward_model, rm_columns
+from transforms.rm.signals import SCORE_PREFIX, STATUS_PREFIX, SignalSet
+
+log = logging.getLogger(__name__)
 
 
-class ScoreStage:
-    """Reward-model scores for a batch; the backend is loaded once in setup, on the worker.
+class _Signal:
+    """One reward signal on this worker: its backend and its own score-cache namespace."""
 
-    With rm.cache_dir, rows whose (model, settings, prompt, response) were scored before are read from
-    the score cache and only the others reach the backend; counters rm_scored and rm_cached say how many.
-    """
-
-    name = "score"
-
-    def __init__(self, config: RewardModelConfig):
+    def __init__(self, name: str | None, config: RewardModelConfig):
+        self.name = name
         self.config = config
-        self.backend: RewardBackend | None = make_reward_model(config)
-        self.resources = Resources(accelerator=self.backend.needs_accelerator)
+        self.backend: RewardBackend = make_reward_model(config)
         self.cache: ScoreCache | None = None
 
-    def setup(self, context: WorkerContext) -> None:
-        self._lock = threading.Lock()  # made here: the stage travels to workers inside the plan, unpicklable locks not
+    def setup(self) -> None:
         self.backend.load()
         if self.config.cache_dir:
             self.cache = ScoreCache(self.config.cache_dir, self.backend.cache_identity())
 
-    def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
-        if self.backend is None:
-            raise RuntimeError("ScoreStage was closed")
-        fault_point("score")
-        with self._lock:  # one forward pass at a time on a model shared by a worker's threads
-            with timed(sink, "score"):
-                scored = self._score(table, sink) if self.cache is not None else self.backend.score_table(table)
-        if self.cache is None and self.backend.runs_model:
-            sink.count("rm_scored", table.num_rows)
-        sink.count("scored", table.num_rows)
-        return scored
-
-    def _score(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
+    def score(self, table: pa.Table, sink: MetricsSink) -> tuple[np.ndarray, list]:
+        """Scores and statuses of every row (the cache first, the backend for the rest)."""
+        suffix = f"__{self.name}" if self.name is not None else ""
+        if self.cache is None:
+            scored = self.backend.score_table(table)
+            if self.backend.runs_model:
+                sink.count("rm_scored", table.num_rows)
+                if suffix:
+                    sink.count("rm_scored" + suffix, table.num_rows)
+            scores = scored.column("rm_score").to_numpy(zero_copy_only=False).astype(np.float64)
+            return scores, scored.column("rm_status").to_pylist()
         keys = rollout_keys(table.column(PROMPT).to_pylist(), table.column(RESPONSE).to_pylist())
         hit, scores, statuses = self.cache.lookup(keys)
         missed = np.flatnonzero(~hit)
@@ -58,11 +54,118 @@ class ScoreStage:
             scores[missed] = fresh_scores
             statuses[missed] = fresh_statuses
             self.cache.store(keys[missed], fresh_scores, fresh_statuses)
-        sink.count("rm_cached", int(hit.sum()))
-        sink.count("rm_scored", len(missed))
-        return rm_columns(table, scores, statuses.tolist())
+        for name in ("rm_cached", "rm_scored"):
+            n = int(hit.sum()) if name == "rm_cached" else len(missed)
+            sink.count(name, n)
+            if suffix:
+                sink.count(name + suffix, n)
+        return scores, statuses.tolist()
+
+
+class ScoreStage:
+    """Reward-model scores for a batch; the backends are loaded once in setup, on the worker.
+
+    `config` is one RewardModelConfig (the usual run: columns rm_score, rm_status) or a SignalSet of named
+    signals (transforms/rm/signals.py): then every signal's rm_score__NAME / rm_status__NAME too, and
+    rm_score / rm_status copy the fusion's signal. With rm.cache_dir, rows whose (model, settings, prompt,
+    response) were scored before are read from that model's score cache and only the others reach the
+    backend; counters rm_scored and rm_cached (and rm_scored__NAME, rm_cached__NAME) say how many.
+
+    Several models on one device: at most `max_resident` (default: as many as the device's memory allows,
+    measured after each load) stay on it; the others wait in host memory (RewardBackend.park) and are moved
+    in when their turn comes, a resident one moved out first. Each batch is scored by the resident models
+    first, so with two models and one resident the device switches once per batch, never reloading a model
+    from disk; the switch time is counted in "rm_switch_ms".
+    """
+
+    name = "score"
+
+    def __init__(self, config: RewardModelConfig | SignalSet):
+        self.config = config
+        if isinstance(config, SignalSet):
+            self.signals = [_Signal(s.name, s.config) for s in config.signals]
+            self.fusion = config.fusion
+        else:
+            self.signals = [_Signal(None, config)]
+            self.fusion = None
+        self.resources = Resources(accelerator=any(s.backend.needs_accelerator for s in self.signals))
+        self.resident: list[_Signal] = []  # models on the device, least recently used first
+        self.closed = False
+
+    @property
+    def backend(self) -> RewardBackend:
+        """The backend behind rm_score (the fusion's signal)."""
+        return self._fusion_signal().backend
+
+    def _fusion_signal(self) -> _Signal:
+        return next(s for s in self.signals if s.name == self.fusion)
+
+    def setup(self, context: WorkerContext) -> None:
+        self._lock = threading.Lock()  # made here: the stage travels to workers inside the plan, unpicklable locks not
+        limit = self.config.max_resident if isinstance(self.config, SignalSet) else None
+        for signal in self.signals:
+            if not signal.backend.runs_model:
+                signal.setup()
+                continue
+            # Room for this model: park the least recently used until the limit (or the device) allows it.
+            while self.resident and ((limit is not None and len(self.resident) >= limit)
+                                     or (limit is None and not self.resident[-1].backend.room_for_another())):
+                self._park(self.resident.pop(0))
+            signal.setup()
+            self.resident.append(signal)
+        if len(self.resident) < sum(s.backend.runs_model for s in self.signals):
+            log.info("reward models resident on the device: %s of %s",
+                     ", ".join(s.name for s in self.resident), ", ".join(s.name for s in self.signals))
+
+    def _park(self, signal: _Signal) -> None:
+        signal.backend.park()
+
+    def _bring_in(self, signal: _Signal, sink: MetricsSink) -> None:
+        """Makes `signal`'s model resident, moving the least recently used one out when the device is full."""
+        if signal in self.resident:
+            self.resident.remove(signal)
+            self.resident.append(signal)
+            return
+        started = time.perf_counter()
+        limit = self.config.max_resident
+        if self.resident and (limit is None or len(self.resident) >= limit):
+            self._park(self.resident.pop(0))
+        signal.backend.unpark()
+        self.resident.append(signal)
+        sink.count("rm_switches", 1)
+        sink.count("rm_switch_ms", int(1000 * (time.perf_counter() - started)))
+
+    def process(self, table: pa.Table, sink: MetricsSink) -> pa.Table:
+        if self.closed:
+            raise RuntimeError("ScoreStage was closed")
+        fault_point("score")
+        with self._lock:  # one forward pass at a time on models shared by a worker's threads
+            with timed(sink, "score"):
+                results = {}
+                # Resident models first (most recently used last, so it stays for the next batch's start).
+                order = self.resident + [s for s in self.signals if s not in self.resident]
+                for signal in order:
+                    if signal.backend.runs_model and len(self.signals) > 1:
+                        self._bring_in(signal, sink)
+                    results[signal.name] = signal.score(table, sink)
+        sink.count("scored", table.num_rows)
+        if self.fusion is None:
+            scores, statuses = results[None]
+            return rm_columns(table, scores, statuses)
+        scores, statuses = results[self.fusion]
+        table = rm_columns(table, scores, statuses)
+        for signal in self.signals:
+            scores, statuses = results[signal.name]
+            missing = np.isnan(scores)
+            table = table.append_column(SCORE_PREFIX + signal.name, pa.array(
+                np.where(missing, 0.0, scores).astype(np.float32), pa.float32(), mask=missing))
+            table = table.append_column(STATUS_PREFIX + signal.name, pa.array(statuses, pa.string()))
+        return table
 
     def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()  # a backend with engine processes (vllm) stops them
-        self.backend = None  # drops the loaded model; this instance cannot score again
+        if not self.closed:
+            for signal in self.signals:
+                signal.backend.close()  # a backend with engine processes (vllm) stops them
+        self.closed = True  # the loaded models are dropped with the backends; this instance cannot score again
+        self.signals = []
+        self.resident = []

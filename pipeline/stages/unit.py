@@ -164,7 +164,7 @@ def complete_unit(plan: PlanView, tables: UnitTables, sink: MetricsSink) -> Comp
     a unit with a marker is complete, whatever crashes after."""
     unit = tables.unit
     with timed(sink, "group"):
-        writer = SpillWriter(plan.spill_dir, plan.num_shards, plan.contract.scored_schema(), name=unit.name)
+        writer = SpillWriter(plan.spill_dir, plan.num_shards, plan.scored_schema, name=unit.name)
         for table in tables.tables:
             writer.add(table)
         buckets = writer.close()

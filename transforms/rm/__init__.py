@@ -88,6 +88,10 @@ class RewardBackend:
     - `score_table(table)` per Arrow batch: returns the table with rm_score (float32, raw logit, null when
       unscored) and rm_status (schemas.RmStatus) appended, row order unchanged;
     - `close()` when the worker is done (a backend with engine processes stops them).
+    With several models on one worker (transforms/rm/signals.py) also `room_for_another()` after load (does
+    the device have memory for one more model like this one), `park()` (move the model off the device
+    into host memory) and `unpark()` (back, before the next score_table). The defaults suit a backend
+    whose model lives in host memory anyway: always room, nothing to move.
     `needs_accelerator` places score_table on workers that hold an accelerator (the stage's resources);
     `runs_model` marks a backend whose scores cost compute: counted as rm_scored, cacheable by
     `cache_identity()` (everything a cached score depends on besides the rollout).
@@ -120,6 +124,15 @@ class RewardBackend:
 
     def cache_identity(self) -> dict:
         raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={self.config.backend} computes none")
+
+    def room_for_another(self) -> bool:
+        return True
+
+    def park(self) -> None:
+        """Nothing to move by default."""
+
+    def unpark(self) -> None:
+        """Nothing to move by default."""
 
     def close(self) -> None:
         """Nothing to release by default."""

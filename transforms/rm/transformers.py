@@ -99,6 +99,39 @@ class TransformersRewardModel(ModelFromHub):
             log.warning("reward model tokenizer has no chat template; scoring 'prompt\\n\\nresponse'")
             self._warned_no_template = True
 
+    # Kept free on a GPU beside the models for activations when deciding whether another model fits.
+    ACTIVATION_RESERVE = 0.10
+
+    def _on_gpu(self) -> list:
+        return [r for r in self.scorer.replicas if r.device.startswith("cuda")] if self.scorer else []
+
+    def room_for_another(self) -> bool:
+        """Whether every device holding a copy has free memory for one more model of this one's size, with
+        ACTIVATION_RESERVE of the device kept free (measured now, after this model loaded). The CPU: always
+        (host memory is where a parked model would wait anyway)."""
+        import torch
+
+        for replica in self._on_gpu():
+            size = sum(t.numel() * t.element_size() for t in (*replica.model.parameters(), *replica.model.buffers()))
+            free, total = torch.cuda.mem_get_info(torch.device(replica.device))
+            if free - size < self.ACTIVATION_RESERVE * total:
+                return False
+        return True
+
+    def park(self) -> None:
+        """Moves the model copies on GPUs to host memory (about 1 s per 15 GB over PCIe), freeing the devices."""
+        import torch
+
+        replicas = self._on_gpu()
+        for replica in replicas:
+            replica.model.to("cpu")
+        if replicas:
+            torch.cuda.empty_cache()
+
+    def unpark(self) -> None:
+        for replica in self._on_gpu():
+            replica.model.to(replica.device)
+
     def encode(self, prompts: list, responses: list):
         return encode_rollouts(self.tokenizer, prompts, responses, self.config.max_length, self.config.truncation_side)
 
