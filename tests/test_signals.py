@@ -332,3 +332,17 @@ def test_the_report_has_a_section_per_signal(tmp_path, rollouts, tiny_rm_path, s
     assert all(p["groups"] > 0 and -1 <= p["mean"] <= 1 for p in pairs.values())
     card = (tmp_path / "out" / "README.md").read_text()
     assert "reward signal `c`'s raw score (the one in rm_score" in card
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<h2>reward signals</h2>" in page and "c (fusion)" in page and "a~b" in page
+
+
+def test_rm_models_is_read_from_a_yaml_config(tmp_path):
+    from run_pipeline import _options_from_yaml
+
+    path = tmp_path / "job.yaml"
+    path.write_text("input: in\noutput: out\nfusion_rm: old\nrm_models:\n"
+                    "  main: {path: /m/main, backend: vllm, gpu_memory_utilization: 0.45}\n"
+                    "  old: column:rm_score_v1\n")
+    config = build_config(_options_from_yaml(str(path)))
+    assert [(s.name, s.config.backend) for s in config.rm_signals] == [("main", "vllm"), ("old", "precomputed")]
+    assert config.rm.score_column == "rm_score_v1"  # the fusion's signal

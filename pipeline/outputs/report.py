@@ -296,6 +296,25 @@ def _clip(value, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def signals_html(report: dict) -> str:
+    """The reward signals' table (runs with several): AUROC against the verifier and mean score per class,
+    then each pair's mean Spearman correlation within mixed groups."""
+    section = report.get("reward_signals")
+    if not section:
+        return ""
+    head = _cells(["signal", "AUROC pooled", "AUROC mean per group", "mean score correct", "mean score incorrect"],
+                  "th")
+    body = "".join("<tr>" + _cells([name + (" (fusion)" if name == section["fusion_rm"] else ""),
+                                    s["auroc_vs_verifier"]["pooled"], s["auroc_vs_verifier"]["mean_per_group"],
+                                    s["score_by_verifier_class"]["correct"].get("mean"),
+                                    s["score_by_verifier_class"]["incorrect"].get("mean")]) + "</tr>"
+                   for name, s in section["signals"].items())
+    pairs = "".join("<tr>" + _cells([pair, v["mean"], v["groups"]]) + "</tr>"
+                    for pair, v in section["spearman_within_mixed_groups"].items())
+    return (f"<h2>reward signals</h2><table><tr>{head}</tr>{body}</table>"
+            f"<table><tr>{_cells(['pair', 'mean Spearman within mixed groups', 'groups'], 'th')}</tr>{pairs}</table>")
+
+
 def rules_html(report: dict) -> str:
     """The rule x data_source table of verdicts and the refusals on rows labelled correct."""
     verdicts = report.get("verdicts_by_rule_and_source")
@@ -364,7 +383,7 @@ def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
             "body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}figure{display:inline-block;margin:8px}"
             "pre{background:#f5f5f5;padding:8px;overflow:auto}</style></head><body>"
-            f"<h1>herolabel run report</h1><table>{rows}</table>{images}{rules_html(report)}"
+            f"<h1>herolabel run report</h1><table>{rows}</table>{images}{signals_html(report)}{rules_html(report)}"
             f"<h2>run_report.json</h2><pre>{details}</pre></body></html>")
 
 
