@@ -65,7 +65,8 @@ def _prepare_demo(output: str, rows: int) -> dict:
 
 def _print_summary(manifest: dict, output: str):
     print(f"labelled {manifest['output_rows']:,} of {manifest['input_rows']:,} rows "
-          f"({manifest['error_rows']:,} in errors/) in {manifest['wall_s']:.1f} s; sigma_bar = {manifest['sigma_bar']}")
+          f"({manifest['error_rows']:,} in errors/) in {manifest['wall_s']:.1f} s"
+          + (f"; sigma_bar = {manifest['sigma_bar']}" if "sigma_bar" in manifest else ""))
     for name, counts in manifest["status_counts"].items():
         print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     print(f"output: {output}/data/  errors: {output}/errors/  manifest: {output}/manifest.json")

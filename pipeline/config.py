@@ -18,10 +18,11 @@ import pyarrow as pa
 from schemas.layouts import choose_layout
 from transforms.checks import NEVER, OPTION, field_default, is_finite_number, is_whole, option, stored_settings
 from transforms.fuse import FUSIONS
+from transforms.fuse.gdpo import GdpoConfig, components_of
 from transforms.fuse.hero import HeroConfig
 from transforms.pairs import PairsConfig
 from transforms.rm import RewardModelConfig
-from transforms.rm.signals import RewardSignal, build_signals
+from transforms.rm.signals import RewardSignal, build_signals, settle_signals
 from transforms.verify import VerifierConfig
 
 SHUFFLE_MODES = ("files", "engine")
@@ -154,6 +155,7 @@ class PipelineConfig:
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     hero: HeroConfig = field(default_factory=HeroConfig)
+    gdpo: GdpoConfig = field(default_factory=GdpoConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     batch_rows: int = option(
@@ -189,7 +191,8 @@ class PipelineConfig:
     beam_args: tuple[str, ...] = ()
     fusion: str = option(
         "how verdicts and RM scores become one reward per rollout: `hero` (stratified normalization + "
-        "variance-aware weighting, arXiv 2510.07242), or a fusion registered in transforms/fuse/",
+        "variance-aware weighting, arXiv 2510.07242), `gdpo` (each reward component normalized per group, then a "
+        "weighted sum), or a fusion registered in transforms/fuse/",
         group="fusion", default="hero")
     fusion_rm: str | None = option(
         "the reward signal the fusion uses, and `rm_score`/`rm_status` hold, when --rm-model names several",
@@ -230,43 +233,18 @@ class PipelineConfig:
         if self.fusion not in FUSIONS:
             raise ValueError(f"pipeline.fusion must be one of {tuple(FUSIONS)}, got {self.fusion!r}")
         self._check_signals()
+        if self.fusion == "gdpo":
+            self.gdpo.check_components(components_of(self.rm_signals, self.rm.backend != "none"))
         if self.beam_args and self.engine.engine != "beam":
             raise ValueError(f"options not known to herolabel go to Apache Beam, which engine.engine="
                              f"{self.engine.engine} does not use: {' '.join(self.beam_args)}")
 
     def _check_signals(self) -> None:
-        signals = tuple(self.rm_signals)
-        if len(signals) == 1:  # one named signal is a run with one reward model: today's columns exactly
-            if self.fusion_rm not in (None, signals[0].name):
-                raise ValueError(f"pipeline.fusion_rm {self.fusion_rm!r} is not a reward signal of this run "
-                                 f"({signals[0].name})")
-            object.__setattr__(self, "rm", signals[0].config)
-            object.__setattr__(self, "rm_signals", ())
-            object.__setattr__(self, "fusion_rm", None)
-            signals = ()
-        if self.rm_max_resident is not None and not is_whole(self.rm_max_resident, 1):
-            raise ValueError(f"pipeline.rm_max_resident must be an integer >= 1, got {self.rm_max_resident!r}")
-        if not signals:
-            if self.fusion_rm is not None:
-                raise ValueError("pipeline.fusion_rm chooses among several reward signals (--rm-model a=PATH,b=PATH); "
-                                 "this run has one")
-            if self.rm_max_resident is not None:
-                raise ValueError("pipeline.rm_max_resident applies when --rm-model names several models")
-            return
-        names = [s.name for s in signals]
-        if len(set(names)) != len(names):
-            raise ValueError(f"pipeline.rm_signals: names must be unique, got {names}")
-        chosen = self.fusion_rm or names[0]
-        if chosen not in names:
-            raise ValueError(f"pipeline.fusion_rm must be one of the reward signals {names}, got {self.fusion_rm!r}")
+        signals, rm = settle_signals(tuple(self.rm_signals), self.fusion_rm, self.rm_max_resident)
         object.__setattr__(self, "rm_signals", signals)
-        object.__setattr__(self, "rm", signals[names.index(chosen)].config)
-        models = [s for s in signals if s.runs_model]
-        if self.rm_max_resident is not None and self.rm_max_resident < len(models) and any(
-                s.config.backend == "vllm" for s in models):
-            raise ValueError(f"pipeline.rm_max_resident {self.rm_max_resident} would move models off the device, "
-                             "which a vllm engine cannot do; keep every vllm signal resident (unset it) or use the "
-                             "transformers backend")
+        object.__setattr__(self, "rm", rm or self.rm)
+        if not signals:
+            object.__setattr__(self, "fusion_rm", None)
 
     @property
     def fusion_signal(self) -> str | None:
@@ -282,6 +260,8 @@ class PipelineConfig:
         (transforms/checks.py: `stored`); no paths or execution settings."""
         stored = {"verifier": stored_settings(self.verifier), "rm": stored_settings(self.rm),
                   "hero": stored_settings(self.hero), **stored_settings(self)}
+        if self.fusion == "gdpo":  # its settings decide a gdpo run's labels, and no other run's
+            stored["gdpo"] = stored_settings(self.gdpo)
         if self.rm_signals:  # several reward signals: each one's settings (one model: nothing more stored)
             stored["rm_signals"] = {s.name: stored_settings(s.config) for s in self.rm_signals}
         return stored
@@ -292,7 +272,7 @@ MAPPING_OPTIONS = ("rm_models",)
 
 # The sections whose fields are options, in the order the option table lists them.
 _SECTIONS = {"pipeline": PipelineConfig, "rm": RewardModelConfig, "verifier": VerifierConfig, "hero": HeroConfig,
-             "engine": EngineConfig, "pairs": PairsConfig}
+             "gdpo": GdpoConfig, "engine": EngineConfig, "pairs": PairsConfig}
 
 
 @dataclass(frozen=True)
@@ -411,6 +391,7 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
             verifier=VerifierConfig(**sections["verifier"]),
             rm=RewardModelConfig(**rm) if rm else RewardModelConfig(),
             hero=HeroConfig(**sections["hero"]),
+            gdpo=GdpoConfig(**sections["gdpo"]),
             engine=EngineConfig(**sections["engine"]),
             pairs=PairsConfig(**sections["pairs"]),
             beam_args=tuple(beam_args),

@@ -109,7 +109,8 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         schemas = [layout.apply(schema.empty_table()).schema for schema in schemas]
         if layout.explode:
             files = tuple(_long_form_counts(f, layout.explode, config.batch_rows) for f in files)
-    fusion = make_fusion(config.fusion, _sections(config), rm_scores=config.rm.backend != "none")
+    fusion = make_fusion(config.fusion, {**_sections(config), "rm_signals": config.rm_signals},
+                         rm_scores=config.rm.backend != "none")
     added = [f.name for f in VERIFIER_FIELDS + RM_FIELDS + signal_fields(config.rm_signals) + list(fusion.fields)]
     try:
         contract = InputContract.from_file_schemas(schemas, [f.url for f in files], added)

@@ -31,8 +31,9 @@ class Fusion:
     name: its registry name. reward_column: the column pairs rank by and the report summarizes.
     fields: the columns fuse() appends, in order (the tail of the output schema). statuses: status column
     -> vocabulary, checked when the output is read back. column_notes: column -> meaning (dataset card).
-    The constructor takes the run's config sections by name (`settings["hero"]`: HeroConfig) and whether
-    the job has reward-model scores.
+    The constructor takes the run's config sections by name (`settings["hero"]`: HeroConfig; and
+    `settings["rm_signals"]`, the named reward signals when a run has several) and whether the job has
+    reward-model scores.
     """
 
     name = ""
@@ -80,7 +81,7 @@ class Fusion:
         return {"name": self.name, "reward_column": self.reward_column, "title": self.title}
 
 
-FUSIONS: dict[str, object] = {"hero": "transforms.fuse.hero:HeroFusion"}
+FUSIONS: dict[str, object] = {"hero": "transforms.fuse.hero:HeroFusion", "gdpo": "transforms.fuse.gdpo:GdpoFusion"}
 
 
 def register_fusion(name: str, fusion) -> None:

@@ -162,6 +162,40 @@ def build_signals(shared: dict, models: dict | None = None) -> tuple[RewardSigna
     return tuple(signals)
 
 
+def settle_signals(signals: tuple[RewardSignal, ...], fusion_rm: str | None, max_resident: int | None
+                   ) -> tuple[tuple[RewardSignal, ...], RewardModelConfig | None]:
+    """Checks a config's signals with --fusion-rm and --rm-max-resident; returns the signals to keep (none
+    for a single named one: a run with one reward model, today's columns exactly) and the config that
+    rm_score comes from (None: keep the config's own rm). Raises ValueError naming pipeline.* fields."""
+    if len(signals) == 1:
+        if fusion_rm not in (None, signals[0].name):
+            raise ValueError(f"pipeline.fusion_rm {fusion_rm!r} is not a reward signal of this run ({signals[0].name})")
+        if max_resident is not None:
+            raise ValueError("pipeline.rm_max_resident applies when --rm-model names several models")
+        return (), signals[0].config
+    if max_resident is not None and not (isinstance(max_resident, int) and not isinstance(max_resident, bool)
+                                         and max_resident >= 1):
+        raise ValueError(f"pipeline.rm_max_resident must be an integer >= 1, got {max_resident!r}")
+    if not signals:
+        if fusion_rm is not None:
+            raise ValueError("pipeline.fusion_rm chooses among several reward signals (--rm-model a=PATH,b=PATH); "
+                             "this run has one")
+        if max_resident is not None:
+            raise ValueError("pipeline.rm_max_resident applies when --rm-model names several models")
+        return (), None
+    names = [s.name for s in signals]
+    if len(set(names)) != len(names):
+        raise ValueError(f"pipeline.rm_signals: names must be unique, got {names}")
+    chosen = fusion_rm or names[0]
+    if chosen not in names:
+        raise ValueError(f"pipeline.fusion_rm must be one of the reward signals {names}, got {fusion_rm!r}")
+    models = [s for s in signals if s.runs_model]
+    if max_resident is not None and max_resident < len(models) and any(s.config.backend == "vllm" for s in models):
+        raise ValueError(f"pipeline.rm_max_resident {max_resident} would move models off the device, which a vllm "
+                         "engine cannot do; keep every vllm signal resident (unset it) or use the transformers backend")
+    return signals, signals[names.index(chosen)].config
+
+
 def signal_fields(signals: tuple[RewardSignal, ...]) -> list[pa.Field]:
     """The per-signal columns, in signal order (none for a run with one reward model)."""
     fields = []
