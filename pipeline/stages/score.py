@@ -110,15 +110,12 @@ class ScoreStage:
             # Room for this model: park the least recently used until the limit (or the device) allows it.
             while self.resident and ((limit is not None and len(self.resident) >= limit)
                                      or (limit is None and not self.resident[-1].backend.room_for_another())):
-                self._park(self.resident.pop(0))
+                self.resident.pop(0).backend.park()
             signal.setup()
             self.resident.append(signal)
         if len(self.resident) < sum(s.backend.runs_model for s in self.signals):
             log.info("reward models resident on the device: %s of %s",
                      ", ".join(s.name for s in self.resident), ", ".join(s.name for s in self.signals))
-
-    def _park(self, signal: _Signal) -> None:
-        signal.backend.park()
 
     def _bring_in(self, signal: _Signal, sink: MetricsSink) -> None:
         """Makes `signal`'s model resident, moving the least recently used one out when the device is full."""
@@ -129,7 +126,7 @@ class ScoreStage:
         started = time.perf_counter()
         limit = self.config.max_resident
         if self.resident and (limit is None or len(self.resident) >= limit):
-            self._park(self.resident.pop(0))
+            self.resident.pop(0).backend.park()
         signal.backend.unpark()
         self.resident.append(signal)
         sink.count("rm_switches", 1)
@@ -155,11 +152,7 @@ class ScoreStage:
         scores, statuses = results[self.fusion]
         table = rm_columns(table, scores, statuses)
         for signal in self.signals:
-            scores, statuses = results[signal.name]
-            missing = np.isnan(scores)
-            table = table.append_column(SCORE_PREFIX + signal.name, pa.array(
-                np.where(missing, 0.0, scores).astype(np.float32), pa.float32(), mask=missing))
-            table = table.append_column(STATUS_PREFIX + signal.name, pa.array(statuses, pa.string()))
+            table = rm_columns(table, *results[signal.name], (SCORE_PREFIX + signal.name, STATUS_PREFIX + signal.name))
         return table
 
     def close(self) -> None:

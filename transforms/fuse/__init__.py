@@ -18,11 +18,34 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.rollouts import ORDER, PROMPT_ID
+
+
+class GroupSegments(NamedTuple):
+    """A table sorted by (prompt_id, order) and where its groups lie: first row, size, and each row's group."""
+
+    table: pa.Table
+    starts: np.ndarray
+    sizes: np.ndarray
+    group_of_row: np.ndarray
+
+
+def group_segments(table: pa.Table) -> GroupSegments:
+    """Sorts `table` by (prompt_id, order) and finds its prompt groups (vectorized, no per-row Python)."""
+    table = table.sort_by([(PROMPT_ID, "ascending"), (ORDER, "ascending")])
+    n = table.num_rows
+    ids = table.column(PROMPT_ID).combine_chunks()
+    new_group = np.ones(n, dtype=bool)
+    if n > 1:
+        new_group[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(new_group)
+    return GroupSegments(table, starts, np.diff(np.append(starts, n)), np.cumsum(new_group) - 1)
 
 
 class Fusion:

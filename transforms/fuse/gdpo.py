@@ -21,9 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.rollouts import ORDER, PROMPT_ID
 from transforms.checks import ALWAYS, is_finite_number, option
-from transforms.fuse import Fusion
+from transforms.fuse import Fusion, group_segments
 
 GDPO_STATUSES = ("ok", "rm_missing")
 VERIFIER = "verifier"
@@ -122,15 +121,8 @@ class GdpoFusion(Fusion):
         }
 
     def fuse(self, table: pa.Table, statistic) -> pa.Table:
-        table = table.sort_by([(PROMPT_ID, "ascending"), (ORDER, "ascending")])
+        table, starts, sizes, group_of_row = group_segments(table)
         n = table.num_rows
-        ids = table.column(PROMPT_ID).combine_chunks()
-        new_group = np.ones(n, dtype=bool)
-        if n > 1:
-            new_group[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-        starts = np.flatnonzero(new_group)
-        sizes = np.diff(np.append(starts, n))
-        group_of_row = np.cumsum(new_group) - 1
         missing = np.zeros(n, dtype=bool)
         advantages = {}
         for name, column in self.components.items():

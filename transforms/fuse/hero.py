@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from schemas.rollouts import HERO_FIELDS, HERO_STATUSES, ORDER, PROMPT_ID, HeroStatus, RmStatus, VerifierStatus
 from transforms.checks import ALWAYS, is_finite_number, option
-from transforms.fuse import Fusion
+from transforms.fuse import Fusion, group_segments
 
 TIE_PLACEMENTS = ("bottom", "middle")
 ADVANTAGE_MODES = ("grpo", "mean-only")
@@ -117,15 +117,7 @@ def _segment_sum(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
 
 
 def _layout(table: pa.Table) -> _Groups:
-    table = table.sort_by([(PROMPT_ID, "ascending"), (ORDER, "ascending")])
-    n = table.num_rows
-    ids = table.column(PROMPT_ID).combine_chunks()
-    new_group = np.ones(n, dtype=bool)
-    if n > 1:
-        new_group[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(new_group)
-    sizes = np.diff(np.append(starts, n))
-    group_of_row = np.cumsum(new_group) - 1
+    table, starts, sizes, group_of_row = group_segments(table)
     scores = pc.fill_null(table.column("rm_score").cast(pa.float64()), np.nan).to_numpy()
     missing = np.isnan(scores)
     complete = _segment_sum(missing.astype(np.int64), starts) == 0

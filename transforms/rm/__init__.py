@@ -221,13 +221,15 @@ class RewardModelConfig:
             raise ValueError(f"rm.truncation_side must be one of {TRUNCATION_SIDES}, got {self.truncation_side!r}")
 
 
-def rm_columns(table: pa.Table, scores: np.ndarray, statuses: list[str]) -> pa.Table:
-    """`table` with rm_score (float32; null where NaN) and rm_status appended."""
+def rm_columns(table: pa.Table, scores: np.ndarray, statuses: list[str],
+               names: tuple[str, str] = tuple(f.name for f in RM_FIELDS)) -> pa.Table:
+    """`table` with rm_score (float32; null where NaN) and rm_status appended (or the two columns `names`:
+    a reward signal's rm_score__NAME and rm_status__NAME)."""
     missing = np.isnan(scores)
     columns = [pa.array(np.where(missing, 0.0, scores).astype(np.float32), pa.float32(), mask=missing),
                pa.array(statuses, pa.string())]
-    for f, column in zip(RM_FIELDS, columns):
-        table = table.append_column(f, column)
+    for f, name, column in zip(RM_FIELDS, names, columns):
+        table = table.append_column(pa.field(name, f.type), column)
     return table
 
 
