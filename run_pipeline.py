@@ -107,10 +107,38 @@ def report_main(argv: list[str]) -> int:
     return 0
 
 
+def fuse_main(argv: list[str]) -> int:
+    """`herolabel fuse OUTPUT --fusion MODE [options] --output NEW`: another fusion of a labelled output (its
+    verdicts and scores), with no verification and no scoring; the other settings stay the source run's."""
+    from pipeline.fuse_output import fuse_options, fuse_output
+    from pipeline.outputs.manifest import RunFailed
+
+    parser = argparse.ArgumentParser(prog="herolabel fuse", description=fuse_main.__doc__, allow_abbrev=False)
+    parser.add_argument("source", metavar="OUTPUT", help="a finished herolabel output (local path or fsspec URL)")
+    parser.add_argument("--output", required=True, help="directory to write (data/, pairs/, errors/, manifest.json)")
+    parser.add_argument("--overwrite", action="store_true", help="replace what --output holds")
+    add_arguments(parser, fuse_options())
+    args = parser.parse_args(argv)
+    options = {known.name: getattr(args, known.name) for known in fuse_options()}
+    try:
+        manifest = fuse_output(args.source, args.output, options, overwrite=args.overwrite)
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RunFailed as exc:
+        print(f"run failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"fused {manifest['output_rows']:,} rows of {args.source} with --fusion {manifest['fusion']['name']} in "
+          f"{manifest['wall_s']:.1f} s: {args.output}/data/", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
+    if argv[:1] == ["fuse"]:
+        return fuse_main(argv[1:])
     args, beam_args = _parser().parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

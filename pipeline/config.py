@@ -17,8 +17,9 @@ import pyarrow as pa
 
 from schemas.layouts import choose_layout
 from transforms.checks import NEVER, OPTION, field_default, is_finite_number, is_whole, option, stored_settings
-from transforms.fuse import FUSIONS
-from transforms.fuse.gdpo import GdpoConfig, components_of
+from transforms.fuse import FUSIONS, Fusion, make_fusion
+from transforms.fuse.ensemble import EnsembleConfig, EnsembleFusion
+from transforms.fuse.gdpo import GdpoConfig
 from transforms.fuse.hero import HeroConfig
 from transforms.pairs import PairsConfig
 from transforms.rm import RewardModelConfig
@@ -156,6 +157,7 @@ class PipelineConfig:
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     hero: HeroConfig = field(default_factory=HeroConfig)
     gdpo: GdpoConfig = field(default_factory=GdpoConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     batch_rows: int = option(
@@ -192,7 +194,7 @@ class PipelineConfig:
     fusion: str = option(
         "how verdicts and RM scores become one reward per rollout: `hero` (stratified normalization + "
         "variance-aware weighting, arXiv 2510.07242), `gdpo` (each reward component normalized per group, then a "
-        "weighted sum), or a fusion registered in transforms/fuse/",
+        "weighted sum), `verifier` or `rm` (either reward alone), or a fusion registered in transforms/fuse/",
         group="fusion", default="hero")
     fusion_rm: str | None = option(
         "the reward signal the fusion uses, and `rm_score`/`rm_status` hold, when --rm-model names several",
@@ -233,8 +235,7 @@ class PipelineConfig:
         if self.fusion not in FUSIONS:
             raise ValueError(f"pipeline.fusion must be one of {tuple(FUSIONS)}, got {self.fusion!r}")
         self._check_signals()
-        if self.fusion == "gdpo":
-            self.gdpo.check_components(components_of(self.rm_signals, self.rm.backend != "none"))
+        self.make_fusion()  # a fusion checks its settings against the run's (gdpo weights, rm without scores)
         if self.beam_args and self.engine.engine != "beam":
             raise ValueError(f"options not known to herolabel go to Apache Beam, which engine.engine="
                              f"{self.engine.engine} does not use: {' '.join(self.beam_args)}")
@@ -245,6 +246,14 @@ class PipelineConfig:
         object.__setattr__(self, "rm", rm or self.rm)
         if not signals:
             object.__setattr__(self, "fusion_rm", None)
+
+    def make_fusion(self) -> Fusion:
+        """The run's fusion, built from the config's sections by name (hero, gdpo, ...) and its reward signals."""
+        sections = {spec.name: getattr(self, spec.name) for spec in dataclasses.fields(self)
+                    if dataclasses.is_dataclass(getattr(self, spec.name))}
+        fusion = make_fusion(self.fusion, {**sections, "rm_signals": self.rm_signals},
+                             rm_scores=self.rm.backend != "none")
+        return EnsembleFusion(fusion, self.ensemble, self.rm_signals) if self.ensemble.enabled else fusion
 
     @property
     def fusion_signal(self) -> str | None:
@@ -262,6 +271,8 @@ class PipelineConfig:
                   "hero": stored_settings(self.hero), **stored_settings(self)}
         if self.fusion == "gdpo":  # its settings decide a gdpo run's labels, and no other run's
             stored["gdpo"] = stored_settings(self.gdpo)
+        if self.ensemble.enabled:  # likewise an RM ensemble's
+            stored["ensemble"] = stored_settings(self.ensemble)
         if self.rm_signals:  # several reward signals: each one's settings (one model: nothing more stored)
             stored["rm_signals"] = {s.name: stored_settings(s.config) for s in self.rm_signals}
         return stored
@@ -272,7 +283,7 @@ MAPPING_OPTIONS = ("rm_models",)
 
 # The sections whose fields are options, in the order the option table lists them.
 _SECTIONS = {"pipeline": PipelineConfig, "rm": RewardModelConfig, "verifier": VerifierConfig, "hero": HeroConfig,
-             "gdpo": GdpoConfig, "engine": EngineConfig, "pairs": PairsConfig}
+             "gdpo": GdpoConfig, "ensemble": EnsembleConfig, "engine": EngineConfig, "pairs": PairsConfig}
 
 
 @dataclass(frozen=True)
@@ -326,10 +337,11 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_arguments(parser) -> None:
-    """Adds every option to an argparse parser, grouped as in the README; values default to None (unset)."""
+def add_arguments(parser, options: tuple[Option, ...] | list[Option] = OPTIONS) -> None:
+    """Adds the options (every one by default) to an argparse parser, grouped as in the README; values default
+    to None (unset)."""
     groups = {}
-    for known in OPTIONS:
+    for known in options:
         group = groups.get(known.group) or groups.setdefault(known.group, parser.add_argument_group(known.group))
         help_text = f"{known.help} (default: {known.default()})".replace("%", "%%")
         if known.type is bool:
@@ -392,6 +404,7 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
             rm=RewardModelConfig(**rm) if rm else RewardModelConfig(),
             hero=HeroConfig(**sections["hero"]),
             gdpo=GdpoConfig(**sections["gdpo"]),
+            ensemble=EnsembleConfig(**sections["ensemble"]),
             engine=EngineConfig(**sections["engine"]),
             pairs=PairsConfig(**sections["pairs"]),
             beam_args=tuple(beam_args),

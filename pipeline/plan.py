@@ -19,7 +19,7 @@ from pipeline.stages.unit import WorkUnit, units_of
 from pipeline.stages.verify import VerifyStage
 from schemas.layouts import Layout, LayoutError, choose_layout, missing_columns_hint
 from schemas.rollouts import RM_FIELDS, SAMPLE_INDEX, VERIFIER_FIELDS, InputContract, SchemaError
-from transforms.fuse import Fusion, make_fusion
+from transforms.fuse import Fusion
 from transforms.rm import make_reward_model
 from transforms.rm.signals import SignalSet, signal_fields
 
@@ -109,8 +109,7 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         schemas = [layout.apply(schema.empty_table()).schema for schema in schemas]
         if layout.explode:
             files = tuple(_long_form_counts(f, layout.explode, config.batch_rows) for f in files)
-    fusion = make_fusion(config.fusion, {**_sections(config), "rm_signals": config.rm_signals},
-                         rm_scores=config.rm.backend != "none")
+    fusion = config.make_fusion()
     added = [f.name for f in VERIFIER_FIELDS + RM_FIELDS + signal_fields(config.rm_signals) + list(fusion.fields)]
     try:
         contract = InputContract.from_file_schemas(schemas, [f.url for f in files], added)
@@ -163,12 +162,6 @@ def _resolve_reward_models(config: PipelineConfig, contract: InputContract) -> t
     else:
         config = dataclasses.replace(config, rm=pinned[None])
     return config, identities
-
-
-def _sections(config: PipelineConfig) -> dict[str, object]:
-    """The config's sections by name (hero, verifier, rm, ...): what a fusion reads its own settings from."""
-    return {spec.name: getattr(config, spec.name) for spec in dataclasses.fields(config)
-            if dataclasses.is_dataclass(getattr(config, spec.name))}
 
 
 def _long_form_counts(file: fsio.InputFile, column: str, batch_rows: int) -> fsio.InputFile:

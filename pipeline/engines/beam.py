@@ -118,8 +118,9 @@ def _spilled(done: CompletedUnit):
 
 
 class FusionStatistic(beam.CombineFn):
-    """The fusion's job statistic (HERO: sigma_bar) from per-bucket partials, kept as a list so the
-    fusion's own combine sees them all at once (exact, order-independent)."""
+    """A pass of the fusion's job statistic (HERO: sigma_bar) from per-bucket partials, kept as a list so
+    the fusion's own combine sees them all at once (exact, order-independent). Each partial arrives with
+    the statistic of the pass before, which the combine takes too."""
 
     def __init__(self, plan: RunPlan):
         self.fusion = plan.fusion
@@ -135,7 +136,8 @@ class FusionStatistic(beam.CombineFn):
         return [partial for accumulator in accumulators for partial in accumulator]
 
     def extract_output(self, accumulator):
-        return self.fusion.combine(accumulator)
+        earlier = accumulator[0][1] if accumulator else self.fusion.known_statistic()
+        return self.fusion.combine([partial for partial, _ in accumulator], earlier)
 
 
 class FusionPartial(beam.DoFn):
@@ -143,8 +145,8 @@ class FusionPartial(beam.DoFn):
         self.fusion = plan.fusion
         self.has_sample_index = plan.has_sample_index
 
-    def process(self, element):
-        yield bucket_partial(self.fusion, element[1], SINK, self.has_sample_index)
+    def process(self, element, earlier):
+        yield bucket_partial(self.fusion, element[1], SINK, self.has_sample_index, earlier), earlier
 
 
 class FuseAndWrite(beam.DoFn):
@@ -216,11 +218,12 @@ def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions, pend
                | "ResumedSpills" >> beam.FlatMap(_spilled).with_outputs("errors", main="rows"))
     groups = (keyed.rows, earlier.rows) | "AllRows" >> beam.Flatten() | "GroupByPrompt" >> beam.GroupByKey()
 
-    if not plan.fusion.needs_partials:
-        statistic = pipeline | "KnownStatistic" >> beam.Create([plan.fusion.known_statistic()])
-    else:
-        statistic = (groups | "FusionPartials" >> beam.ParDo(FusionPartial(plan))
-                     | "FusionStatistic" >> beam.CombineGlobally(FusionStatistic(plan)))
+    statistic = pipeline | "KnownStatistic" >> beam.Create([plan.fusion.known_statistic()])
+    for pass_ in range(plan.fusion.rounds):  # each pass sees the statistic of the one before
+        suffix = str(pass_ + 1) if pass_ else ""
+        statistic = (groups | f"FusionPartials{suffix}" >> beam.ParDo(FusionPartial(plan),
+                                                                      earlier=beam.pvalue.AsSingleton(statistic))
+                     | f"FusionStatistic{suffix}" >> beam.CombineGlobally(FusionStatistic(plan)))
     written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), statistic=beam.pvalue.AsSingleton(statistic))
     errors = (
         (keyed.errors, earlier.errors)

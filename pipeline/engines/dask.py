@@ -36,6 +36,7 @@ from pipeline.config import ConfigError
 from pipeline.plan import RunPlan
 from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext
 from pipeline.stages.group import bucket_partial
+from transforms.fuse import job_statistic
 from pipeline.stages.unit import CompletedUnit, WorkUnit, complete_unit, read_unit, run_stages
 from pipeline.stages.write import fuse_and_write, write_errors
 from pipeline.tools import progress
@@ -100,9 +101,9 @@ def _task_name(stages) -> str:
     return "+".join(stage.name for stage in stages)
 
 
-def partial_task(plan: RunPlan, parts: list[str]) -> tuple[object, dict]:
+def partial_task(plan: RunPlan, parts: list[str], earlier) -> tuple[object, dict]:
     sink = CounterSink()
-    return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index), sink.counts
+    return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index, earlier), sink.counts
 
 
 def fuse_task(plan: RunPlan, bucket: int, parts: list[str], statistic) -> tuple[tuple[str, int], dict]:
@@ -313,17 +314,21 @@ class _Job:
                     pending_chains[chain["futures"][-1]] = chain
 
     def statistic(self):
-        """The fusion's job statistic (HERO: sigma_bar): one partial task per bucket, combined here."""
-        fusion = self.plan.fusion
-        if not fusion.needs_partials:
-            return fusion.known_statistic()
-        partials = self.client.gather([
-            self.client.submit(partial_task, self.plan_future, parts, key=f"sigma-{b:05d}-{self.run_id}",
-                               pure=False, **self.where.prefer_cpu())
-            for b, parts in sorted(self.bucket_parts.items())])
-        for _, partial_counts in partials:
-            self.counts.update(partial_counts)
-        return fusion.combine(p for p, _ in partials)
+        """The fusion's job statistic (HERO: sigma_bar): per pass, one partial task per bucket, combined here."""
+        passes = iter(range(self.plan.fusion.rounds))
+
+        def partials_of(earlier):
+            round_ = next(passes)
+            partials = self.client.gather([
+                self.client.submit(partial_task, self.plan_future, parts, earlier, pure=False,
+                                   key=f"sigma-{b:05d}-{self.run_id}" + (f"-{round_}" if round_ else ""),
+                                   **self.where.prefer_cpu())
+                for b, parts in sorted(self.bucket_parts.items())])
+            for _, partial_counts in partials:
+                self.counts.update(partial_counts)
+            return [p for p, _ in partials]
+
+        return job_statistic(self.plan.fusion, partials_of)
 
     def write(self, statistic) -> None:
         """One fuse-and-write task per shard, one errors task per input file with bad rows."""

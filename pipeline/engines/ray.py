@@ -39,6 +39,7 @@ from pipeline.config import ConfigError, parse_resource
 from pipeline.plan import RunPlan
 from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext
 from pipeline.stages.group import bucket_partial
+from transforms.fuse import job_statistic
 from pipeline.stages.unit import CompletedUnit, WorkUnit, complete_unit, read_unit, run_stages
 from pipeline.stages.write import fuse_and_write, write_errors
 from pipeline.storage.faults import FAULT_COUNTS_ENV, FAULT_ENV, FAULT_GROUP_ENV
@@ -88,9 +89,9 @@ def _node_address() -> str:
     return ray.get_runtime_context().get_node_id()
 
 
-def _partial(plan: RunPlan, parts: list[str]):
+def _partial(plan: RunPlan, parts: list[str], earlier):
     sink = CounterSink()
-    return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index), sink.counts
+    return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index, earlier), sink.counts
 
 
 def _fuse(plan: RunPlan, bucket: int, parts: list[str], statistic):
@@ -306,14 +307,14 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
                 following = next(units, None)
                 if following is not None:
                     in_flight.append(submit(following))
-        fusion = plan.fusion
-        statistic = fusion.known_statistic()
-        if fusion.needs_partials:
+        def partials_of(earlier):
             partials = ray.get([remote["sigma"].options(name="sigma", num_cpus=1, **nodes.prefer_cpu()).remote(
-                plan_ref, parts) for _, parts in sorted(bucket_parts.items())])
+                plan_ref, parts, earlier) for _, parts in sorted(bucket_parts.items())])
             for _, partial_counts in partials:
                 counts.update(partial_counts)
-            statistic = fusion.combine(p for p, _ in partials)
+            return [p for p, _ in partials]
+
+        statistic = job_statistic(plan.fusion, partials_of)
         errors = [remote["errors"].options(name="errors", num_cpus=1).remote(plan_ref, f, parts)
                   for f, parts in sorted(error_parts.items())]
         # A fuse task holds a whole shard (up to --rows-per-shard rows): one in flight per verifying node

@@ -129,9 +129,10 @@ def load_parts(parts: Iterable, columns: list[str] | None = None) -> pa.Table:
                              else _read_whole(part, columns) for part in parts])
 
 
-def bucket_partial(fusion, parts: Iterable, sink: MetricsSink, has_sample_index: bool):
+def bucket_partial(fusion, parts: Iterable, sink: MetricsSink, has_sample_index: bool, earlier=None):
     """The fusion's partial statistic of one bucket (HERO: sigma_u's sum and count), over the rows fusion
     will keep (later copies of a (prompt_id, sample_index) dropped); reads only the columns it needs.
+    `earlier`: the statistic of the pass before (Fusion.rounds).
 
     With spill files this reads those columns of each bucket once more before fusion reads the whole
     bucket: the job statistic must be complete before any shard is fused, and holding buckets until then
@@ -141,4 +142,4 @@ def bucket_partial(fusion, parts: Iterable, sink: MetricsSink, has_sample_index:
                                  + ([SAMPLE_INDEX] if has_sample_index else [])))
     with timed(sink, "sigma"):
         kept, _, _ = split_duplicates(load_parts(parts, columns))
-        return fusion.partial(kept)
+        return fusion.partial(kept, earlier)

@@ -1,14 +1,16 @@
 """Fusions: how a verifier verdict and a reward-model score become one reward per rollout, per prompt group.
 
 One contract, `Fusion`, and a lazy table of fusions by name, `FUSIONS` ("module:Class", imported on first
-use). HERO (hero.py) is the first implementation. A fusion works in two passes over complete prompt
+use). HERO (hero.py) is the first implementation. A fusion works in passes over complete prompt
 groups, so that engines can run it at any scale without holding the job in memory:
 
-    partial(bucket table) -> P           per bucket of whole groups, on workers (columns: partial_columns)
-    combine([P, ...]) -> statistic       exact and independent of the order partials arrive in
-    fuse(table, statistic) -> table      per bucket: the fusion's columns (`fields`) appended
+    partial(bucket table, earlier) -> P          per bucket of whole groups, on workers (columns: partial_columns)
+    combine([P, ...], earlier) -> statistic      exact and independent of the order partials arrive in
+    fuse(table, statistic) -> table              per bucket: the fusion's columns (`fields`) appended
 
-A fusion whose statistic is known before any data moves (`needs_partials` False) skips the first pass.
+`rounds` partial passes run one after the other, each given the statistic of the one before (`earlier`;
+known_statistic() before the first): HERO needs one (sigma_bar), or none with a fixed --sigma-bar; an RM
+ensemble adds one before (its members' z scales). `job_statistic` runs them where the data is local.
 The output's schema, status checks, DPO pairs (ranked by `reward_column`), the report and the dataset
 card read the fusion, never a fixed column list. A new fusion is one module with a Fusion subclass and one
 line: `register_fusion(NAME, "module:Class")`.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Iterable, Mapping, NamedTuple
+from typing import Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -65,22 +67,22 @@ class Fusion:
     statuses: dict[str, tuple[str, ...]] = {}
     column_notes: dict[str, str] = {}
     partial_columns: tuple[str, ...] = (PROMPT_ID, ORDER)
-    needs_partials = False
+    rounds = 0  # partial passes before fuse (0: the statistic is known before any data moves)
 
     def __init__(self, settings: Mapping[str, object], rm_scores: bool):
         self.settings = settings
         self.rm_scores = rm_scores
 
     def known_statistic(self):
-        """The job statistic when it is known before any data moves (needs_partials False)."""
+        """The job statistic when it is known before any data moves (rounds 0), or what the first pass gets."""
         return None
 
-    def partial(self, table: pa.Table):
-        """Partial statistic of one bucket of complete groups (only when needs_partials)."""
+    def partial(self, table: pa.Table, earlier=None):
+        """Partial statistic of one bucket of complete groups (`earlier`: the previous pass's statistic)."""
         return None
 
-    def combine(self, partials: Iterable):
-        """The job statistic from every bucket's partial; must not depend on their order."""
+    def combine(self, partials: Iterable, earlier=None):
+        """The statistic of a pass from every bucket's partial; must not depend on their order."""
         return None
 
     def fuse(self, table: pa.Table, statistic) -> pa.Table:
@@ -104,7 +106,9 @@ class Fusion:
         return {"name": self.name, "reward_column": self.reward_column, "title": self.title}
 
 
-FUSIONS: dict[str, object] = {"hero": "transforms.fuse.hero:HeroFusion", "gdpo": "transforms.fuse.gdpo:GdpoFusion"}
+FUSIONS: dict[str, object] = {"hero": "transforms.fuse.hero:HeroFusion", "gdpo": "transforms.fuse.gdpo:GdpoFusion",
+                              "verifier": "transforms.fuse.plain:VerifierFusion",
+                              "rm": "transforms.fuse.plain:RmFusion"}
 
 
 def register_fusion(name: str, fusion) -> None:
@@ -125,4 +129,13 @@ def fusion_class(name: str) -> type[Fusion]:
 
 
 def make_fusion(name: str, settings: Mapping[str, object], rm_scores: bool) -> Fusion:
+    """The fusion `name` over the run's settings (an RM ensemble wraps it: ensemble.py, pipeline/config.py)."""
     return fusion_class(name)(settings, rm_scores)
+
+
+def job_statistic(fusion: Fusion, partials_of: Callable[[object], Iterable]):
+    """The job statistic, pass by pass: `partials_of(earlier)` gives every bucket's partial of one pass."""
+    statistic = fusion.known_statistic()
+    for _ in range(fusion.rounds):
+        statistic = fusion.combine(list(partials_of(statistic)), statistic)
+    return statistic

@@ -259,7 +259,7 @@ class HeroFusion(Fusion):
     def __init__(self, settings, rm_scores: bool):
         super().__init__(settings, rm_scores)
         self.config: HeroConfig = settings["hero"]
-        self.needs_partials = self.sigma_mode == "job_mean"
+        self.rounds = 1 if self.sigma_mode == "job_mean" else 0
 
     @property
     def sigma_mode(self) -> str:
@@ -271,10 +271,10 @@ class HeroFusion(Fusion):
     def known_statistic(self) -> float | None:
         return float(self.config.sigma_bar) if self.sigma_mode == "fixed" else None
 
-    def partial(self, table: pa.Table) -> tuple[float, int]:
+    def partial(self, table: pa.Table, earlier=None) -> tuple[float, int]:
         return sigma_partial(table)
 
-    def combine(self, partials) -> float:
+    def combine(self, partials, earlier=None) -> float:
         """The exact mean of sigma_u over all groups; math.fsum makes it independent of arrival order."""
         partials = list(partials)
         count = sum(c for _, c in partials)
