@@ -141,6 +141,8 @@ def fuse_output(source: str, output: str, options: dict, overwrite: bool = False
     fs, source_path = fsspec.core.url_to_fs(source)
     if not fs.exists(f"{source_path}/manifest.json"):
         raise FileNotFoundError(f"{source} holds no finished herolabel output (no manifest.json)")
+    if fsspec.core.url_to_fs(output)[1].rstrip("/") == source_path.rstrip("/"):
+        raise ValueError(f"--output {output} is the output being fused; choose another directory")
     manifest = _read_json(fsio.join(source, "manifest.json"))
     if not manifest.get("accounted", False):
         raise ValueError(f"{source}: its manifest says rows went missing ({manifest.get('failure')}); run it again")

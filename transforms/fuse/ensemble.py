@@ -1,7 +1,7 @@
 """An ensemble of reward signals as the fusion's RM score: `--rm-ensemble mean|min|uwo` over every named signal.
 
 Each member is first z-scored over the whole job (z = (s - mean) / std, population std over the rows it
-scored; a constant member gives z = 0), so that scales agree, then per row:
+scored; a member whose std is below 1e-9 x max(1, |mean|) is constant, z = 0), so that scales agree, then per row:
     mean: mean_j z_j      min: min_j z_j      uwo: mean_j z_j - lambda * var_j z_j
 (uwo: uncertainty-weighted optimization, Coste et al., arXiv 2310.02743; var across members, ddof 0).
 `rm_score` then holds the ensemble's value (float32, on the z scale) and `rm_status` is ok only where every
@@ -9,7 +9,8 @@ member is (otherwise the worst member status: error, missing, skipped, truncated
 has no score has no ensemble score.
 
 Behind the Fusion contract as a wrapper of the chosen fusion (hero, rm, posterior): one more pass for the
-job statistic (the members' sums and sums of squares, math.fsum: exact whatever order buckets arrive in),
+job statistic (each member's count, mean and squared deviations per bucket, combined pairwise; math.fsum,
+so the same whatever order buckets arrive in),
 then the wrapped fusion's own passes and fuse over the table with rm_score replaced. Cost: a few numpy
 operations per member and row.
 """
@@ -31,6 +32,7 @@ ENSEMBLE_MODES = ("none", "mean", "min", "uwo")
 # Worst first: the status an ensemble row takes when its members' statuses differ.
 STATUS_PRECEDENCE = (RmStatus.ERROR, RmStatus.MISSING, RmStatus.SKIPPED, RmStatus.TRUNCATED, RmStatus.OK)
 SCORED = (RmStatus.OK, RmStatus.TRUNCATED)
+CONSTANT_SPREAD = 1e-9
 
 
 @dataclass(frozen=True)
@@ -124,12 +126,13 @@ class EnsembleFusion(Fusion):
         return None
 
     def partial(self, table: pa.Table, earlier=None):
-        if earlier is None:  # the first pass: each member's count, sum and sum of squares
+        if earlier is None:  # the first pass: each member's count, mean and squared deviations from it
             out = {}
             for signal in self.signals:
                 values = self._member(table, signal)
                 values = values[~np.isnan(values)]
-                out[signal.name] = (len(values), math.fsum(values), math.fsum(values * values))
+                mean = math.fsum(values) / len(values) if len(values) else 0.0
+                out[signal.name] = (len(values), mean, math.fsum((values - mean) ** 2))
             return out
         stats, inner_earlier = earlier
         return self.inner.partial(self.with_ensemble(table, stats), inner_earlier)
@@ -139,13 +142,15 @@ class EnsembleFusion(Fusion):
         if earlier is None:
             stats = {}
             for signal in self.signals:
-                count = sum(p[signal.name][0] for p in partials)
-                total = math.fsum(p[signal.name][1] for p in partials)
-                squares = math.fsum(p[signal.name][2] for p in partials)
-                mean = total / count if count else 0.0
-                variance = squares / count - mean * mean if count else 0.0
-                # Below the rounding noise of the sums a member is constant (z = 0), not of a tiny scale.
-                stats[signal.name] = (mean, math.sqrt(variance) if variance > 1e-12 * mean * mean else 0.0)
+                parts = [p[signal.name] for p in partials if p[signal.name][0]]
+                count = sum(n for n, _, _ in parts)
+                mean = math.fsum(n * m for n, m, _ in parts) / count if count else 0.0
+                # Chan et al.'s pairwise combination: each bucket's squared deviations, moved to the job mean.
+                squares = math.fsum(m2 + n * (m - mean) ** 2 for n, m, m2 in parts)
+                std = math.sqrt(squares / count) if count else 0.0
+                # A member whose spread is below CONSTANT_SPREAD (relative to its mean, at least 1) is constant
+                # (z = 0): the rounding noise of the sums, not a scale.
+                stats[signal.name] = (mean, std if std > CONSTANT_SPREAD * max(1.0, abs(mean)) else 0.0)
             return stats, self.inner.known_statistic()
         stats, inner_earlier = earlier
         return stats, self.inner.combine(partials, inner_earlier)
