@@ -21,6 +21,7 @@ from transforms.fuse import FUSIONS, Fusion, make_fusion
 from transforms.fuse.ensemble import EnsembleConfig, EnsembleFusion
 from transforms.fuse.gdpo import GdpoConfig
 from transforms.fuse.hero import HeroConfig
+from transforms.fuse.posterior import PosteriorConfig
 from transforms.pairs import PairsConfig
 from transforms.rm import RewardModelConfig
 from transforms.rm.signals import RewardSignal, build_signals, settle_signals
@@ -158,6 +159,7 @@ class PipelineConfig:
     hero: HeroConfig = field(default_factory=HeroConfig)
     gdpo: GdpoConfig = field(default_factory=GdpoConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    posterior: PosteriorConfig = field(default_factory=PosteriorConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
     batch_rows: int = option(
@@ -269,10 +271,11 @@ class PipelineConfig:
         (transforms/checks.py: `stored`); no paths or execution settings."""
         stored = {"verifier": stored_settings(self.verifier), "rm": stored_settings(self.rm),
                   "hero": stored_settings(self.hero), **stored_settings(self)}
-        if self.fusion == "gdpo":  # its settings decide a gdpo run's labels, and no other run's
-            stored["gdpo"] = stored_settings(self.gdpo)
-        if self.ensemble.enabled:  # likewise an RM ensemble's
-            stored["ensemble"] = stored_settings(self.ensemble)
+        # A mode's own section decides the labels of the runs that use it, and no other run's.
+        for name, used in (("gdpo", self.fusion == "gdpo"), ("ensemble", self.ensemble.enabled),
+                           ("posterior", self.fusion == "posterior")):
+            if used:
+                stored[name] = stored_settings(getattr(self, name))
         if self.rm_signals:  # several reward signals: each one's settings (one model: nothing more stored)
             stored["rm_signals"] = {s.name: stored_settings(s.config) for s in self.rm_signals}
         return stored
@@ -283,7 +286,8 @@ MAPPING_OPTIONS = ("rm_models",)
 
 # The sections whose fields are options, in the order the option table lists them.
 _SECTIONS = {"pipeline": PipelineConfig, "rm": RewardModelConfig, "verifier": VerifierConfig, "hero": HeroConfig,
-             "gdpo": GdpoConfig, "ensemble": EnsembleConfig, "engine": EngineConfig, "pairs": PairsConfig}
+             "gdpo": GdpoConfig, "ensemble": EnsembleConfig, "posterior": PosteriorConfig, "engine": EngineConfig,
+             "pairs": PairsConfig}
 
 
 @dataclass(frozen=True)
@@ -400,13 +404,8 @@ def build_config(options: dict, beam_args: tuple[str, ...] = ()) -> PipelineConf
                               "(precomputed) or --rm-backend none (verifier only)")
     try:
         return PipelineConfig(
-            verifier=VerifierConfig(**sections["verifier"]),
             rm=RewardModelConfig(**rm) if rm else RewardModelConfig(),
-            hero=HeroConfig(**sections["hero"]),
-            gdpo=GdpoConfig(**sections["gdpo"]),
-            ensemble=EnsembleConfig(**sections["ensemble"]),
-            engine=EngineConfig(**sections["engine"]),
-            pairs=PairsConfig(**sections["pairs"]),
+            **{name: cls(**sections[name]) for name, cls in _SECTIONS.items() if name not in ("pipeline", "rm")},
             beam_args=tuple(beam_args),
             **sections["pipeline"],
         )

@@ -40,7 +40,7 @@ from transforms.rm.signals import RewardSignal
 log = logging.getLogger(__name__)
 
 # Options `herolabel fuse` takes: the fusion's, and the DPO pairs' (pairs rank by the fusion's reward).
-FUSE_SECTIONS = ("hero", "gdpo", "ensemble", "pairs")
+FUSE_SECTIONS = ("hero", "gdpo", "ensemble", "posterior", "pairs")
 FUSE_PIPELINE_OPTIONS = ("fusion", "fusion_rm")
 SHARD_NAME = re.compile(r"part-(\d{5})-of-(\d{5})\.parquet$")
 

@@ -121,6 +121,10 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         raise InputError(f"--input {config.input}: the input is empty ({len(files)} Parquet file(s), 0 rows: "
                          f"{', '.join(f.url for f in files[:3])}{' ...' if len(files) > 3 else ''})")
     config, identities = _resolve_reward_models(config, contract)
+    try:
+        fusion.check_reward_model(identities[config.fusion_signal])
+    except ValueError as exc:
+        raise ConfigError(name_options(str(exc))) from exc
     total = sum(f.num_rows for f in files)
     num_shards = max(1, math.ceil(total / config.rows_per_shard))
     metadata = {

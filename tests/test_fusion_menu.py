@@ -7,6 +7,7 @@ data/ and pairs/ `herolabel fuse` must reproduce byte for byte, on every engine 
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
 from pathlib import Path
 
@@ -341,3 +342,171 @@ def test_fuse_refuses_what_it_cannot_do(tmp_path, capsys):
     # an ensemble of a run with one reward model
     assert main(["fuse", str(tmp_path / "hero"), "--output", str(tmp_path / "w"), "--rm-ensemble", "mean"]) == 2
     assert "several reward signals" in capsys.readouterr().err
+
+
+# --- posterior ---------------------------------------------------------------------------------------------
+
+def synthetic(n: int, rho0: float, rho1: float, prior: float, seed: int) -> tuple[pa.Table, np.ndarray]:
+    """Rows from a known process: c ~ Bernoulli(prior); the RM score ~ N(+1, 1) if correct, N(-1, 1) if not;
+    the verdict flips a correct answer to 0 with rho1 and an incorrect one to 1 with rho0, independently of
+    the score. Returns the rows and the true P(c | v, s) of each."""
+    rng = np.random.default_rng(seed)
+    correct = rng.random(n) < prior
+    score = np.where(correct, 1.0, -1.0) + rng.normal(0, 1, n)
+    verdict = np.where(correct, rng.random(n) >= rho1, rng.random(n) < rho0).astype(np.float64)
+    # logit P(c | s) = log(prior / (1 - prior)) + 2 s for these two Gaussians; plus the verdict's likelihood ratio
+    term = np.where(verdict == 1, np.log((1 - rho1) / rho0), np.log(rho1 / (1 - rho0)))
+    truth = 1 / (1 + np.exp(-(np.log(prior / (1 - prior)) + 2 * score + term)))
+    table = pa.table({"prompt_id": [f"p{i // 8}" for i in range(n)], ORDER: np.arange(n),
+                      "label_correct": correct, "verifier_score": pa.array(verdict, pa.float32()),
+                      "verifier_status": ["ok"] * n, "rm_score": pa.array(score, pa.float32()), "rm_status": ["ok"] * n})
+    return table, truth
+
+
+def log_loss(label: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-15, 1 - 1e-15)
+    return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
+
+
+def three_ways(fitted, label, verdict, score) -> dict[str, float]:
+    """Log-loss of the posterior, of the RM alone and of the verifier alone, each a probability from the fit."""
+    from transforms.fuse.posterior import sigmoid
+
+    base = math.log(fitted.base_rate / (1 - fitted.base_rate))
+    return {"posterior": log_loss(label, sigmoid(fitted.logit(verdict, score))),
+            "rm": log_loss(label, sigmoid(fitted.intercept + fitted.slope * score)),
+            "verifier": log_loss(label, sigmoid(base + fitted.verdict_term(verdict)))}
+
+
+def test_posterior_recovers_a_known_process():
+    from transforms.fuse.posterior import calibrate, sigmoid, usable
+
+    calibration, _ = synthetic(40_000, rho0=0.1, rho1=0.2, prior=0.4, seed=1)
+    fitted = calibrate(calibration, per_source=False, where="synthetic")["(all)"]
+    assert abs(fitted.rho0 - 0.1) < 0.01 and abs(fitted.rho1 - 0.2) < 0.01
+    held_out, truth = synthetic(20_000, rho0=0.1, rho1=0.2, prior=0.4, seed=2)
+    label, verdict, score, _ = usable(held_out)
+    posterior = sigmoid(fitted.logit(verdict, score))
+    assert np.max(np.abs(posterior - truth)) < 0.02
+    losses = three_ways(fitted, label.astype(float), verdict, score)
+    assert losses["posterior"] < losses["verifier"] and losses["posterior"] < losses["rm"], losses
+
+
+@settings(max_examples=100, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from([1.0, 0.0, None]), st.one_of(st.none(), st.floats(-8, 8, width=32))),
+                     min_size=1, max_size=12),
+       rho0=st.floats(0.01, 0.45), rho1=st.floats(0.01, 0.45), slope=st.floats(-3, 3), intercept=st.floats(-2, 2),
+       base=st.floats(0.05, 0.95))
+def test_posterior_matches_the_plain_python_reference(rows, rho0, rho1, slope, intercept, base):
+    from transforms.fuse.posterior import Calibration, PosteriorFusion
+
+    fusion = PosteriorFusion.__new__(PosteriorFusion)  # the fit given, not read from a calibration output
+    fusion.fits = {"(all)": Calibration(rho0, rho1, intercept, slope, base, 100, 50)}
+    fusion.hero = HeroConfig()
+    verdicts, scores = [v for v, _ in rows], [s for _, s in rows]
+    statuses = ["ok" if v is not None else "timeout" for v in verdicts]
+    out = fusion.fuse(scored(["p"] * len(rows), verdicts, scores, statuses), None)
+    expected = []
+    for v, s in rows:
+        logit = math.log(base / (1 - base)) if s is None else intercept + slope * float(np.float32(s))
+        if v is not None:
+            logit += math.log((1 - rho1) / rho0) if v == 1.0 else math.log(rho1 / (1 - rho0))
+        expected.append(1 / (1 + math.exp(-logit)))
+    assert in_input_order(out, "posterior_reward") == pytest.approx(expected, abs=1e-9)
+    assert in_input_order(out, "advantage") == pytest.approx(advantage_reference(expected), abs=1e-9)
+    assert in_input_order(out, "posterior_status") == [
+        ("ok" if s is not None else "rm_missing") if v is not None else ("no_verdict" if s is not None else "prior")
+        for v, s in rows]
+
+
+@pytest.mark.slow
+def test_posterior_on_the_shared_qwen25_file_two_fold_cross_fitted_by_prompt(tmp_path):
+    """Real RM scores and labels (the verifier agrees with 799 of 800): fit on one half of the prompts,
+    score the other, both ways; the posterior beats the RM alone and stays within 0.01 of the verifier."""
+    from transforms.fuse.posterior import calibrate, usable
+
+    label(shared_file("qwen25_math_cot100.parquet"), tmp_path / "out", rm_score_column="qwen_rm_score")
+    table = pq.read_table(tmp_path / "out" / "data")
+    prompts = sorted(set(table.column("prompt_id").to_pylist()))
+    fold = {p: i % 2 for i, p in enumerate(prompts)}
+    in_fold = np.array([fold[p] for p in table.column("prompt_id").to_pylist()])
+    totals = {"posterior": 0.0, "rm": 0.0, "verifier": 0.0}
+    for held in (0, 1):
+        fitted = calibrate(table.filter(pa.array(in_fold != held)), per_source=False, where="fold")["(all)"]
+        y, verdict, score, _ = usable(table.filter(pa.array(in_fold == held)))
+        for name, loss in three_ways(fitted, y.astype(float), verdict, score).items():
+            totals[name] += loss * len(y) / table.num_rows
+    assert totals["posterior"] < totals["rm"], totals
+    assert abs(totals["posterior"] - totals["verifier"]) <= 0.01, totals
+
+
+@pytest.fixture(scope="module")
+def qwen_halves(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """The shared qwen25 file split by prompt into two halves, and the first half labelled (a calibration)."""
+    base = tmp_path_factory.mktemp("halves")
+    table = pq.read_table(shared_file("qwen25_math_cot100.parquet"))
+    prompts = sorted(set(table.column("prompt_id").to_pylist()))
+    first = pa.array([prompts.index(p) % 2 == 0 for p in table.column("prompt_id").to_pylist()])
+    pq.write_table(table.filter(first), base / "first.parquet")
+    pq.write_table(table.filter(pa.compute.invert(first)), base / "second.parquet")
+    label(base / "first.parquet", base / "calibration", rm_score_column="qwen_rm_score")
+    return base / "calibration", base / "second.parquet", base
+
+
+@pytest.mark.slow
+def test_a_posterior_run_calibrated_on_half_and_fused_from_hero(tmp_path, qwen_halves):
+    calibration, second, _ = qwen_halves
+    options = {"rm_score_column": "qwen_rm_score", "pairs": True, "rows_per_shard": 150}
+    full = label(second, tmp_path / "posterior", fusion="posterior", calibration=str(calibration), **options)
+    fit = full["posterior"]["(all)"]
+    assert fit["rows"] == 400 and 0 < fit["rho0"] < 0.1 and 0 < fit["rho1"] < 0.1 and fit["slope"] > 0
+    assert full["fusion"]["reward_column"] == "posterior_reward" and full["pairs"]["rows"] > 0
+    table = pq.read_table(tmp_path / "posterior" / "data")
+    y = table.column("label_correct").to_numpy(zero_copy_only=False)
+    reward = table.column("posterior_reward").to_numpy()
+    assert reward[y].min() > 0.5 > reward[~y].max() or log_loss(y.astype(float), reward) < 0.05
+    label(second, tmp_path / "hero", **options)
+    fuse_output(str(tmp_path / "hero"), str(tmp_path / "fused"), {"fusion": "posterior",
+                                                                    "calibration": str(calibration)})
+    assert digests(tmp_path / "fused") == digests(tmp_path / "posterior")
+    assert digests(tmp_path / "fused", "pairs") == digests(tmp_path / "posterior", "pairs")
+    # posterior keeps every column the others need: back to hero gives the hero run's bytes
+    fuse_output(str(tmp_path / "posterior"), str(tmp_path / "back"), {"fusion": "hero"})
+    assert digests(tmp_path / "back") == digests(tmp_path / "hero")
+
+
+@pytest.mark.slow
+def test_bad_calibrations_fail_before_any_data_moves(tmp_path, qwen_halves):
+    calibration, second, base = qwen_halves
+    # too few labelled rows of a class: the counts and the minimum are named
+    few = pq.read_table(second).slice(0, 30)
+    pq.write_table(few, tmp_path / "few.parquet")
+    label(tmp_path / "few.parquet", tmp_path / "few", rm_score_column="qwen_rm_score")
+    with pytest.raises(ConfigError, match=r"30 usable labelled rows .* at least 20 of each"):
+        build_config({"input": "in", "output": "out", "rm_score_column": "s", "fusion": "posterior",
+                      "calibration": str(tmp_path / "few")})
+    # no calibration, one without label_correct, one that does not exist
+    with pytest.raises(ConfigError, match="needs --calibration"):
+        build_config({"input": "in", "output": "out", "rm_score_column": "s", "fusion": "posterior"})
+    with pytest.raises(ConfigError, match="no column"):
+        build_config({"input": "in", "output": "out", "rm_score_column": "s", "fusion": "posterior",
+                      "calibration": str(second)})
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config({"input": "in", "output": "out", "rm_score_column": "s", "fusion": "posterior",
+                      "calibration": str(tmp_path / "nowhere")})
+    # a verifier no better than chance on the calibration: every verdict flipped
+    flipped = pq.read_table(calibration / "data")
+    flipped = flipped.set_column(flipped.schema.get_field_index("label_correct"), "label_correct",
+                                 pa.compute.invert(flipped.column("label_correct")))
+    (tmp_path / "flipped").mkdir()
+    pq.write_table(flipped, tmp_path / "flipped" / "rows.parquet")
+    with pytest.raises(ConfigError, match="no better than chance"):
+        build_config({"input": "in", "output": "out", "rm_score_column": "s", "fusion": "posterior",
+                      "calibration": str(tmp_path / "flipped")})
+    # scores of another reward model than the calibration's: refused at planning, before any data moves
+    renamed = pq.read_table(second)
+    pq.write_table(renamed.append_column("other", renamed.column("qwen_rm_score")), tmp_path / "other.parquet")
+    with pytest.raises(ConfigError, match="another reward model"):
+        label(tmp_path / "other.parquet", tmp_path / "refused", rm_score_column="other", fusion="posterior",
+              calibration=str(calibration))
+    assert not (tmp_path / "refused" / "data").exists()

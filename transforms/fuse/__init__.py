@@ -85,6 +85,10 @@ class Fusion:
         """The statistic of a pass from every bucket's partial; must not depend on their order."""
         return None
 
+    def check_reward_model(self, identity: dict) -> None:
+        """Raises ValueError when the run's reward model (its identity, resolved before any data moves) is not
+        one the fusion can use (posterior: the model its calibration was scored by)."""
+
     def fuse(self, table: pa.Table, statistic) -> pa.Table:
         raise NotImplementedError(f"{type(self).__name__}.fuse")
 
@@ -108,7 +112,8 @@ class Fusion:
 
 FUSIONS: dict[str, object] = {"hero": "transforms.fuse.hero:HeroFusion", "gdpo": "transforms.fuse.gdpo:GdpoFusion",
                               "verifier": "transforms.fuse.plain:VerifierFusion",
-                              "rm": "transforms.fuse.plain:RmFusion"}
+                              "rm": "transforms.fuse.plain:RmFusion",
+                              "posterior": "transforms.fuse.posterior:PosteriorFusion"}
 
 
 def register_fusion(name: str, fusion) -> None:

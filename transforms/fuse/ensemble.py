@@ -122,6 +122,9 @@ class EnsembleFusion(Fusion):
                      else table.append_column(name, column))
         return table
 
+    def check_reward_model(self, identity: dict) -> None:
+        self.inner.check_reward_model(identity)
+
     def known_statistic(self):
         return None
 
