@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 import statistics
 
 import numpy as np
@@ -177,3 +179,34 @@ def test_a_gdpo_run_on_real_scores(tmp_path):
     assert got == pytest.approx(expected["gdpo_advantage"], abs=1e-9)
     assert set(table.column("gdpo_status").to_pylist()) == {"ok"}
     assert manifest["pairs"]["rows"] > 0
+
+
+VERL_FIXTURE = Path(__file__).parent / "fixtures" / "verl_gdpo.json"
+
+
+def verl_whiten(values: np.ndarray) -> np.ndarray:
+    """verl's masked_whiten over a batch (every row in the mask): unbiased variance, 1e-8 inside the root."""
+    mean = values.mean()
+    variance = ((values - mean) ** 2).mean() * len(values) / (len(values) - 1)
+    return (values - mean) / np.sqrt(variance + 1e-8)
+
+
+@pytest.mark.parametrize("case", json.loads(VERL_FIXTURE.read_text())["cases"], ids=lambda case: case["name"])
+def test_gdpo_advantage_equals_verls_own_after_its_batch_whitening(case):
+    """verl 0.9.1's compute_gdpo_outcome_advantage on these groups (recorded by
+    benchmarks/verl_gdpo_crosscheck.py in a separate environment), against our gdpo_advantage with the same
+    batch whitening; no singleton groups (verl gives them r / (1 + eps), we give 0)."""
+    rows, weights = case["rows"], case["weights"]
+    names = [n for n in weights if n != "verifier"]
+    prompt_ids = [r["prompt_id"] for r in rows]
+    table = scored_table(prompt_ids, [r["verifier"] for r in rows], {n: [r[n] for r in rows] for n in names})
+    spec = ",".join(f"{n}={w}" for n, w in weights.items())
+    if names == ["rm"]:  # one unnamed reward model: its component is `rm`, read from rm_score
+        table = table.rename_columns([c if c != "rm_score__rm" else "rm_score" for c in table.column_names])
+        ours = GdpoFusion({"gdpo": GdpoConfig(eps=case["eps"], weights=spec), "rm_signals": ()}, rm_scores=True)
+    else:
+        ours = fusion(names, eps=case["eps"], weights=spec)
+    advantage = np.array(by_order(ours.fuse(table, None), "gdpo_advantage"))
+    assert min(prompt_ids.count(p) for p in prompt_ids) > 1
+    assert verl_whiten(advantage) == pytest.approx(case["verl_advantage"], abs=1e-5)
+    assert np.std(case["verl_advantage"]) > 0.5  # a real spread of advantages, not a degenerate batch
