@@ -7,6 +7,7 @@ data/ and pairs/ `herolabel fuse` must reproduce byte for byte, on every engine 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import statistics
 from pathlib import Path
@@ -274,6 +275,15 @@ def test_fuse_to_each_mode_equals_a_full_run_and_gdpo_returns_to_hero(tmp_path):
         assert fused["fusion"] == full["fusion"] and fused["status_counts"] == full["status_counts"]
         assert fused["fused_from"] == {"output": str(tmp_path / "hero"), "fusion": "hero"}
         assert fused["pairs"]["rows"] == full["pairs"]["rows"] > 0
+        # the report and the card follow the mode: its reward per verifier class, its columns
+        report = json.loads((tmp_path / f"fused_{mode}" / "run_report.json").read_text())
+        reward = full["fusion"]["reward_column"]
+        assert report["fusion"] == mode and report["reward_column"] == reward
+        by_class = report["reward_by_verifier_class"]
+        assert by_class["correct"]["mean"] > by_class["incorrect"]["mean"], mode
+        assert by_class["correct"]["rows"] + by_class["incorrect"]["rows"] == 800
+        assert f"`{reward}`" in (tmp_path / f"fused_{mode}" / "README.md").read_text()
+        assert f"{reward} by verifier class" in (tmp_path / f"fused_{mode}" / "report.html").read_text()
     fuse_output(str(tmp_path / "fused_gdpo"), str(tmp_path / "back"), {"fusion": "hero"})
     assert digests(tmp_path / "back") == digests(tmp_path / "hero")
     assert digests(tmp_path / "back", "pairs") == digests(tmp_path / "hero", "pairs")

@@ -126,7 +126,7 @@ def test_report_html_renders_in_headless_chromium(qwen_output, tmp_path):
         colors = picture.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colors is not None and len(colors) > 20  # plots and text, not a blank page
     # Each plot has drawn content: its own screenshot holds many colours, not a blank frame.
-    assert set(plots) == {"RM score by verifier class", "hero_reward", "difficulty weight", "pass rate"}
+    assert set(plots) == {"RM score by verifier class", "hero_reward by verifier class", "difficulty weight", "pass rate"}
     for name, png in plots.items():
         with Image.open(io.BytesIO(png)) as picture:
             colors = picture.convert("RGB").getcolors(maxcolors=1 << 20)

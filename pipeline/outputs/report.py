@@ -8,7 +8,7 @@ verdicts per rule and data_source, and the refusals (rules "refused:<name>") tha
 own boolean label_correct calls correct: where a refusal rule costs true positives.
 
 report.html: one self-contained file (inline SVG images, no script, no network) with the RM score
-distribution per verifier class, the hero_reward distribution, difficulty weight against sigma_u, pass
+distribution per verifier class, the fusion's reward per verifier class, difficulty weight against sigma_u (hero), pass
 rates per data_source, the rule x data_source table and the refusals on labelled-correct rows.
 `herolabel report OUTPUT` rebuilds both from an existing output.
 
@@ -193,8 +193,11 @@ def build_report(output: str, manifest: dict) -> dict:
         "error_reasons": manifest.get("error_reasons"),
         "verifier_pass_rate_by_source": pass_rates,
         "rm_score_by_verifier_class": {c: summary_stats(rm[classes == c]) for c in ("correct", "incorrect", "unverified")},
+        "fusion": (manifest.get("fusion") or {}).get("name", "hero"),
         "reward_column": reward_column,
-        reward_column: summary_stats(table.column("reward").to_numpy(zero_copy_only=False).astype(float)),
+        reward_column: summary_stats(reward := table.column("reward").to_numpy(zero_copy_only=False).astype(float)),
+        "reward_by_verifier_class": {c: summary_stats(reward[classes == c]) for c in ("correct", "incorrect",
+                                                                                      "unverified")},
         "sigma_bar": manifest.get("sigma_bar"),
         "rows_by_stage": {k: v for k, v in sorted(counters.items()) if not k.endswith("_ms")},
         "stage_seconds": {k[:-3]: round(v / 1000, 3) for k, v in sorted(counters.items()) if k.endswith("_ms")},
@@ -353,21 +356,24 @@ def rules_html(report: dict) -> str:
 
 def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
     rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
+    reward = table.column("reward").to_numpy(zero_copy_only=False).astype(float)
+    present = [c for c in ("correct", "incorrect", "unverified") if (classes == c).any()]
     plots = [
         ("RM score by verifier class", histogram_svg({c: rm[classes == c] for c in ("correct", "incorrect", "unverified")
                                                       if (classes == c).any()}, "RM score by verifier class", "rm_score")),
-        (report["reward_column"], histogram_svg(
-            {report["reward_column"]: table.column("reward").to_numpy(zero_copy_only=False).astype(float)},
-            f"{report['reward_column']} distribution", report["reward_column"])),
-        ("difficulty weight", scatter_svg(table.column("group_rm_std").to_numpy(zero_copy_only=False).astype(float),
-                                          table.column("difficulty_weight").to_numpy(zero_copy_only=False).astype(float),
-                                          "difficulty weight against sigma_u", "sigma_u (group_rm_std)", "w")),
+        (f"{report['reward_column']} by verifier class", histogram_svg(
+            {c: reward[classes == c] for c in present}, f"{report['reward_column']} by verifier class "
+            f"(--fusion {report['fusion']})", report["reward_column"])),
+        *([("difficulty weight", scatter_svg(
+            table.column("group_rm_std").to_numpy(zero_copy_only=False).astype(float),
+            table.column("difficulty_weight").to_numpy(zero_copy_only=False).astype(float),
+            "difficulty weight against sigma_u", "sigma_u (group_rm_std)", "w"))] if report["fusion"] == "hero" else []),
         ("pass rate", bars_svg(list(report["verifier_pass_rate_by_source"]),
                                [v["pass_rate"] for v in report["verifier_pass_rate_by_source"].values()],
                                "verifier pass rate by data_source")),
     ]
     auc = report["rm_vs_verifier_auroc"]
-    summary = [("input rows", report["input_rows"]), ("output rows", report["output_rows"]),
+    summary = [("fusion", f"{report['fusion']} ({report['reward_column']})"), ("input rows", report["input_rows"]), ("output rows", report["output_rows"]),
                ("error rows", report["error_rows"]), ("σ̄", report["sigma_bar"]),
                ("RM vs verifier AUROC (pooled, mixed groups)", auc["pooled"]),
                ("RM vs verifier AUROC (mean per group)", auc["mean_per_group"]), ("mixed groups", auc["mixed_groups"]),
