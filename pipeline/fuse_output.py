@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import re
+import sys
 import time
 from dataclasses import dataclass
 
@@ -32,12 +32,11 @@ from pipeline.outputs.report import write_report
 from pipeline.stages.base import CounterSink
 from pipeline.stages.write import fuse_and_write
 from pipeline.storage import fsio
+from pipeline.tools import progress
 from schemas.rollouts import ORDER, RM_STATUSES, SAMPLE_INDEX, VERIFIER_STATUSES
 from transforms.fuse import Fusion, job_statistic
 from transforms.rm import RewardModelConfig
 from transforms.rm.signals import RewardSignal
-
-log = logging.getLogger(__name__)
 
 # Options `herolabel fuse` takes: the fusion's, and the DPO pairs' (pairs rank by the fusion's reward).
 FUSE_SECTIONS = ("hero", "gdpo", "ensemble", "posterior", "pairs")
@@ -133,9 +132,11 @@ def _with_fusion_signal(table: pa.Table, name: str | None) -> pa.Table:
     return table
 
 
-def fuse_output(source: str, output: str, options: dict, overwrite: bool = False) -> dict:
+def fuse_output(source: str, output: str, options: dict, overwrite: bool = False,
+                show_progress: bool | None = None) -> dict:
     """Fuses the labelled output `source` again with `options` (fusion and pairs settings) into `output`;
-    returns its manifest (also written to OUTPUT/manifest.json)."""
+    returns its manifest (also written to OUTPUT/manifest.json). Progress (rows written) goes to stderr
+    when it is a terminal, or when show_progress says so."""
     started = time.monotonic()
     source = source.rstrip("/")
     fs, source_path = fsspec.core.url_to_fs(source)
@@ -157,7 +158,8 @@ def fuse_output(source: str, output: str, options: dict, overwrite: bool = False
     _prepare(output, overwrite, config.pairs.enabled)
 
     first = fsio.read_file_metadata(fs.unstrip_protocol(shards[0]))
-    schema = pq.read_schema(fs.open(shards[0], "rb"))
+    with fs.open(shards[0], "rb") as handle:
+        schema = pq.read_schema(handle)
     old_fields = {f.name for f in old_fusion.fields}
     base = [f for f in schema if f.name not in old_fields]
     output_schema = pa.schema(base + list(fusion.fields))
@@ -178,11 +180,15 @@ def fuse_output(source: str, output: str, options: dict, overwrite: bool = False
     statistic = job_statistic(fusion, lambda earlier: [
         fusion.partial(_with_fusion_signal(_read_shard(url, columns), signal), earlier) for url in urls])
     sink = CounterSink()
-    for url, match in zip(urls, numbered):
-        table = _with_fusion_signal(_read_shard(url).drop_columns(sorted(old_fields & set(schema.names))), signal)
-        fuse_and_write(view, int(match.group(1)), [table], statistic, sink)
-    for path in sorted(fs.glob(f"{source_path}/errors/part-*.parquet")):
-        fs.copy(path, f"{fsspec.core.url_to_fs(output)[1]}/errors/{path.rsplit('/', 1)[1]}")
+    enabled = sys.stderr.isatty() if show_progress is None else show_progress
+    with progress.ProgressDisplay(manifest["output_rows"], enabled=enabled):
+        for url, match in zip(urls, numbered):
+            table = _with_fusion_signal(_read_shard(url).drop_columns(sorted(old_fields & set(schema.names))), signal)
+            _, rows = fuse_and_write(view, int(match.group(1)), [table], statistic, sink)
+            progress.add("written", rows)
+    for path in sorted(fs.glob(f"{source_path}/errors/part-*.parquet")):  # as they are (any two filesystems)
+        with fsio.open_atomic(fsio.join(output, "errors", path.rsplit("/", 1)[1])) as handle:
+            handle.write(fs.cat_file(path))
     return _finish(view, manifest, source, sink.counts, started)
 
 
@@ -215,6 +221,7 @@ def _finish(view: FuseView, source_manifest: dict, source: str, counts: dict, st
         "status_counts": summary["status_counts"], "error_reasons": summary["error_reasons"],
         "data_files": summary["data_files"], "error_files": summary["error_files"],
         "reward_model": view.metadata["reward_model"],
+        "rm_rows": {"scored": 0, "cached": 0},  # this run's: fuse scores nothing
         "fused_from": {"output": source, "fusion": (source_manifest.get("fusion") or {}).get("name", "hero")},
         "engine": {"engine": "fuse", "counters": counts, "wall_s": round(time.monotonic() - started, 3)},
         "wall_s": round(time.monotonic() - started, 3),
@@ -222,6 +229,8 @@ def _finish(view: FuseView, source_manifest: dict, source: str, counts: dict, st
     })
     if config.rm_signals:
         manifest["fusion_rm"] = config.fusion_signal
+        manifest["rm_rows_by_signal"] = {name: {"scored": 0, "cached": 0} for name in manifest.get("rm_rows_by_signal", {})}
+        manifest["rm_switches"] = {"count": 0, "seconds": 0.0}
     if config.pairs.enabled:
         manifest["pairs"] = summarize_pairs(config.output)
     else:

@@ -520,3 +520,24 @@ def test_bad_calibrations_fail_before_any_data_moves(tmp_path, qwen_halves):
         label(tmp_path / "other.parquet", tmp_path / "refused", rm_score_column="other", fusion="posterior",
               calibration=str(calibration))
     assert not (tmp_path / "refused" / "data").exists()
+
+
+@pytest.mark.slow
+def test_fuse_copies_errors_and_keeps_groups_without_a_reference(tmp_path):
+    """Bad rows (errors/), prompts without a reference and a duplicate row: fuse writes what a full run writes."""
+    from pipeline.tools.demo import synthetic_rollouts
+
+    table = synthetic_rollouts(400, seed=3, missing_reference_every=5, bad_rows=3)
+    table = table.append_column("score", pa.array(np.random.default_rng(3).normal(0, 1, table.num_rows)))
+    table = pa.concat_tables([table, table.slice(10, 1)])  # a later copy of row 10: errors/part-dup-*
+    pq.write_table(table, tmp_path / "rollouts.parquet")
+    options = {"rm_score_column": "score", "rows_per_shard": 100, "pairs": True, "max_error_rate": 0.5}
+    source = label(tmp_path / "rollouts.parquet", tmp_path / "hero", **options)
+    assert source["error_rows"] == 4 and source["status_counts"]["hero_status"]["no_reference"] > 0
+    full = label(tmp_path / "rollouts.parquet", tmp_path / "verifier", fusion="verifier", **options)
+    fused = fuse_output(str(tmp_path / "hero"), str(tmp_path / "fused"), {"fusion": "verifier"})
+    for part in ("data", "pairs", "errors"):
+        assert digests(tmp_path / "fused", part) == digests(tmp_path / "verifier", part), part
+    assert fused["error_rows"] == full["error_rows"] == 4 and fused["accounted"]
+    assert fused["status_counts"]["verifier_reward_status"] == full["status_counts"]["verifier_reward_status"]
+    assert fused["rm_rows"] == {"scored": 0, "cached": 0}

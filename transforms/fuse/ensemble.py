@@ -86,7 +86,9 @@ class EnsembleFusion(Fusion):
         self.inner, self.config, self.signals = inner, config, tuple(signals)
         for name in ("name", "reward_column", "fields", "statuses", "column_notes"):
             setattr(self, name, getattr(inner, name))
-        self.column_notes = {**inner.column_notes}
+        self.column_notes = {**inner.column_notes,
+                             "rm_score": f"the {config.mode} of the z-scored reward signals (manifest: rm_ensemble)",
+                             "rm_status": "ok where every signal is, else the worst signal's status"}
         self.rounds = inner.rounds + 1
         members = [c for s in self.signals for c in (s.score_column, s.status_column)]
         self.partial_columns = tuple(dict.fromkeys(inner.partial_columns + tuple(members)))
