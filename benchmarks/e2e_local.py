@@ -105,23 +105,30 @@ def worker_flags(engine: str, workers: int, ray_task_per_cpu: bool = False) -> l
     return ["--verifier-workers", str(workers)]
 
 
-def run_pipeline(input_dir: str, output_dir: str, engine: str, workers: int, extra: list[str],
-                 ray_task_per_cpu: bool = False) -> tuple[float, dict, dict]:
-    command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", input_dir, "--output", output_dir,
-               "--rm-backend", "precomputed", "--rm-score-column", "bench_rm_score", "--progress", "off",
-               "--engine", engine, *worker_flags(engine, workers, ray_task_per_cpu), "--overwrite", *extra]
+def run_sampled(command: list[str], what: str) -> tuple[float, dict]:
+    """Runs `command` in a child process while sampling its memory (and its descendants'); returns the wall
+    seconds and the peaks. Exits with the child's stderr when it fails."""
     started = time.perf_counter()
     child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     memory: dict = {}
     stop = threading.Event()
     sampler = threading.Thread(target=sample_peak_memory, args=(psutil.Process(child.pid), stop, memory))
     sampler.start()
-    out, err = child.communicate()
+    _, err = child.communicate()
     wall = time.perf_counter() - started
     stop.set()
     sampler.join()
     if child.returncode != 0:
-        raise SystemExit(f"pipeline failed ({child.returncode}):\n{err[-4000:]}")
+        raise SystemExit(f"{what} failed ({child.returncode}):\n{err[-4000:]}")
+    return wall, memory
+
+
+def run_pipeline(input_dir: str, output_dir: str, engine: str, workers: int, extra: list[str],
+                 ray_task_per_cpu: bool = False) -> tuple[float, dict, dict]:
+    command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", input_dir, "--output", output_dir,
+               "--rm-backend", "precomputed", "--rm-score-column", "bench_rm_score", "--progress", "off",
+               "--engine", engine, *worker_flags(engine, workers, ray_task_per_cpu), "--overwrite", *extra]
+    wall, memory = run_sampled(command, "pipeline")
     with open(os.path.join(output_dir, "manifest.json")) as handle:
         manifest = json.load(handle)
     return wall, memory, manifest

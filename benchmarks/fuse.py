@@ -22,37 +22,19 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
-
-import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from e2e_local import REPO, run_pipeline, sample_peak_memory, write_inputs  # noqa: E402
+from e2e_local import REPO, run_pipeline, run_sampled, write_inputs  # noqa: E402
 
 
 def run_fuse(source: str, output: str, fusion: str) -> tuple[float, dict]:
-    command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "fuse", source, "--fusion", fusion,
-               "--output", output, "--overwrite"]
-    started = time.perf_counter()
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    memory: dict = {}
-    stop = threading.Event()
-    sampler = threading.Thread(target=sample_peak_memory, args=(psutil.Process(child.pid), stop, memory))
-    sampler.start()
-    _, err = child.communicate()
-    wall = time.perf_counter() - started
-    stop.set()
-    sampler.join()
-    if child.returncode != 0:
-        raise SystemExit(f"fuse failed ({child.returncode}):\n{err[-4000:]}")
-    return wall, memory
+    return run_sampled([sys.executable, os.path.join(REPO, "run_pipeline.py"), "fuse", source, "--fusion", fusion,
+                        "--output", output, "--overwrite"], "fuse")
 
 
 def digests(output: str, part: str) -> dict[str, str]:

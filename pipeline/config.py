@@ -196,7 +196,8 @@ class PipelineConfig:
     fusion: str = option(
         "how verdicts and RM scores become one reward per rollout: `hero` (stratified normalization + "
         "variance-aware weighting, arXiv 2510.07242), `gdpo` (each reward component normalized per group, then a "
-        "weighted sum), `verifier` or `rm` (either reward alone), or a fusion registered in transforms/fuse/",
+        "weighted sum), `posterior` (P(correct | verdict, RM score), calibrated on --calibration), `verifier` or "
+        "`rm` (either reward alone), or a fusion registered in transforms/fuse/",
         group="fusion", default="hero")
     fusion_rm: str | None = option(
         "the reward signal the fusion uses, and `rm_score`/`rm_status` hold, when --rm-model names several",
