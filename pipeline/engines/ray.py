@@ -1,8 +1,9 @@
 """The Ray adapter: the plan's units of work and stage groups as Ray tasks. It computes nothing itself.
 
 Per unit one task per stage group (the plan's stages cut where their resources change; the first also
-reads the unit), named after its stages ("verify", "score", "verify+score"), then a "spill" task that
-writes the unit's spill files and completion marker; then a "sigma" task per bucket (the fusion's partial
+reads the unit), named after its stages ("verify", "score"), then a "spill" task that writes the unit's
+spill files and completion marker, or, when the last group runs on CPUs, that group's task spills too
+("verify+score+spill": the rows do not pass through the object store); then a "sigma" task per bucket (the fusion's partial
 statistic), a "fuse" task per shard and an "errors" task per input file with bad rows. Tasks, not actors:
 a lost node's task outputs are rebuilt from lineage (each task may be retried), actor state is not.
 
@@ -55,10 +56,12 @@ TASK_RETRIES = 3  # re-executions of a task whose worker or node died
 _WORKER_RUN: dict = {}  # in a worker process: the run its set-up stages belong to
 
 
-def _run_group(plan: RunPlan, unit: WorkUnit | None, carried, group: int, host_cpus: int, run_id: str) -> dict:
-    """One stage group over a unit (reading it first when `unit` is given). A worker process that served an
-    earlier run in this job (a reused local cluster) closes that run's stages first: their caches and
-    models belong to it."""
+def _run_group(plan: RunPlan, unit: WorkUnit | None, carried, group: int, host_cpus: int, run_id: str,
+               spill: bool = False):
+    """One stage group over a unit (reading it first when `unit` is given); with `spill`, the unit's spill
+    too (the last group, on CPUs: its rows then never pass through the object store). A worker process that
+    served an earlier run in this job (a reused local cluster) closes that run's stages first: their caches
+    and models belong to it."""
     if _WORKER_RUN.get("id") != run_id:
         WORKER_STAGES.close_all()
         _WORKER_RUN["id"] = run_id
@@ -71,7 +74,8 @@ def _run_group(plan: RunPlan, unit: WorkUnit | None, carried, group: int, host_c
     counts = Counter(carried["counts"] if carried else {})
     counts.update(sink.counts)
     nodes = {**(carried["nodes"] if carried else {}), "+".join(spec.name for spec in specs): _node_address()}
-    return {"tables": tables, "counts": dict(counts), "nodes": nodes}
+    carried = {"tables": tables, "counts": dict(counts), "nodes": nodes}
+    return _spill(plan, carried) if spill else carried
 
 
 def _spill(plan: RunPlan, carried: dict) -> tuple[CompletedUnit, dict, dict]:
@@ -287,9 +291,14 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
             accelerator = any(stage.resources.accelerator for stage in group)
             options = _task_options(requirement) if accelerator else {"num_cpus": cpu_task_cpus,
                                                                        **nodes.prefer_cpu()}
-            name = "+".join(stage.name for stage in group)
+            # The last group spills the unit itself when it runs on CPUs (a task and a copy of the unit's
+            # rows through the object store fewer); after an accelerator group a CPU task spills.
+            spill = index == len(groups) - 1 and not accelerator
+            name = "+".join(stage.name for stage in group) + ("+spill" if spill else "")
             carried = remote["group"].options(name=name, **options).remote(
-                plan_ref, unit if index == 0 else None, carried, index, nodes.host_cpus(), run_id)
+                plan_ref, unit if index == 0 else None, carried, index, nodes.host_cpus(), run_id, spill)
+            if spill:
+                return carried
         return remote["spill"].options(name="spill", num_cpus=1, **nodes.prefer_cpu()).remote(plan_ref, carried)
 
     for done in resumed:  # finished before a crash: its spill files are complete

@@ -12,7 +12,8 @@ distribution per verifier class, the fusion's reward per verifier class, difficu
 rates per data_source, the rule x data_source table and the refusals on labelled-correct rows.
 `herolabel report OUTPUT` rebuilds both from an existing output.
 
-Reads only the columns it needs from the shards (about 40 bytes a row); plots are drawn from at most
+Reads only the columns it needs from the shards (about 100 bytes a row with the prompt id, no Python object
+per row); plots are drawn from at most
 20,000 sampled points. The rule counts are tallied shard by shard and keep no rows but the listed refusals.
 """
 
@@ -22,7 +23,7 @@ import base64
 import html
 import json
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 
 import fsspec
 import numpy as np
@@ -158,10 +159,26 @@ def read_columns(output: str, tally: RuleTally | None = None, reward_column: str
     return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.float64()) for c in types})
 
 
-def verifier_class(scores: np.ndarray, statuses: np.ndarray) -> np.ndarray:
-    """correct / incorrect (a verified verdict: status ok or no_answer) / unverified, per row."""
-    verified = np.isin(statuses, list(VERDICT_STATUSES))
+def verifier_class(scores: np.ndarray, statuses) -> np.ndarray:
+    """correct / incorrect (a verified verdict: status ok or no_answer) / unverified, per row (`statuses`: an
+    Arrow string column, or anything numpy.isin takes)."""
+    if isinstance(statuses, (pa.Array, pa.ChunkedArray)):
+        verified = pc.fill_null(pc.is_in(statuses, pa.array(list(VERDICT_STATUSES))), False).to_numpy(
+            zero_copy_only=False)
+    else:
+        verified = np.isin(statuses, list(VERDICT_STATUSES))
     return np.where(~verified | np.isnan(scores), "unverified", np.where(scores == 1.0, "correct", "incorrect"))
+
+
+def group_rows(prompt_ids) -> list[np.ndarray]:
+    """The row positions of each prompt group (views into one sorted index array: 4 bytes a row, no Python
+    object per row)."""
+    if not len(prompt_ids):
+        return []
+    codes = pc.dictionary_encode(prompt_ids).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable").astype(np.int64)
+    bounds = np.flatnonzero(np.diff(codes[order])) + 1
+    return np.split(order, bounds)
 
 
 def build_report(output: str, manifest: dict) -> dict:
@@ -171,21 +188,18 @@ def build_report(output: str, manifest: dict) -> dict:
     signal_names = list(manifest.get("reward_models") or {})
     table = read_columns(output, tally, reward_column, tuple(SCORE_PREFIX + n for n in signal_names))
     scores = table.column("verifier_score").to_numpy(zero_copy_only=False).astype(float)
-    statuses = np.array(table.column("verifier_status").to_pylist(), dtype=object)
     rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
-    classes = verifier_class(scores, statuses) if table.num_rows else np.array([], dtype=str)
-    sources = np.array([s if s is not None else MISSING for s in table.column("data_source").to_pylist()], dtype=object)
-    prompt_ids = np.array(table.column("prompt_id").to_pylist(), dtype=object)
+    classes = verifier_class(scores, table.column("verifier_status")) if table.num_rows else np.array([], dtype=str)
+    sources = pc.dictionary_encode(pc.fill_null(table.column("data_source"), MISSING)).combine_chunks()
+    codes = sources.indices.to_numpy(zero_copy_only=False)
 
     pass_rates = {}
-    for source in sorted(set(sources.tolist())):
-        mask = (sources == source) & (classes != "unverified")
-        pass_rates[source] = {"rows": int((sources == source).sum()), "verified": int(mask.sum()),
+    for code, source in sorted(enumerate(sources.dictionary.to_pylist()), key=lambda item: item[1]):
+        rows = codes == code
+        mask = rows & (classes != "unverified")
+        pass_rates[source] = {"rows": int(rows.sum()), "verified": int(mask.sum()),
                               "pass_rate": round(float((classes[mask] == "correct").mean()), 6) if mask.any() else None}
-    by_group: dict[str, list[int]] = defaultdict(list)
-    for i, prompt_id in enumerate(prompt_ids):
-        by_group[prompt_id].append(i)
-    groups = [np.array(rows) for rows in by_group.values()]
+    groups = group_rows(table.column("prompt_id"))
     counters = manifest.get("engine", {}).get("counters", {})
     report = {
         "input_rows": manifest.get("input_rows"), "output_rows": manifest.get("output_rows"),
