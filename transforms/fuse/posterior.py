@@ -210,8 +210,12 @@ class PosteriorFusion(Fusion):
         self.hero = settings["hero"]
 
     def check_reward_model(self, identity: dict) -> None:
-        """Raises when the calibration output's reward model is not this run's (its scores mean something else)."""
-        if self.calibration_reward_model is not None and self.calibration_reward_model != identity:
+        """Raises when the calibration output's reward model is not this run's (its scores mean something else);
+        the backend that ran it (transformers, vLLM) may differ."""
+        def model(found: dict) -> dict:
+            return {k: v for k, v in found.items() if k != "backend"} if found.get("backend") != "precomputed" else found
+
+        if self.calibration_reward_model is not None and model(self.calibration_reward_model) != model(identity):
             raise ValueError(f"posterior.calibration was scored by another reward model "
                              f"({self.calibration_reward_model}) than this run's ({identity})")
 
