@@ -100,7 +100,26 @@ def _partial(plan: RunPlan, parts: list[str], earlier):
 
 def _fuse(plan: RunPlan, bucket: int, parts: list[str], statistic):
     sink = CounterSink()
-    return fuse_and_write(plan, bucket, parts, statistic, sink), sink.counts
+    try:
+        return fuse_and_write(plan, bucket, parts, statistic, sink), sink.counts
+    finally:
+        _release_memory()
+
+
+def _release_memory() -> None:
+    """Hands a finished shard's memory back to the system: Ray reuses worker processes across tasks, and
+    each would otherwise keep the largest shard it fused in Arrow's pool and the C heap (the job's memory
+    then grows with the number of shards, a shard's worth per worker that fused one)."""
+    import ctypes
+    import ctypes.util
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:  # glibc; other C libraries return freed memory by their own rules
+        trim(0)
 
 
 def _errors(plan: RunPlan, file_index: int, parts: list[str]):

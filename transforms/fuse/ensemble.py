@@ -107,7 +107,8 @@ class EnsembleFusion(Fusion):
         z = []
         for signal in self.signals:
             mean, std = stats[signal.name]
-            z.append((self._member(table, signal) - mean) / (std if std > 0 else 1.0))
+            centered = self._member(table, signal) - mean
+            z.append(centered / std if std > 0 else centered * 0.0)  # a constant member: 0 (NaN stays NaN)
         value = ensemble_scores(z, self.config.mode, self.config.uwo_lambda)
         statuses = [table.column(s.status_column) for s in self.signals]
         status = pa.array([RmStatus.OK] * table.num_rows, pa.string())
