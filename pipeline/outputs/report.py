@@ -156,7 +156,7 @@ def read_columns(output: str, tally: RuleTally | None = None, reward_column: str
             if tally is not None:
                 tally.add(table, read.select(extra), parquet)
         tables.append(table)
-    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], pa.float64()) for c in types})
+    return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], t) for c, t in types.items()})
 
 
 def verifier_class(scores: np.ndarray, statuses) -> np.ndarray:
