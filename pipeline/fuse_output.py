@@ -189,7 +189,7 @@ def fuse_output(source: str, output: str, options: dict, overwrite: bool = False
     for path in sorted(fs.glob(f"{source_path}/errors/part-*.parquet")):  # as they are (any two filesystems)
         with fsio.open_atomic(fsio.join(output, "errors", path.rsplit("/", 1)[1])) as handle:
             handle.write(fs.cat_file(path))
-    return _finish(view, manifest, source, sink.counts, started)
+    return _finish(view, manifest, old_fusion, source, sink.counts, started)
 
 
 def _prepare(output: str, overwrite: bool, pairs: bool) -> None:
@@ -203,12 +203,13 @@ def _prepare(output: str, overwrite: bool, pairs: bool) -> None:
         fs.makedirs(f"{path}/{name}", exist_ok=True)
 
 
-def _finish(view: FuseView, source_manifest: dict, source: str, counts: dict, started: float) -> dict:
+def _finish(view: FuseView, source_manifest: dict, old_fusion: Fusion, source: str, counts: dict,
+            started: float) -> dict:
     """The new output's manifest: the source's, with what the fusion decides read back from the new files."""
     config, fusion = view.config, view.fusion
     vocabularies = {"verifier_status": VERIFIER_STATUSES, "rm_status": RM_STATUSES, **fusion.statuses}
     summary = summarize_output(config.output, vocabularies)
-    old_keys = set(config_from_dict(source_manifest["config"]).make_fusion().manifest({}))
+    old_keys = set(old_fusion.manifest({}))
     manifest = {k: v for k, v in source_manifest.items() if k not in old_keys}
     budget = error_budget(view, summary)
     failure = (f"more input rows failed than --max-error-rate allows ({budget['failed_rows']}, as in the source "

@@ -92,6 +92,8 @@ class HeroStatus(_Vocabulary):
 VERIFIER_STATUSES = VerifierStatus.values()
 # The statuses of a verdict (score 1 or 0); the others leave the row unverified.
 VERDICT_STATUSES = (VerifierStatus.OK, VerifierStatus.NO_ANSWER)
+# The RM statuses of a row with a score (the others leave it unscored).
+SCORED_STATUSES = (RmStatus.OK, RmStatus.TRUNCATED)
 RM_STATUSES = RmStatus.values()
 HERO_STATUSES = HeroStatus.values()
 # Each status column of the output and the vocabulary its values come from.

@@ -25,12 +25,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.storage import fsio
-from schemas.rollouts import RmStatus
+from schemas.rollouts import SCORED_STATUSES
 
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 16
-CACHED_STATUSES = (RmStatus.OK, RmStatus.TRUNCATED)
+CACHED_STATUSES = SCORED_STATUSES
 _SCHEMA = pa.schema([("key", pa.binary(KEY_BYTES)), ("rm_score", pa.float32()), ("rm_status", pa.string())])
 
 

@@ -50,6 +50,21 @@ def group_segments(table: pa.Table) -> GroupSegments:
     return GroupSegments(table, starts, np.diff(np.append(starts, n)), np.cumsum(new_group) - 1)
 
 
+def group_advantage(values: np.ndarray, keep: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+                    group_of_row: np.ndarray, eps: float, mode: str) -> np.ndarray:
+    """HERO's advantage of `values` per group (docs/HERO.md: population std; `mode` grpo or mean-only); rows
+    outside `keep` count as 0 in the group's mean and std. HERO multiplies it by its weight."""
+    if not len(values):
+        return np.zeros(0)
+    kept = np.where(keep, values, 0.0)
+    mean = (np.add.reduceat(kept, starts) / sizes)[group_of_row]
+    centered = values - mean
+    if mode == "mean-only":
+        return centered
+    std = np.sqrt(np.add.reduceat((kept - mean) ** 2, starts) / sizes)[group_of_row]
+    return centered / (std + eps)
+
+
 class Fusion:
     """What every fusion provides (defaults for everything optional).
 

@@ -24,14 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.rollouts import RmStatus
+from schemas.rollouts import SCORED_STATUSES, RmStatus
 from transforms.checks import ALWAYS, is_finite_number, option
 from transforms.fuse import Fusion
 
 ENSEMBLE_MODES = ("none", "mean", "min", "uwo")
 # Worst first: the status an ensemble row takes when its members' statuses differ.
 STATUS_PRECEDENCE = (RmStatus.ERROR, RmStatus.MISSING, RmStatus.SKIPPED, RmStatus.TRUNCATED, RmStatus.OK)
-SCORED = (RmStatus.OK, RmStatus.TRUNCATED)
 CONSTANT_SPREAD = 1e-9
 
 
@@ -99,7 +98,7 @@ class EnsembleFusion(Fusion):
 
     def _member(self, table: pa.Table, signal) -> np.ndarray:
         scores = pc.fill_null(table.column(signal.score_column).cast(pa.float64()), np.nan).to_numpy()
-        scored = pc.fill_null(pc.is_in(table.column(signal.status_column), pa.array(SCORED)), False)
+        scored = pc.fill_null(pc.is_in(table.column(signal.status_column), pa.array(SCORED_STATUSES)), False)
         return np.where(scored.to_numpy(zero_copy_only=False), scores, np.nan)
 
     def with_ensemble(self, table: pa.Table, stats: dict) -> pa.Table:

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 
 from schemas.rollouts import HERO_FIELDS, HERO_STATUSES, ORDER, PROMPT_ID, HeroStatus, RmStatus, VerifierStatus
 from transforms.checks import ALWAYS, is_finite_number, option
-from transforms.fuse import Fusion, group_segments
+from transforms.fuse import Fusion, group_advantage, group_segments
 
 TIE_PLACEMENTS = ("bottom", "middle")
 ADVANTAGE_MODES = ("grpo", "mean-only")
@@ -210,12 +210,8 @@ def fuse(table: pa.Table, config: HeroConfig, sigma_bar: float | None) -> pa.Tab
     sigma = g.sigma[gid]
     spread = config.k * (np.nan_to_num(sigma) - (sigma_bar or 0.0))
     weight = config.w_min + (config.w_max - config.w_min) * _sigmoid(spread)
-    r_hat_kept = np.where(computed, r_hat, 0.0)
-    sizes = np.maximum(g.sizes, 1)
-    mean = (_segment_sum(r_hat_kept, g.starts) / sizes)[gid]
-    std = np.sqrt(_segment_sum((r_hat_kept - mean) ** 2, g.starts) / sizes)[gid]
-    centered = r_hat - mean
-    advantage = weight * (centered / (std + config.eps) if config.advantage_mode == "grpo" else centered)
+    advantage = weight * group_advantage(r_hat, computed, g.starts, np.maximum(g.sizes, 1), gid, config.eps,
+                                         config.advantage_mode)
 
     def masked(values: np.ndarray, keep: np.ndarray) -> pa.Array:
         return pa.array(values, pa.float64(), mask=~keep)

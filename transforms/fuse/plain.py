@@ -20,21 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.rollouts import VerifierStatus
-from transforms.fuse import Fusion, group_segments
-
-
-def group_advantage(values: np.ndarray, keep: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
-                    group_of_row: np.ndarray, eps: float, mode: str) -> np.ndarray:
-    """HERO's advantage of `values` per group (rows outside `keep` count as 0 and come out as they are)."""
-    if not len(values):
-        return np.zeros(0)
-    kept = np.where(keep, values, 0.0)
-    mean = (np.add.reduceat(kept, starts) / sizes)[group_of_row]
-    centered = values - mean
-    if mode == "mean-only":
-        return centered
-    std = np.sqrt(np.add.reduceat((kept - mean) ** 2, starts) / sizes)[group_of_row]
-    return centered / (std + eps)
+from transforms.fuse import Fusion, group_advantage, group_segments
 
 
 class _PlainFusion(Fusion):

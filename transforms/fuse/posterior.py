@@ -29,10 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.rollouts import VERDICT_STATUSES
+from schemas.rollouts import SCORED_STATUSES, VERDICT_STATUSES
 from transforms.checks import ALWAYS, NEVER, option
-from transforms.fuse import Fusion, group_segments
-from transforms.fuse.plain import group_advantage
+from transforms.fuse import Fusion, group_advantage, group_segments
 
 MIN_PER_CLASS = 20  # labelled rows of each class (correct, incorrect) a fit needs
 RIDGE = 0.1  # L2 penalty on the standardized slope: a fixed prior, so it fades as the calibration grows
@@ -147,19 +146,25 @@ def read_calibration(path: str) -> tuple[pa.Table, dict | None]:
     return pa.concat_tables(tables, promote_options="default"), reward_model
 
 
+def observed(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(verdict, RM score) per row as float64, NaN where the row has no verdict / no score."""
+    def where(column: str, status: str, statuses) -> np.ndarray:
+        values = pc.fill_null(table.column(column).cast(pa.float64()), np.nan).to_numpy()
+        valid = pc.fill_null(pc.is_in(table.column(status), pa.array(statuses)), False)
+        return np.where(valid.to_numpy(zero_copy_only=False), values, np.nan)
+
+    return (where("verifier_score", "verifier_status", VERDICT_STATUSES),
+            where("rm_score", "rm_status", SCORED_STATUSES))
+
+
 def usable(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(label, verdict, score, data_source) of the rows with a label, a verdict and an RM score."""
-    keep = pc.and_(pc.and_(pc.is_valid(table.column(LABEL)), pc.is_in(table.column("verifier_status"),
-                                                                         pa.array(VERDICT_STATUSES))),
-                   pc.and_(pc.is_valid(table.column("rm_score")),
-                           pc.is_in(table.column("rm_status"), pa.array(["ok", "truncated"]))))
-    rows = table.filter(pc.fill_null(keep, False))
-    sources = (rows.column("data_source").to_pylist() if "data_source" in rows.schema.names
-               else [None] * rows.num_rows)
-    return (rows.column(LABEL).to_numpy(zero_copy_only=False).astype(bool),
-            rows.column("verifier_score").cast(pa.float64()).to_numpy(zero_copy_only=False),
-            rows.column("rm_score").cast(pa.float64()).to_numpy(zero_copy_only=False),
-            np.array([POOLED if s is None else str(s) for s in sources], dtype=object))
+    verdict, score = observed(table)
+    keep = pc.is_valid(table.column(LABEL)).to_numpy(zero_copy_only=False) & ~np.isnan(verdict) & ~np.isnan(score)
+    sources = (table.column("data_source").to_pylist() if "data_source" in table.schema.names
+               else [None] * table.num_rows)
+    return (table.column(LABEL).to_numpy(zero_copy_only=False)[keep].astype(bool), verdict[keep], score[keep],
+            np.array([POOLED if s is None else str(s) for s in sources], dtype=object)[keep])
 
 
 def calibrate(table: pa.Table, per_source: bool, where: str) -> dict[str, Calibration]:
@@ -222,12 +227,7 @@ class PosteriorFusion(Fusion):
     def fuse(self, table: pa.Table, statistic) -> pa.Table:
         table, starts, sizes, group_of_row = group_segments(table)
         n = table.num_rows
-        verdict = pc.fill_null(table.column("verifier_score").cast(pa.float64()), np.nan).to_numpy()
-        verdict = np.where(pc.fill_null(pc.is_in(table.column("verifier_status"), pa.array(VERDICT_STATUSES)),
-                                        False).to_numpy(zero_copy_only=False), verdict, np.nan)
-        scored = pc.fill_null(pc.is_in(table.column("rm_status"), pa.array(["ok", "truncated"])), False)
-        score = pc.fill_null(table.column("rm_score").cast(pa.float64()), np.nan).to_numpy()
-        score = np.where(scored.to_numpy(zero_copy_only=False), score, np.nan)
+        verdict, score = observed(table)
         logit = np.zeros(n)
         sources = (np.array([POOLED if s is None else s for s in table.column("data_source").to_pylist()], object)
                    if len(self.fits) > 1 and "data_source" in table.schema.names else np.full(n, POOLED, dtype=object))
