@@ -10,6 +10,7 @@ from pipeline.config import PipelineConfig
 from pipeline.engines import run_engine
 from pipeline.outputs.manifest import AccountingError, finish_run, prepare_output  # noqa: F401 - AccountingError is API
 from pipeline.plan import make_plan
+from pipeline.storage.content_cache import AUTO_COMPACT_FILES, compact
 from pipeline.storage.preflight import check_writable
 
 log = logging.getLogger(__name__)
@@ -38,4 +39,6 @@ def run(config: PipelineConfig, show_progress: bool | None = None) -> dict:
     if show_progress is None:
         show_progress = config.progress == "on" or (config.progress == "auto" and sys.stderr.isatty())
     engine = run_engine(plan, show_progress)
+    if config.rm.cache_dir:  # a night's new rows wrote a segment per batch: one per unit from here on
+        engine["cache_compaction"] = compact(config.rm.cache_dir, AUTO_COMPACT_FILES)
     return finish_run(plan, {**engine, "resumed": resuming}, started)

@@ -100,8 +100,8 @@ def test_stored_settings_at_their_defaults_are_unchanged_and_execution_options_n
 
 
 # The layers, lowest first: a module imports only from its own layer or lower ones (README: How it is built).
-LAYERS = ("schemas", "transforms", "pipeline.config", "pipeline.tools", "pipeline.storage", "pipeline.stages",
-          "pipeline.plan", "pipeline.outputs", "pipeline.engines", "pipeline.fuse_output", "pipeline.run",
+LAYERS = ("schemas", "transforms", "pipeline.engine_config", "pipeline.config", "pipeline.tools", "pipeline.storage",
+          "pipeline.stages", "pipeline.plan", "pipeline.outputs", "pipeline.engines", "pipeline.fuse_output", "pipeline.run",
           "run_pipeline")
 MAX_LINES = 450
 

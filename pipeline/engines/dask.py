@@ -274,7 +274,7 @@ class _Job:
         if done.errors_url:
             self.error_parts[done.file_index].append(done.errors_url)
         self.counts.update(counts)
-        for name in ("read", "verified", "scored", "errors"):
+        for name in progress.UNIT_COUNTERS:
             progress.add(name, counts.get(name, 0))
         for stage, address in workers.items():
             self.placement[stage][address] += 1

@@ -298,7 +298,7 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
         if done.errors_url:
             error_parts[done.file_index].append(done.errors_url)
         counts.update(unit_counts)
-        for name in ("read", "verified", "scored", "errors"):
+        for name in progress.UNIT_COUNTERS:
             progress.add(name, unit_counts.get(name, 0))
 
     # A CPU task holds as many CPUs as its verifier pool has processes (one by default: a task per CPU).

@@ -199,7 +199,9 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "error_files": summary["error_files"],
         "num_shards": plan.num_shards,
         "reward_model": plan.metadata["reward_model"],
-        # This run's rows by how they got their score (a resumed run counts only what it did itself).
+        # This run's rows by how they got their verdict and score (a resumed run counts only what it did itself).
+        "verifier_rows": {"verified": int(engine.get("counters", {}).get("verified", 0)),
+                          "cached": int(engine.get("counters", {}).get("verifier_cached", 0))},
         "rm_rows": {"scored": int(engine.get("counters", {}).get("rm_scored", 0)),
                     "cached": int(engine.get("counters", {}).get("rm_cached", 0))},
         **_signals_section(plan, engine.get("counters", {})),

@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.storage.faults import fault_point
-from pipeline.storage.score_cache import ScoreCache, rollout_keys
+from pipeline.storage.content_cache import ContentCache, locality_of
+from pipeline.storage.score_cache import SCORE_VALUES, cacheable_scores, rollout_keys, score_cache
 from pipeline.stages.base import MetricsSink, Resources, WorkerContext, timed
 from schemas.rollouts import PROMPT, RESPONSE
 from transforms.rm import RewardBackend, RewardModelConfig, make_reward_model, rm_columns
@@ -26,12 +27,12 @@ class _Signal:
         self.name = name
         self.config = config
         self.backend: RewardBackend = make_reward_model(config)
-        self.cache: ScoreCache | None = None
+        self.cache: ContentCache | None = None
 
     def setup(self) -> None:
         self.backend.load()
-        if self.config.cache_dir:
-            self.cache = ScoreCache(self.config.cache_dir, self.backend.cache_identity())
+        if self.config.cache_dir and self.backend.runs_model:  # without a model, --cache-dir holds verdicts only
+            self.cache = score_cache(self.config.cache_dir, self.backend.cache_identity())
 
     def score(self, table: pa.Table, sink: MetricsSink) -> tuple[np.ndarray, list]:
         """Scores and statuses of every row (the cache first, the backend for the rest)."""
@@ -45,7 +46,12 @@ class _Signal:
             scores = scored.column("rm_score").to_numpy(zero_copy_only=False).astype(np.float64)
             return scores, scored.column("rm_status").to_pylist()
         keys = rollout_keys(table.column(PROMPT).to_pylist(), table.column(RESPONSE).to_pylist())
-        hit, scores, statuses = self.cache.lookup(keys)
+        locality = locality_of(table)
+        hit, cached = self.cache.lookup(keys, locality)
+        scores = np.full(table.num_rows, np.nan)
+        statuses = np.full(table.num_rows, None, dtype=object)
+        scores[hit] = cached.column("rm_score").to_numpy(zero_copy_only=False)
+        statuses[hit] = cached.column("rm_status").to_pylist()
         missed = np.flatnonzero(~hit)
         if len(missed):
             fresh = self.backend.score_table(table.take(missed))
@@ -53,7 +59,11 @@ class _Signal:
             fresh_statuses = fresh.column("rm_status").to_pylist()
             scores[missed] = fresh_scores
             statuses[missed] = fresh_statuses
-            self.cache.store(keys[missed], fresh_scores, fresh_statuses)
+            keep = cacheable_scores(fresh_scores, fresh_statuses)
+            values = pa.table({"rm_score": pa.array(fresh_scores[keep].astype(np.float32), pa.float32()),
+                               "rm_status": pa.array([s for s, k in zip(fresh_statuses, keep) if k], pa.string())},
+                              schema=SCORE_VALUES)
+            self.cache.store(keys[missed][keep], values, locality)
         for name in ("rm_cached", "rm_scored"):
             n = int(hit.sum()) if name == "rm_cached" else len(missed)
             sink.count(name, n)

@@ -31,6 +31,7 @@ import pyarrow as pa
 from pipeline.stages.base import CounterSink, MetricsSink, PlanView, Stage, timed
 from pipeline.stages.group import SpillWriter
 from pipeline.storage import checkpoints, fsio
+from pipeline.storage.content_cache import unit_locality, with_locality
 from pipeline.storage.faults import fault_point
 from schemas.rollouts import validate_batch
 
@@ -109,10 +110,12 @@ class CompletedUnit:
 
 def read_unit(plan: PlanView, unit: WorkUnit, sink: MetricsSink) -> UnitTables:
     """Reads `unit`, applies the plan's layout, validates against its contract (error records spilled
-    under _shuffle/errors/UNIT.parquet), timed and counted."""
+    under _shuffle/errors/UNIT.parquet), timed and counted; each batch carries the unit's cache locality."""
     batches = unit.read(plan.config.batch_rows)
     exploded = unit.first_row  # with a layout, rows are numbered in the long form
     valid, errors = [], []
+    # Where the caches file this unit's entries (schema metadata, stripped before spilling).
+    locality = unit_locality(plan.files[unit.file_index].footer_sha256, unit.url, unit.row_group, unit.part)
     while True:
         with timed(sink, "read"):
             batch = next(batches, None)
@@ -131,7 +134,7 @@ def read_unit(plan: PlanView, unit: WorkUnit, sink: MetricsSink) -> UnitTables:
             sink.count("errors", bad.num_rows)
             errors.append(bad)
         if good.num_rows:
-            valid.append(good)
+            valid.append(with_locality(good, locality))
     errors_url = None
     if errors:
         errors_url = fsio.write_parquet_atomic(pa.concat_tables(errors),
@@ -166,7 +169,7 @@ def complete_unit(plan: PlanView, tables: UnitTables, sink: MetricsSink) -> Comp
     with timed(sink, "group"):
         writer = SpillWriter(plan.spill_dir, plan.num_shards, plan.scored_schema, name=unit.name)
         for table in tables.tables:
-            writer.add(table)
+            writer.add(table.replace_schema_metadata(None))
         buckets = writer.close()
         fault_point("group")
         checkpoints.write_marker(plan.spill_dir, unit.name, buckets, tables.errors_url)

@@ -11,7 +11,9 @@ import sys
 import threading
 import time
 
-STAGES = ("read", "verified", "scored", "written", "errors")
+STAGES = ("read", "verified", "verifier_cached", "scored", "written", "errors")
+# The counters engines forward from their workers' per-unit counts ("written" is counted by the fuse step).
+UNIT_COUNTERS = tuple(name for name in STAGES if name != "written")
 
 _lock = threading.Lock()
 _counts: dict[str, int] = {}

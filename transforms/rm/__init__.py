@@ -106,9 +106,7 @@ class RewardBackend:
     @classmethod
     def check_config(cls, config: RewardModelConfig) -> None:
         """Raises ValueError naming the rm.* field when `config` cannot work with this backend (called when
-        the config is built, before any data moves)."""
-        if config.cache_dir and not cls.runs_model:
-            raise ValueError(f"rm.cache_dir caches scores a model computes; rm.backend={config.backend} computes none")
+        the config is built, before any data moves). Nothing to check by default."""
 
     def identity(self) -> dict:
         return {"backend": self.config.backend}
@@ -152,8 +150,8 @@ class RewardModelConfig:
     device: "auto" (every visible GPU, one model copy each, else the CPU), "cpu", "cuda", or a comma list.
     dtype: "auto" is bf16 on GPU and fp32 on CPU.
     tensor_parallel_size, gpu_memory_utilization: vLLM engine arguments (backend "vllm").
-    cache_dir: score cache (local path or fsspec URL; pipeline/storage/score_cache.py): rows scored before by the
-    same model and settings are not scored again. Backends that run a model only.
+    cache_dir: verdict and score caches (local path or fsspec URL; pipeline/storage/content_cache.py): rows
+    verified, or scored by the same model and settings, before are not again (scores: backends that run a model).
     """
 
     backend: str = option(
@@ -195,8 +193,8 @@ class RewardModelConfig:
         "fraction of GPU memory vLLM may take (vllm backend)",
         name="rm_gpu_memory_utilization", group="reward model", default=0.9, stored=ALWAYS)
     cache_dir: str | None = option(
-        "score cache (local path or fsspec URL): rollouts already scored by the same RM and settings are read "
-        "back instead of scored; the manifest counts both",
+        "verdict and score caches (local path or fsspec URL): rollouts already verified, or scored by the same RM "
+        "and settings, are read back instead; the manifest counts both",
         group="reward model", default=None, stored=NEVER)
 
     def __post_init__(self):

@@ -46,6 +46,7 @@ class VerifierConfig:
     tolerance TOL; "choice", the multiple-choice letter), or "package.module:function" taking (reference,
     response, timeout_s) -> (score, status, extracted), and the row's question too when it has a
     `question` parameter. Its verifier_rule is its name.
+    cache_dir: the verdict cache (pipeline/storage/verdict_cache.py), from --cache-dir; not an option of its own.
     """
 
     num_workers: int | None = option(
@@ -65,6 +66,7 @@ class VerifierConfig:
     sources: str = option(
         sources_help(),
         name="verifier_sources", group="verifier", default="", stored=ALWAYS)
+    cache_dir: str | None = field(default=None, metadata={STORED: NEVER})  # --cache-dir, set by the pipeline config
 
     def __post_init__(self):
         if self.num_workers is not None and not is_whole(self.num_workers, 0):
