@@ -147,8 +147,9 @@ def test_a_score_cache_on_s3_serves_the_second_run(s3_server, engine, rollouts, 
     first, second = (json.loads((tmp_path / name / "manifest.json").read_text()) for name in ("first", "second"))
     assert first["rm_rows"] == {"scored": ROWS - 2, "cached": 0}
     assert second["rm_rows"] == {"scored": 0, "cached": ROWS - 2}
+    assert second["verifier_rows"] == {"verified": 0, "cached": ROWS - 2}  # verdicts too
     assert files(tmp_path / "second", "data") == files(tmp_path / "first", "data")
-    assert s3_server.filesystem().glob(f"{BUCKET}/cache-{engine}/*/scores-*.parquet")  # the cache is on the store
+    assert s3_server.filesystem().glob(f"{BUCKET}/cache-{engine}/*/segments/*/*.parquet")  # the caches are on the store
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)

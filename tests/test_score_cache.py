@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ENGINE_NAMES, label
 from pipeline.tools.demo import synthetic_rollouts, write_synthetic_rollouts
-from pipeline.storage.score_cache import ScoreCache, rollout_keys
+from pipeline.storage.score_cache import SCORE_VALUES, cacheable_scores, rollout_keys, score_cache
 
 pytestmark = pytest.mark.slow
 
@@ -59,13 +59,19 @@ def test_cache_namespace_follows_the_model_and_settings(tmp_path):
     keys = rollout_keys(table.column("prompt").to_pylist(), table.column("response").to_pylist())
     identity = {"backend": "transformers", "fingerprint": "a" * 32, "dtype": "float32", "max_length": 256,
                 "truncation_side": "left", "chat_template_sha256": "t"}
-    ScoreCache(str(tmp_path), identity).store(keys, np.arange(8.0), ["ok"] * 7 + ["error"])
-    hit, scores, statuses = ScoreCache(str(tmp_path), identity).lookup(keys)
-    assert hit.tolist() == [True] * 7 + [False]  # errors are not cached: they are retried
-    assert scores[:7].tolist() == list(range(7)) and statuses[:7].tolist() == ["ok"] * 7
+    scores, statuses = np.arange(8.0), ["ok"] * 6 + ["truncated", "error"]
+    keep = cacheable_scores(scores, statuses)
+    assert keep.tolist() == [True] * 7 + [False]  # errors are not cached: they are retried
+    values = pa.table({"rm_score": pa.array(scores[keep], pa.float32()),
+                       "rm_status": [s for s, k in zip(statuses, keep) if k]}, schema=SCORE_VALUES)
+    score_cache(str(tmp_path), identity).store(keys[keep], values)
+    hit, cached = score_cache(str(tmp_path), identity).lookup(keys)
+    assert hit.tolist() == [True] * 7 + [False]
+    assert cached.column("rm_score").to_pylist() == list(range(7))
+    assert cached.column("rm_status").to_pylist() == ["ok"] * 6 + ["truncated"]
     for change in ({"fingerprint": "b" * 32}, {"dtype": "bfloat16"}, {"max_length": 512},
                    {"truncation_side": "right"}, {"chat_template_sha256": "u"}, {"backend": "vllm"}):
-        assert not ScoreCache(str(tmp_path), {**identity, **change}).lookup(keys)[0].any(), change
+        assert not score_cache(str(tmp_path), {**identity, **change}).lookup(keys)[0].any(), change
 
 
 @pytest.mark.parametrize("prompt_a,response_a,prompt_b,response_b", [

@@ -9,8 +9,9 @@ path (a changed plug-in is a new namespace). The key is a hash of the row's veri
 its question, its reference and its response; the question is in every key, also for verifiers that do not
 read it (the same answer to another question is a miss, never a wrong verdict).
 
-Values: verifier_score, verifier_status, extracted_answer, verifier_rule. Only verdicts (status ok or
-no_answer) are cached: timeouts and errors may pass next time, and a row without a reference costs nothing.
+Values: verifier_score, verifier_status, extracted_answer, verifier_rule. Verdicts (status ok or no_answer)
+and rows without a reference are cached; timeouts, errors and bad references (a reference whose parse timed
+out is one) are not: they may pass next time.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.storage.content_cache import ContentCache, content_keys
-from schemas.rollouts import DATA_SOURCE, PROMPT, REFERENCE, RESPONSE, VERDICT_STATUSES, VERIFIER_FIELDS
+from schemas.rollouts import (DATA_SOURCE, PROMPT, REFERENCE, RESPONSE, VERDICT_STATUSES, VERIFIER_FIELDS,
+                             VerifierStatus)
 from transforms.verify import VerifierConfig, question_texts
 from transforms.verify.registry import ALIASES, DEFAULT_VERIFIER, IMPORT_PATH, VERIFIERS
 
 VERDICT_VALUES = pa.schema(VERIFIER_FIELDS)
+CACHED_STATUSES = (*VERDICT_STATUSES, VerifierStatus.NO_REFERENCE)
 LIBRARIES = ("math-verify", "latex2sympy2_extended", "sympy")
 _BUILTIN_SOURCE = Path(importlib.util.find_spec("transforms.verify").origin).parent
 
@@ -92,6 +95,6 @@ def verdict_cache(root: str, config: VerifierConfig) -> ContentCache:
 
 
 def cacheable_verdicts(verdicts: pa.Table) -> np.ndarray:
-    """Which verdict rows the cache keeps: status ok or no_answer."""
+    """Which verdict rows the cache keeps: status ok, no_answer or no_reference."""
     statuses = verdicts.column("verifier_status").to_pylist()
-    return np.array([status in VERDICT_STATUSES for status in statuses], dtype=bool)
+    return np.array([status in CACHED_STATUSES for status in statuses], dtype=bool)
