@@ -133,8 +133,31 @@ def fuse_main(argv: list[str]) -> int:
     return 0
 
 
+def cache_main(argv: list[str]) -> int:
+    """`herolabel cache compact DIR`: merges each locality's segments of the verdict and score caches under DIR
+    into one (runs do it themselves past a few files per locality); safe while another run reads the cache."""
+    import fsspec
+
+    from pipeline.storage.content_cache import compact
+
+    parser = argparse.ArgumentParser(prog="herolabel cache", description=cache_main.__doc__, allow_abbrev=False)
+    parser.add_argument("action", choices=["compact"])
+    parser.add_argument("directory", metavar="DIR", help="the --cache-dir of earlier runs (local path or fsspec URL)")
+    args = parser.parse_args(argv)
+    fs, path = fsspec.core.url_to_fs(args.directory)
+    if not fs.exists(path) or not fs.glob(f"{path}/*/identity.json"):
+        print(f"error: no cache under {args.directory} (no namespace with an identity.json)", file=sys.stderr)
+        return 2
+    counts = compact(args.directory)
+    print(f"compacted {counts['namespaces']} namespace(s), {counts['localities']} localities: "
+          f"{counts['files_before']} segment files -> {counts['files_after']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cache"]:
+        return cache_main(argv[1:])
     if argv[:1] == ["report"]:
         return report_main(argv[1:])
     if argv[:1] == ["fuse"]:

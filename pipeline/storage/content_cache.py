@@ -174,10 +174,11 @@ class ContentCache:
             self._held.move_to_end(locality.name)
             return self._held[locality.name]
         table, own = self._read_locality(locality.name), True
-        if table.num_rows == 0:
-            previous = self._alias_target(locality.alias)
-            if previous is not None and previous != locality.name:
-                table, own = self._read_locality(previous), False
+        previous = self._alias_target(locality.alias)
+        if table.num_rows == 0 and previous is not None and previous != locality.name:
+            table, own = self._read_locality(previous), False
+        elif table.num_rows and locality.alias is not None and previous != locality.name:
+            self._point_alias(locality)  # the location holds this content now (a copy, or a file put back)
         self._held[locality.name] = (*_sorted_entries(table), own)
         while len(self._held) > LOCALITIES_HELD:
             self._held.popitem(last=False)
@@ -223,10 +224,13 @@ class ContentCache:
                 _, held, own = self._held[locality.name]
                 self._held[locality.name] = (*_sorted_entries(pa.concat_tables([held, table])), own)
             alias_known = (locality.alias, locality.name) in self._aliases_written
-            self._aliases_written.add((locality.alias, locality.name))
         if locality.alias is not None and not alias_known and self._alias_target(locality.alias) != locality.name:
-            with fsio.open_atomic(fsio.join(self.directory, "aliases", locality.alias), "w") as handle:
-                handle.write(locality.name)
+            self._point_alias(locality)
+
+    def _point_alias(self, locality: Locality) -> None:
+        with fsio.open_atomic(fsio.join(self.directory, "aliases", locality.alias), "w") as handle:
+            handle.write(locality.name)
+        self._aliases_written.add((locality.alias, locality.name))
 
 
 def compact(root: str, min_files: int = 2) -> dict:
