@@ -47,7 +47,9 @@ class _Signal:
             return scores, scored.column("rm_status").to_pylist()
         keys = rollout_keys(table.column(PROMPT).to_pylist(), table.column(RESPONSE).to_pylist())
         locality = locality_of(table)
+        reads = self.cache.objects_read
         hit, cached = self.cache.lookup(keys, locality)
+        sink.count("cache_objects_read", self.cache.objects_read - reads)
         scores = np.full(table.num_rows, np.nan)
         statuses = np.full(table.num_rows, None, dtype=object)
         scores[hit] = cached.column("rm_score").to_numpy(zero_copy_only=False)

@@ -57,14 +57,16 @@ class VerifyStage:
                 return self._verify(table, sink)
             keys = verdict_keys(table, self.config)
             locality = locality_of(table)
+            reads = self.cache.objects_read
             hit, cached = self.cache.lookup(keys, locality)
             sink.count("verifier_cached", int(hit.sum()))
+            sink.count("cache_objects_read", self.cache.objects_read - reads)
             missed = np.flatnonzero(~hit)
             if not len(missed):
                 return _with_verdicts(table, cached)
             fresh = self._verify(table.take(missed), sink).select(VERDICT_VALUES.names)
             keep = cacheable_verdicts(fresh)
-            self.cache.store(keys[missed][keep], fresh.filter(pa.array(keep)), locality)
+            sink.count("cache_rows_stored", self.cache.store(keys[missed][keep], fresh.filter(pa.array(keep)), locality))
             # Rows back in input order: the cached ones, then the fresh ones, put where they came from.
             order = np.argsort(np.concatenate([np.flatnonzero(hit), missed]), kind="stable")
             return _with_verdicts(table, pa.concat_tables([cached, fresh]).take(pa.array(order, pa.int64())))
