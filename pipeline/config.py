@@ -152,8 +152,9 @@ class PipelineConfig:
         if self.fusion not in FUSIONS:
             raise ValueError(f"pipeline.fusion must be one of {tuple(FUSIONS)}, got {self.fusion!r}")
         self._check_signals()
-        if self.sigma_bar_from is not None:
+        if self.sigma_bar_from is not None:  # read once: from here on it is --sigma-bar (a rebuilt config needs no file)
             object.__setattr__(self, "hero", dataclasses.replace(self.hero, sigma_bar=self._carried_sigma_bar()))
+            object.__setattr__(self, "sigma_bar_from", None)
         if self.verifier.cache_dir != self.rm.cache_dir:  # one --cache-dir holds verdicts and scores
             object.__setattr__(self, "verifier", dataclasses.replace(self.verifier, cache_dir=self.rm.cache_dir))
         self.make_fusion()  # a fusion checks its settings against the run's (gdpo weights, rm without scores)

@@ -300,6 +300,8 @@ def test_sigma_bar_from_an_earlier_manifest(tmp_path):
     config = build_config({**base, "sigma_bar_from": str(manifest)})
     assert config.hero.sigma_bar == 0.4375
     assert config.labeling_dict() == build_config({**base, "sigma_bar": 0.4375}).labeling_dict()
+    # Read once: the manifest's config (rebuilt by `herolabel fuse`) holds the value, not the file to read again.
+    assert config.to_dict()["sigma_bar_from"] is None and config.to_dict()["hero"]["sigma_bar"] == 0.4375
     manifest.write_text(json.dumps({"sigma_bar": None}))
     for options, message in [
         ({"sigma_bar_from": str(manifest)}, "--sigma-bar-from: .* records no sigma_bar"),
