@@ -50,7 +50,7 @@ LOCALITY_METADATA = b"herolabel.locality"
 UNFILED = "unfiled"  # the locality of batches that carry none (a stage used on its own)
 LOCALITIES_HELD = 4
 AUTO_COMPACT_FILES = 8
-_LIST_RETRIES = 3
+_LIST_RETRIES = 5
 
 
 @dataclass(frozen=True)
