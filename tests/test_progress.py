@@ -17,7 +17,7 @@ def test_final_line_reports_every_stage_and_percent_done():
         progress.add("errors", 2)
     line = stream.getvalue().strip().splitlines()[-1]
     assert line.startswith("[herolabel] 100.0% of 10 rows")
-    assert "read 10 | verified 8 | scored 8 | written 8 | errors 2" in line
+    assert "read 10 | verified 8 | verifier_cached 0 | scored 8 | written 8 | errors 2" in line
 
 
 def test_disabled_display_prints_nothing_and_counters_reset_per_run():

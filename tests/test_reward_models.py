@@ -117,7 +117,6 @@ def test_backend_none_marks_rows_skipped():
 @pytest.mark.parametrize("kwargs,message", [
     ({"backend": "vllm"}, "rm.model is required"),
     ({"backend": "bogus"}, "rm.backend"),
-    ({"backend": "precomputed", "score_column": "s", "cache_dir": "/tmp/c"}, "rm.cache_dir"),
     ({"backend": "none", "gpu_memory_utilization": 1.5}, "rm.gpu_memory_utilization"),
     ({"backend": "none", "device": "cuda:x"}, "rm.device"),
     ({"backend": "vllm", "model": "m", "device": "cuda:1"}, "rm.device"),  # vLLM places its model itself

@@ -273,7 +273,8 @@ def test_caches_are_per_model_and_one_resident_model_gives_the_same_bytes(tmp_pa
     options = {"rm_model": f"a={tiny_rm_path},b={b_path}", "rm_device": "cpu", "cache_dir": str(cache)}
     first = label(rollouts, tmp_path / "first", **options)
     assert first["rm_rows_by_signal"] == {"a": {"scored": 96, "cached": 0}, "b": {"scored": 96, "cached": 0}}
-    assert len(os.listdir(cache)) == 2  # a namespace per model
+    namespaces = [json.loads((cache / name / "identity.json").read_text()) for name in os.listdir(cache)]
+    assert sum(identity.get("cache") != "verdicts" for identity in namespaces) == 2  # a namespace per model
     again = label(rollouts, tmp_path / "again", **options, rm_max_resident=1)
     assert again["rm_rows_by_signal"] == {"a": {"scored": 0, "cached": 96}, "b": {"scored": 0, "cached": 96}}
     # Moving models off the device (one resident) is scheduling only: the same bytes as resident models.

@@ -12,6 +12,7 @@ import sys
 import pyarrow as pa
 import pytest
 
+from transforms.checks import stored_settings
 from transforms.verify import VERIFIERS, Builtin, Verifier, VerifierConfig, VerifierPool, sources_help, verify_table
 from transforms.verify.math import judge_response, parse_reference
 from transforms.verify.registry import load
@@ -154,7 +155,9 @@ def test_the_default_judge_names_judge_response_by_a_stable_alias():
     the default judge's name resolves to the math judge, and no module of that old name exists."""
     assert list(dataclasses.asdict(VerifierConfig()).items()) == [
         ("num_workers", None), ("timeout_s", 5), ("hard_timeout_s", 30.0), ("task_size", 32),
-        ("judge", "transforms.verifier:judge_response"), ("sources", "")]
+        ("judge", "transforms.verifier:judge_response"), ("sources", ""), ("cache_dir", None)]
+    # The cache directory (set from --cache-dir) is where verdicts are kept, not a setting of a label.
+    assert "cache_dir" not in stored_settings(VerifierConfig(cache_dir="/tmp/cache"))
     assert load(VerifierConfig().judge) is judge_response
     assert importlib.util.find_spec(VerifierConfig().judge.partition(":")[0]) is None
 
