@@ -12,13 +12,12 @@ the namespace) are not read: such a cache scores its rows once more.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.storage.content_cache import KEY_BYTES, ContentCache
+from pipeline.storage.content_cache import ContentCache, content_keys
 from schemas.rollouts import SCORED_STATUSES
 
 CACHED_STATUSES = SCORED_STATUSES
@@ -33,15 +32,8 @@ def _canonical_prompt(prompt) -> str:
 
 
 def rollout_keys(prompts: list, responses: list) -> np.ndarray:
-    """16-byte BLAKE2b keys of (prompt, response), as a numpy 'S16' array (about 1M rows/s)."""
-    keys = np.empty(len(prompts), dtype=f"S{KEY_BYTES}")
-    for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        digest = hashlib.blake2b(digest_size=KEY_BYTES)
-        digest.update(_canonical_prompt(prompt).encode())
-        digest.update(b"\0")
-        digest.update(response.encode())
-        keys[i] = digest.digest()
-    return keys
+    """16-byte content keys of (prompt as the RM renders it, response), as a numpy 'S16' array (~1M rows/s)."""
+    return content_keys([_canonical_prompt(prompt) for prompt in prompts], responses)
 
 
 def score_cache(root: str, identity: dict) -> ContentCache:
