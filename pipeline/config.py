@@ -24,6 +24,7 @@ from transforms.fuse.ensemble import EnsembleConfig, EnsembleFusion
 from transforms.fuse.gdpo import GdpoConfig
 from transforms.fuse.hero import HeroConfig
 from transforms.fuse.posterior import PosteriorConfig
+from transforms.judge import JudgeConfig
 from transforms.pairs import PairsConfig
 from transforms.rm import RewardModelConfig
 from transforms.rm.signals import RewardSignal, build_signals, settle_signals
@@ -65,6 +66,7 @@ class PipelineConfig:
         "directory to write: data/, errors/, manifest.json",
         group="input and output", default_text="required", stored=NEVER)
     verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    fallback: JudgeConfig = field(default_factory=JudgeConfig)
     rm: RewardModelConfig = field(default_factory=RewardModelConfig)
     hero: HeroConfig = field(default_factory=HeroConfig)
     gdpo: GdpoConfig = field(default_factory=GdpoConfig)
@@ -157,6 +159,9 @@ class PipelineConfig:
             object.__setattr__(self, "sigma_bar_from", None)
         if self.verifier.cache_dir != self.rm.cache_dir:  # one --cache-dir holds verdicts and scores
             object.__setattr__(self, "verifier", dataclasses.replace(self.verifier, cache_dir=self.rm.cache_dir))
+        if self.fallback.cache_dir != self.rm.cache_dir:  # and the judge's verdicts
+            object.__setattr__(self, "fallback", dataclasses.replace(self.fallback, cache_dir=self.rm.cache_dir))
+        self._check_shared_gpu()
         self.make_fusion()  # a fusion checks its settings against the run's (gdpo weights, rm without scores)
         if self.beam_args and self.engine.engine != "beam":
             raise ValueError(f"options not known to herolabel go to Apache Beam, which engine.engine="
@@ -168,6 +173,18 @@ class PipelineConfig:
         object.__setattr__(self, "rm", rm or self.rm)
         if not signals:
             object.__setattr__(self, "fusion_rm", None)
+
+    def _check_shared_gpu(self) -> None:
+        """A vLLM judge and a vLLM reward model share each GPU worker: their memory shares must fit in one."""
+        if not (self.fallback.enabled and self.fallback.backend == "vllm"):
+            return
+        for rm in [s.config for s in self.rm_signals] or [self.rm]:
+            total = rm.gpu_memory_utilization + self.fallback.gpu_memory_utilization
+            if rm.backend == "vllm" and total > 1:
+                raise ValueError(f"rm.gpu_memory_utilization ({rm.gpu_memory_utilization}) and "
+                                 f"fallback.gpu_memory_utilization ({self.fallback.gpu_memory_utilization}) add up to "
+                                 f"{total:g} of one GPU worker's memory, where both vLLM engines run; lower them so "
+                                 "they add up to at most 1")
 
     def _carried_sigma_bar(self) -> float:
         """σ̄ recorded in the manifest --sigma-bar-from names (read before any data moves)."""
@@ -210,7 +227,7 @@ class PipelineConfig:
                   "hero": stored_settings(self.hero), **stored_settings(self)}
         # A mode's own section decides the labels of the runs that use it, and no other run's.
         for name, used in (("gdpo", self.fusion == "gdpo"), ("ensemble", self.ensemble.enabled),
-                           ("posterior", self.fusion == "posterior")):
+                           ("posterior", self.fusion == "posterior"), ("fallback", self.fallback.enabled)):
             if used:
                 stored[name] = stored_settings(getattr(self, name))
         if self.rm_signals:  # several reward signals: each one's settings (one model: nothing more stored)
@@ -222,9 +239,9 @@ class PipelineConfig:
 MAPPING_OPTIONS = ("rm_models",)
 
 # The sections whose fields are options, in the order the option table lists them.
-_SECTIONS = {"pipeline": PipelineConfig, "rm": RewardModelConfig, "verifier": VerifierConfig, "hero": HeroConfig,
-             "gdpo": GdpoConfig, "ensemble": EnsembleConfig, "posterior": PosteriorConfig, "engine": EngineConfig,
-             "pairs": PairsConfig}
+_SECTIONS = {"pipeline": PipelineConfig, "rm": RewardModelConfig, "verifier": VerifierConfig, "fallback": JudgeConfig,
+             "hero": HeroConfig, "gdpo": GdpoConfig, "ensemble": EnsembleConfig, "posterior": PosteriorConfig,
+             "engine": EngineConfig, "pairs": PairsConfig}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ shards, metadata, and the fingerprint a resume must match."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from dataclasses import dataclass
 
@@ -13,16 +14,19 @@ from pipeline.storage import staging, fsio
 from pipeline.storage.fsio import InputError
 from pipeline.config import ConfigError, PipelineConfig, name_options
 from pipeline.stages.base import Stage, placement_groups
+from pipeline.stages.fallback import FallbackStage
 from pipeline.stages.score import ScoreStage
 from pipeline.stages import unit as unit_module
 from pipeline.stages.unit import WorkUnit, units_of
 from pipeline.stages.verify import VerifyStage
 from schemas.layouts import Layout, LayoutError, choose_layout, missing_columns_hint
-from schemas.rollouts import RM_FIELDS, SAMPLE_INDEX, VERIFIER_FIELDS, InputContract, SchemaError
+from schemas.rollouts import FALLBACK_FIELDS, RM_FIELDS, SAMPLE_INDEX, VERIFIER_FIELDS, InputContract, SchemaError
 from transforms.fuse import Fusion
+from transforms.judge import judge_backend
 from transforms.rm import make_reward_model
 from transforms.rm.signals import SignalSet, signal_fields
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -67,7 +71,7 @@ class RunPlan:
             "labeling": config.labeling_dict(),
             "pairs": dataclasses.asdict(config.pairs),
             "reward_model": self.metadata["reward_model"],
-            **({"reward_models": self.metadata["reward_models"]} if "reward_models" in self.metadata else {}),
+            **{key: self.metadata[key] for key in ("reward_models", "fallback_verifier") if key in self.metadata},
             "herolabel_version": self.metadata["herolabel_version"],
             "inputs": [[f.url, f.num_rows, list(f.row_group_rows), f.footer_sha256] for f in self.files],
             "num_shards": self.num_shards,
@@ -86,15 +90,20 @@ class RunPlan:
         return signal_fields(self.config.rm_signals)
 
     @property
+    def judge_fields(self) -> list:
+        """fallback_verdict when the run has a fallback judge (else none)."""
+        return FALLBACK_FIELDS if self.config.fallback.enabled else []
+
+    @property
     def output_schema(self):
-        """The schema of every data shard: input columns, verifier and RM columns (each signal's too), the
-        fusion's columns."""
-        return self.contract.output_schema(self.fusion.fields, self.signal_fields)
+        """The schema of every data shard: input columns, verifier columns (the judge's too), RM columns (each
+        signal's too), the fusion's columns."""
+        return self.contract.output_schema(self.fusion.fields, self.signal_fields, self.judge_fields)
 
     @property
     def scored_schema(self):
         """Rows after verify and score, before fusion: what the group stage shuffles."""
-        return self.contract.scored_schema(self.signal_fields)
+        return self.contract.scored_schema(self.signal_fields, self.judge_fields)
 
 
 def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
@@ -110,7 +119,8 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         if layout.explode:
             files = tuple(_long_form_counts(f, layout.explode, config.batch_rows) for f in files)
     fusion = config.make_fusion()
-    added = [f.name for f in VERIFIER_FIELDS + RM_FIELDS + signal_fields(config.rm_signals) + list(fusion.fields)]
+    added = [f.name for f in VERIFIER_FIELDS + FALLBACK_FIELDS + RM_FIELDS + signal_fields(config.rm_signals)
+             + list(fusion.fields)]
     try:
         contract = InputContract.from_file_schemas(schemas, [f.url for f in files], added)
     except SchemaError as exc:
@@ -121,6 +131,7 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         raise InputError(f"--input {config.input}: the input is empty ({len(files)} Parquet file(s), 0 rows: "
                          f"{', '.join(f.url for f in files[:3])}{' ...' if len(files) > 3 else ''})")
     config, identities = _resolve_reward_models(config, contract)
+    config, judge = _resolve_judge(config) if config.fallback.enabled else (config, None)
     try:
         fusion.check_reward_model(identities[config.fusion_signal])
     except ValueError as exc:
@@ -137,7 +148,10 @@ def make_plan(config: PipelineConfig, package_version: str) -> RunPlan:
         metadata["fusion_rm"] = config.fusion_signal
     if layout is not None:
         metadata["layout"] = layout.name
+    if judge is not None:
+        metadata["fallback_verifier"] = judge
     stages = (VerifyStage(config.verifier),
+              *((FallbackStage(config.fallback),) if config.fallback.enabled else ()),
               ScoreStage(SignalSet(config.rm_signals, config.fusion_signal, config.rm_max_resident)
                          if config.rm_signals else config.rm))
     return RunPlan(config, files, contract, num_shards, metadata, stages, fusion, layout)
@@ -166,6 +180,23 @@ def _resolve_reward_models(config: PipelineConfig, contract: InputContract) -> t
     else:
         config = dataclasses.replace(config, rm=pinned[None])
     return config, identities
+
+
+def _resolve_judge(config: PipelineConfig) -> tuple[PipelineConfig, dict]:
+    """Resolves the fallback judge before any data moves (a hub id to the commit every worker loads) and
+    warns when its published licence restricts use; returns the config and the judge's identity."""
+    judge = config.fallback
+    warning = judge.licence_warning()
+    if warning:
+        log.warning(warning)
+    try:
+        identity = judge_backend(judge).identity()
+    except ValueError as exc:
+        raise ConfigError(name_options(str(exc))) from exc
+    commit = identity.get("commit")
+    if commit and judge.revision != commit:
+        config = dataclasses.replace(config, fallback=dataclasses.replace(judge, revision=commit))
+    return config, {**identity, "template": judge.template, "mode": judge.mode}
 
 
 def _long_form_counts(file: fsio.InputFile, column: str, batch_rows: int) -> fsio.InputFile:

@@ -37,6 +37,9 @@ VERIFIER_FIELDS = [
     # name), so a disputed verdict points at the code that made it; null unless the status is ok/no_answer.
     pa.field("verifier_rule", pa.string()),
 ]
+# Added by the fallback judge (--fallback-verifier) only: its verdict on a row the rules rejected (FallbackVerdict),
+# null where the judge was not called.
+FALLBACK_FIELDS = [pa.field("fallback_verdict", pa.string())]
 RM_FIELDS = [
     pa.field("rm_score", pa.float32()),  # raw reward-model score (a logit)
     pa.field("rm_status", pa.string()),
@@ -70,6 +73,13 @@ class VerifierStatus(_Vocabulary):
     BAD_REFERENCE = "bad_reference"  # the gold answer cannot be parsed: score null
     TIMEOUT = "timeout"  # math-verify's timeout or the hard wall-clock limit: score null
     ERROR = "error"  # math-verify raised, or its worker died: score null
+
+
+class FallbackVerdict(_Vocabulary):
+    CORRECT = "correct"  # the judge calls the answer equivalent to the gold
+    INCORRECT = "incorrect"
+    INVALID = "invalid"  # the judge calls the answer no answer at all (CompassVerifier's C)
+    UNPARSED = "unparsed"  # the judge's reply held no verdict the template's parser reads
 
 
 class RmStatus(_Vocabulary):
@@ -215,15 +225,15 @@ class InputContract:
         """The unified input columns as users see them (without the internal ORDER column)."""
         return pa.schema([f for f in self.schema if f.name != ORDER])
 
-    def output_schema(self, fusion_fields=tuple(HERO_FIELDS), signal_fields=()) -> pa.Schema:
-        """The schema of data/part-*.parquet: input columns, verifier and RM columns (then each reward
-        signal's, when a run has several), then the fusion's."""
-        return pa.schema(list(self.input_schema()) + VERIFIER_FIELDS + RM_FIELDS + list(signal_fields)
-                         + list(fusion_fields))
+    def output_schema(self, fusion_fields=tuple(HERO_FIELDS), signal_fields=(), judge_fields=()) -> pa.Schema:
+        """The schema of data/part-*.parquet: input columns, verifier columns (then the fallback judge's, when
+        a run has one), RM columns (then each reward signal's, when a run has several), then the fusion's."""
+        return pa.schema(list(self.input_schema()) + VERIFIER_FIELDS + list(judge_fields) + RM_FIELDS
+                         + list(signal_fields) + list(fusion_fields))
 
-    def scored_schema(self, signal_fields=()) -> pa.Schema:
+    def scored_schema(self, signal_fields=(), judge_fields=()) -> pa.Schema:
         """Rows after verify and score, before fusion: what the group stage shuffles."""
-        return pa.schema(list(self.schema) + VERIFIER_FIELDS + RM_FIELDS + list(signal_fields))
+        return pa.schema(list(self.schema) + VERIFIER_FIELDS + list(judge_fields) + RM_FIELDS + list(signal_fields))
 
 
 def _unified_type(name: str, schemas: list[pa.Schema], sources: list[str]) -> pa.DataType:

@@ -13,6 +13,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK"
 os.environ.update(OFFLINE_ENV)
 
 import fakes  # noqa: F401 - registers the "fake" reward backend (tests/fakes.py: instant deterministic scores)
+import fake_judge  # noqa: F401 - registers the "scripted" fallback judge (tests/fake_judge.py)
 from pipeline.config import ENGINES
 
 ENGINE_NAMES = tuple(ENGINES)  # every engine test runs on each registered engine

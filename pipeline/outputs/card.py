@@ -19,6 +19,8 @@ COLUMN_NOTES = {
     "extracted_answer": "the final answer as compared (normalized)",
     "verifier_rule": "the rule that decided the verdict: math_verify, extraction, refused:<name>, or the "
                      "data_source's verifier (exact, numeric:TOL, choice, package.module:function)",
+    "fallback_verdict": "the fallback judge's verdict on a row the rules rejected: correct, incorrect, invalid, "
+                        "unparsed; null where it was not asked",
     "rm_score": "the reward model's raw score (a logit)",
     "rm_status": "ok, truncated, missing, error, skipped",
 }

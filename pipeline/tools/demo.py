@@ -134,9 +134,18 @@ def write_synthetic_rollouts(path: str, num_rows: int, *, rows_per_file: int | N
 
 def build_tiny_reward_model(path: str, seed: int = 0, vocab_size: int = 600) -> str:
     """Saves a random 2-layer Qwen2 reward model (num_labels=1) and its tokenizer to `path`, offline."""
+    return _build_tiny_qwen2(path, seed, vocab_size, causal_lm=False)
+
+
+def build_tiny_causal_lm(path: str, seed: int = 0, vocab_size: int = 600) -> str:
+    """Saves a random 2-layer Qwen2 causal LM (a stand-in judge: its replies are noise) and its tokenizer."""
+    return _build_tiny_qwen2(path, seed, vocab_size, causal_lm=True)
+
+
+def _build_tiny_qwen2(path: str, seed: int, vocab_size: int, causal_lm: bool) -> str:
     import torch
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForSequenceClassification
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
@@ -161,10 +170,13 @@ def build_tiny_reward_model(path: str, seed: int = 0, vocab_size: int = 600) -> 
                          max_position_embeddings=4096, num_labels=1, pad_token_id=fast.pad_token_id,
                          eos_token_id=fast.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    model = Qwen2ForSequenceClassification(config)
-    # Random init gives near-identical scores; widen the score head so rollouts get distinct rewards.
-    with torch.no_grad():
-        model.score.weight.normal_(0.0, 1.0)
+    if causal_lm:
+        model = Qwen2ForCausalLM(config)
+    else:
+        model = Qwen2ForSequenceClassification(config)
+        # Random init gives near-identical scores; widen the score head so rollouts get distinct rewards.
+        with torch.no_grad():
+            model.score.weight.normal_(0.0, 1.0)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     fast.save_pretrained(path)

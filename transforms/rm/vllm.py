@@ -106,8 +106,13 @@ class VllmRewardModel(ModelFromHub):
 
     def close(self) -> None:
         """Stops vLLM's engine processes."""
-        if self.llm is not None:
-            core = getattr(self.llm.llm_engine, "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
-            self.llm = None
+        shutdown_llm(self.llm)
+        self.llm = None
+
+
+def shutdown_llm(llm) -> None:
+    """Stops the engine processes of a vllm.LLM (None: nothing to stop)."""
+    if llm is not None:
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
