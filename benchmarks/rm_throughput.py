@@ -194,6 +194,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per side; the best is reported")
     parser.add_argument("--sides", default="pipeline,naive,ceiling,vllm",
                         help="which measurements to take (vllm: when vLLM is installed)")
+    parser.add_argument("--batch-invariant-rows", type=int, default=0,
+                        help="the pipeline side's rm.batch_invariant_rows (0: whole-pack GEMMs, as the recorded "
+                             "figures were measured; the pipeline's default is 512)")
     parser.add_argument("--attention", choices=("auto", "sdpa-per-row"), default="auto",
                         help="packed attention kernel on CUDA: flash varlen when available, or one SDPA call per row")
     args = parser.parse_args(argv)
@@ -210,9 +213,10 @@ def main(argv=None) -> dict:
     parameters = sum(p.numel() for p in model.parameters())
 
     config = RewardModelConfig(backend="transformers", model="in-memory", max_length=args.max_length,
-                               max_tokens_per_batch=args.max_tokens, max_batch_size=4096, device=device)
+                               max_tokens_per_batch=args.max_tokens, max_batch_size=4096, device=device,
+                               batch_invariant_rows=args.batch_invariant_rows)
     backend = TransformersRewardModel(config)
-    backend.attach([TransformersRewardModel._replica(model, device)], tokenizer)
+    backend.attach([backend._replica(model, device)], tokenizer)
     if args.attention == "sdpa-per-row":
         packing.use_varlen_kernel(False)
     sides = set(args.sides.split(","))
@@ -227,7 +231,8 @@ def main(argv=None) -> dict:
 
     result = {
         "rows": args.rows, "tokens": tokens, "shape": args.shape, "dtype": dtype, "max_tokens": args.max_tokens,
-        "parameters": parameters, "attention": args.attention, "varlen_kernel": packing._VARLEN is not None,
+        "parameters": parameters, "attention": args.attention,
+        "batch_invariant_rows": args.batch_invariant_rows, "varlen_kernel": packing._VARLEN is not None,
         "pipeline_s": round(pipeline_s, 3), "pipeline_tok_per_s": round(tokens / pipeline_s, 1),
         "token_efficiency": round(real / computed, 4),
         "sorted_padded_token_efficiency": round(padded_efficiency(ids, args.max_tokens), 4),

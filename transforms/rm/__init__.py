@@ -147,6 +147,12 @@ class RewardModelConfig:
     max_tokens_per_batch: tokens per forward pass (the main memory knob): real tokens for packed causal RMs,
     rows x longest for padded ones. 65,536 keeps a 7B RM well inside an 80 GB GPU in bf16.
     max_batch_size: rollouts per forward pass at most.
+    batch_invariant_rows: rows per matrix multiply in the transformers backend's linear layers (every one
+    runs at exactly this many, the last chunk padded), so a rollout's score is bit-identical whatever shares
+    its batch: a cached score equals a rescored one and an incremental run's data equals a full run's byte for
+    byte. Packed RMs only: a padded batch's attention spans its longest row, so padded scores stay equal
+    within float noise. 0 multiplies whole packs at once (a little faster; scores then differ across batch
+    compositions in the last float bits).
     device: "auto" (every visible GPU, one model copy each, else the CPU), "cpu", "cuda", or a comma list.
     dtype: "auto" is bf16 on GPU and fp32 on CPU.
     tensor_parallel_size, gpu_memory_utilization: vLLM engine arguments (backend "vllm").
@@ -176,6 +182,11 @@ class RewardModelConfig:
     max_batch_size: int = option(
         "rollouts per forward pass",
         name="rm_max_batch_size", group="reward model", default=512, stored=ALWAYS)
+    batch_invariant_rows: int = option(
+        "rows per matrix multiply in the RM's linear layers (transformers backend), fixed so that a rollout's "
+        "score is bit-identical whatever shares its batch (cached = rescored, incremental = full run); `0`: whole "
+        "packs at once, a little faster, scores differ in the last float bits across batch compositions",
+        name="rm_batch_invariant_rows", group="reward model", default=512)
     device: str = option(
         "`auto`: one model copy per GPU the worker sees, else cpu (chosen on the worker); `cpu`, `cuda`, or a "
         "list such as `cuda:0,cuda:1`",
@@ -203,6 +214,8 @@ class RewardModelConfig:
             value = getattr(self, name)
             if not is_whole(value, 1):
                 raise ValueError(f"rm.{name} must be an integer >= 1, got {value!r}")
+        if not is_whole(self.batch_invariant_rows, 0):
+            raise ValueError(f"rm.batch_invariant_rows must be an integer >= 0 (0: off), got {self.batch_invariant_rows!r}")
         if self.max_tokens_per_batch < self.max_length:
             raise ValueError(
                 f"rm.max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= rm.max_length ({self.max_length}) "

@@ -21,7 +21,8 @@ class TransformersRewardModel(ModelFromHub):
 
     Causal RMs with a linear score head (Llama, Qwen, Mistral, Gemma ... ForSequenceClassification) run
     padding-free: rows packed up to max_tokens_per_batch real tokens per forward, attention kept inside
-    each row (transforms/rm/packing.py), so a row's score is the same whatever shares its batch. bf16 + flash
+    each row and every linear layer at a fixed row count (transforms/rm/packing.py), so a row's score is the
+    same bits whatever shares its batch. bf16 + flash
     attention on GPU; one model copy per visible GPU; forwards on a copy serialized; out of memory halves
     the batch. On a 7B RM on one H100: see benchmarks/rm_throughput.py (--shape qwen2-7b).
     """
@@ -64,8 +65,7 @@ class TransformersRewardModel(ModelFromHub):
             replicas.append(self._replica(model, device))
         self.attach(replicas, tokenizer)
 
-    @staticmethod
-    def _replica(model, device: str):
+    def _replica(self, model, device: str):
         """A model moved to `device` for scoring: packed attention when its architecture allows it."""
         import threading as _threading
 
@@ -75,6 +75,8 @@ class TransformersRewardModel(ModelFromHub):
             raise ValueError(f"reward model has num_labels={model.config.num_labels}; a reward model must have "
                              "exactly one output")
         packed = packing.can_pack(model)
+        if self.config.batch_invariant_rows:
+            packing.fix_gemm_rows(model, self.config.batch_invariant_rows)
         if packed:
             packing.register_packed_attention()
             model.config._attn_implementation = packing.PACKED_ATTENTION
@@ -131,6 +133,10 @@ class TransformersRewardModel(ModelFromHub):
     def unpark(self) -> None:
         for replica in self._on_gpu():
             replica.model.to(replica.device)
+
+    def cache_identity(self) -> dict:
+        """Scores multiplied at another fixed row count (or whole packs) differ in the last bits: a namespace each."""
+        return {**super().cache_identity(), "batch_invariant_rows": self.config.batch_invariant_rows}
 
     def encode(self, prompts: list, responses: list):
         return encode_rollouts(self.tokenizer, prompts, responses, self.config.max_length, self.config.truncation_side)
