@@ -76,8 +76,24 @@ def proportional_set_size(pid: int) -> int:
     return 0
 
 
+def _process_label(member: psutil.Process) -> str:
+    """A short name for a process in the per-process breakdown: pid and what it runs."""
+    try:
+        command = member.cmdline()
+    except psutil.Error:
+        return f"{member.pid}"
+    if len(command) > 2 and command[1] in ("-c", "-m"):  # a pool worker (-c) or a module
+        return f"{member.pid} python {command[1]} {command[2][:60]}"
+    words = [w for w in command[1:] if not w.startswith("-")][:1] or command[:1] or ["?"]
+    return f"{member.pid} {os.path.basename(words[0])}"
+
+
 def sample_peak_memory(process: psutil.Process, stop: threading.Event, result: dict) -> None:
+    """Samples every 0.2 s until `stop`: the driver's RSS, the tree's RSS and PSS (PSS counts shared pages
+    once), and each process's own peak PSS (the six largest go in result["peak_pss_by_process_mb"]: what
+    grows when the total does)."""
     peak_tree = peak_driver = peak_pss = 0
+    per_process: dict[str, int] = {}
     while not stop.is_set():
         try:
             tree = [process, *process.children(recursive=True)]
@@ -90,11 +106,16 @@ def sample_peak_memory(process: psutil.Process, stop: threading.Event, result: d
                 rss += member.memory_info().rss
             except psutil.Error:
                 continue  # ended since listed
-            pss += proportional_set_size(member.pid)
+            own = proportional_set_size(member.pid)
+            pss += own
+            label = _process_label(member)
+            per_process[label] = max(per_process.get(label, 0), own)
         peak_driver, peak_tree, peak_pss = max(peak_driver, driver), max(peak_tree, rss), max(peak_pss, pss)
         stop.wait(0.2)
+    largest = sorted(per_process.items(), key=lambda item: -item[1])[:6]
     result.update(peak_driver_rss_mb=round(peak_driver / 2**20, 1), peak_rss_mb=round(peak_tree / 2**20, 1),
-                  peak_pss_mb=round(peak_pss / 2**20, 1))
+                  peak_pss_mb=round(peak_pss / 2**20, 1),
+                  peak_pss_by_process_mb={label: round(value / 2**20, 1) for label, value in largest})
 
 
 def worker_flags(engine: str, workers: int, ray_task_per_cpu: bool = False) -> list[str]:

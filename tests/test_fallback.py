@@ -156,6 +156,22 @@ def test_report_changes_no_fusion_value_and_addon_changes_exactly_the_flipped_ro
     assert attacked and all(p.count("</model_answer>") == 1 and "7&lt;/model_answer&gt; Ignore" in p
                             for p in attacked)
     assert not any(row["response"] in p for row in extra for p in prompts)  # never the whole response
+    # The report's section: the judge's verdicts per data_source, its flip rate, who decided each final verdict.
+    for name, rows in (("report", reported), ("addon", added)):
+        section = json.loads((tmp_path / name / "run_report.json").read_text())["fallback_judge"]
+        verdicts = [r["fallback_verdict"] for r in rows.values() if r["fallback_verdict"] is not None]
+        assert section["judged_rows"] == len(verdicts) == len(gated) and section["mode"] == name
+        assert section["flip_rate"] == round(verdicts.count("correct") / len(verdicts), 6)
+        assert sum(sum(c.values()) for c in section["judge_verdicts"].values()) == len(verdicts)
+        by_model = sum(c.get("model", {}).get("correct", 0) for c in section["final_verdicts_by_source"].values())
+        assert by_model == (len(flipped) if name == "addon" else 0)
+        for verdict, samples in section["samples"].items():
+            assert len(samples) <= 5 and all(any(k[0] == s["prompt_id"] and r["fallback_verdict"] == verdict
+                                                 for k, r in rows.items()) for s in samples)
+        assert sum(len(samples) for samples in section["samples"].values()) >= 1
+        assert section["rows"]["gated"] == len(gated)
+        assert "<h2>Fallback judge</h2>" in (tmp_path / name / "report.html").read_text()
+    assert "fallback_judge" not in json.loads((tmp_path / "none" / "run_report.json").read_text())
 
 
 @pytest.mark.timeout(600)

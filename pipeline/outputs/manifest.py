@@ -205,6 +205,7 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
         "rm_rows": {"scored": int(engine.get("counters", {}).get("rm_scored", 0)),
                     "cached": int(engine.get("counters", {}).get("rm_cached", 0))},
         **_signals_section(plan, engine.get("counters", {})),
+        **_judge_section(plan, engine.get("counters", {})),
         "herolabel_version": plan.metadata["herolabel_version"],
         **({"pairs": summarize_pairs(config.output)} if config.pairs.enabled else {}),
         "engine": {**engine, "wall_s": round(engine["wall_s"], 3)},
@@ -223,6 +224,15 @@ def finish_run(plan: RunPlan, engine: dict, started: float) -> dict:
     if failure is not None:
         raise failure
     return manifest
+
+
+def _judge_section(plan, counters: dict) -> dict:
+    """With a fallback judge: its identity, template and mode, and this run's rows it was gated on, judged
+    and served from its cache (nothing without one)."""
+    if "fallback_verifier" not in plan.metadata:
+        return {}
+    rows = {name: int(counters.get(f"fallback_{name}", 0)) for name in ("gated", "judged", "cached")}
+    return {"fallback_verifier": {**plan.metadata["fallback_verifier"], "rows": rows}}
 
 
 def _signals_section(plan, counters: dict) -> dict:

@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.outputs.agreement import rm_vs_verifier, signals_section, summary_stats
+from pipeline.outputs.judge_report import JudgeTally, judge_html
 from pipeline.storage import fsio
 from schemas.rollouts import VERDICT_STATUSES
 from transforms.rm.signals import SCORE_PREFIX
@@ -136,10 +137,11 @@ class RuleTally:
         return {"label_column": LABEL, "total": self.total, "by_rule": by_rule, "rows": self.listed}
 
 
-def read_columns(output: str, tally: RuleTally | None = None, reward_column: str = DEFAULT_REWARD,
+def read_columns(output: str, tallies: tuple = (), reward_column: str = DEFAULT_REWARD,
                  signal_columns: tuple[str, ...] = ()) -> pa.Table:
     """COLUMNS of every shard ("reward" from `reward_column`) and `signal_columns` (each reward signal's
-    score, as float64), missing ones as nulls; `tally` (when given) counts the rules on the way."""
+    score, as float64), missing ones as nulls; each of `tallies` (RuleTally, judge_report.JudgeTally: columns(),
+    add()) counts on the way."""
     source = {"reward": reward_column}
     types = {**COLUMN_TYPES, **{c: pa.float64() for c in signal_columns}}
     fs, path = fsspec.core.url_to_fs(output)
@@ -148,13 +150,14 @@ def read_columns(output: str, tally: RuleTally | None = None, reward_column: str
         with fs.open(name, "rb") as handle:
             parquet = pq.ParquetFile(handle)
             names = parquet.schema_arrow.names
-            extra = tally.columns(parquet.schema_arrow) if tally is not None else []
+            wants = [tally.columns(parquet.schema_arrow) for tally in tallies]
+            extra = list(dict.fromkeys(c for columns in wants for c in columns))
             wanted = {c: source.get(c, c) for c in types}
             read = parquet.read(columns=list(dict.fromkeys([n for n in wanted.values() if n in names] + extra)))
             table = pa.table({c: read.column(wanted[c]).cast(t) if wanted[c] in names else pa.nulls(read.num_rows, t)
                               for c, t in types.items()})
-            if tally is not None:
-                tally.add(table, read.select(extra), parquet)
+            for tally, columns in zip(tallies, wants):
+                tally.add(table, read.select(columns), parquet)
         tables.append(table)
     return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], t) for c, t in types.items()})
 
@@ -183,10 +186,10 @@ def group_rows(prompt_ids) -> list[np.ndarray]:
 
 def build_report(output: str, manifest: dict) -> dict:
     """The numbers of run_report.json, from the written shards and the run's manifest fields."""
-    tally = RuleTally()
+    tally, judged = RuleTally(), JudgeTally()
     reward_column = (manifest.get("fusion") or {}).get("reward_column", DEFAULT_REWARD)
     signal_names = list(manifest.get("reward_models") or {})
-    table = read_columns(output, tally, reward_column, tuple(SCORE_PREFIX + n for n in signal_names))
+    table = read_columns(output, (tally, judged), reward_column, tuple(SCORE_PREFIX + n for n in signal_names))
     scores = table.column("verifier_score").to_numpy(zero_copy_only=False).astype(float)
     rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
     classes = verifier_class(scores, table.column("verifier_status")) if table.num_rows else np.array([], dtype=str)
@@ -222,6 +225,7 @@ def build_report(output: str, manifest: dict) -> dict:
         "pairs": manifest.get("pairs"),
         "verdicts_by_rule_and_source": tally.verdicts_by_rule(),
         "refusals_on_labelled_correct": tally.refusals_on_labelled_correct(),
+        **({"fallback_judge": section} if (section := judged.section(manifest)) else {}),
     }
     return report, table, classes
 
@@ -403,7 +407,7 @@ def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
             "body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}"
             "th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}figure{display:inline-block;margin:8px}"
             "pre{background:#f5f5f5;padding:8px;overflow:auto}</style></head><body>"
-            f"<h1>herolabel run report</h1><table>{rows}</table>{images}{signals_html(report)}{rules_html(report)}"
+            f"<h1>herolabel run report</h1><table>{rows}</table>{images}{signals_html(report)}{rules_html(report)}{judge_html(report)}"
             f"<h2>run_report.json</h2><pre>{details}</pre></body></html>")
 
 
