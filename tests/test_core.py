@@ -91,6 +91,27 @@ def test_a_spill_file_per_bucket_from_an_earlier_version_still_reads(tmp_path):
     assert load_parts([str(tmp_path / "file-00000-rg-00000.parquet")]).equals(table)
 
 
+def test_parquet_byte_ranges_from_an_earlier_version_still_read_beside_ipc_ones(tmp_path):
+    """Markers written before spill parts were IPC streams name byte ranges of Parquet files back to back."""
+    table = scored_rows()
+    first, second = table.slice(0, 1), table.slice(1)
+    blobs = []
+    for piece in (first, second):
+        stream = pa.BufferOutputStream()
+        pq.write_table(piece, stream, compression="lz4")
+        blobs.append(stream.getvalue().to_pybytes())
+    (tmp_path / "old-unit.parquet").write_bytes(blobs[0] + blobs[1])
+    old = [f"{tmp_path / 'old-unit.parquet'}#0-{len(blobs[0])}",
+           f"{tmp_path / 'old-unit.parquet'}#{len(blobs[0])}-{len(blobs[0]) + len(blobs[1])}"]
+    writer = SpillWriter(str(tmp_path / "new"), 1, table.schema, name="unit-b")
+    writer.add(second)
+    new = list(writer.close().values())
+    assert new[0].split("#")[0].endswith(".arrows")
+    assert load_parts(old, ["prompt_id", "rm_score"]).equals(table.select(["prompt_id", "rm_score"]))
+    order = [("prompt_id", "ascending"), (ORDER, "ascending")]
+    assert load_parts([old[0], *new]).sort_by(order).equals(table.sort_by(order))  # both formats in one bucket
+
+
 def test_sigma_bar_does_not_depend_on_partial_order():
     hero = make_fusion("hero", {"hero": HeroConfig()}, rm_scores=True)
     partials = [(0.1, 1), (1e16, 1), (-1e16, 1), (0.2, 2)]

@@ -2,7 +2,7 @@
 
     OUTPUT/_shuffle/run.json              what the run is (labeling settings, RM identity, inputs, shards)
     OUTPUT/_shuffle/units/UNIT.json       a unit (input row group) is verified, scored and spilled
-    OUTPUT/_shuffle/spill/UNIT-D.parquet  its spilled rows (bucket: byte range, in its marker); its bad rows
+    OUTPUT/_shuffle/spill/UNIT-D.arrows   its spilled rows (bucket: byte range, in its marker); its bad rows
                                           in OUTPUT/_shuffle/errors/UNIT.parquet
     OUTPUT/data/part-B-of-S.parquet       a finished shard (written atomically: complete when present)
 
