@@ -14,11 +14,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pipeline.outputs.report as report_module
+import pipeline.outputs.report_stats as report_stats
 from conftest import label, shared_file
 from pipeline.outputs.agreement import auroc
 from pipeline.outputs.report import write_report
+from pipeline.outputs.report_stats import Moments
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -246,3 +250,41 @@ def test_report_of_an_output_written_before_verifier_rule(tmp_path):
     assert report["verifier_pass_rate_by_source"]["gsm8k"] == {"rows": 4, "verified": 3,
                                                                "pass_rate": pytest.approx(1 / 3, abs=1e-6)}
     assert report["rm_score_by_verifier_class"]["correct"]["rows"] == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.floats(-1e6, 1e6) | st.just(float("nan")), max_size=30), min_size=1, max_size=8))
+def test_moments_merged_chunk_by_chunk_equal_numpy_over_all_values(chunks):
+    moments = Moments()
+    for chunk in chunks:
+        moments.add(np.array(chunk, dtype=float))
+    values = np.array([v for chunk in chunks for v in chunk], dtype=float)
+    values = values[~np.isnan(values)]
+    summary = moments.summary(values)
+    assert summary["rows"] == len(values)
+    if len(values):
+        assert summary["mean"] == pytest.approx(round(float(values.mean()), 6), abs=1e-6 * (1 + abs(values).max()))
+        assert summary["std"] == pytest.approx(round(float(values.std()), 6), abs=1e-6 * (1 + abs(values).max()))
+        assert (summary["min"], summary["max"]) == (round(values.min(), 6), round(values.max(), 6))
+
+
+@pytest.mark.slow
+def test_a_large_output_is_reported_from_whole_sampled_groups_with_exact_counts(qwen_output, monkeypatch):
+    # Past SAMPLE_ROWS the rows kept are whole prompt groups (the same on every rebuild), while counts, pass
+    # rates and moments still cover every row: here 300 of the file's 800 rows stand for a 10M-row output.
+    output, manifest = qwen_output
+    full, _, _ = report_module.build_report(str(output), manifest)
+    monkeypatch.setattr(report_stats, "SAMPLE_ROWS", 300)
+    sampled, table, _ = report_module.build_report(str(output), manifest)
+    again, _, _ = report_module.build_report(str(output), manifest)
+    assert sampled == again and sampled["sample"]["fraction"] == round(300 / manifest["output_rows"], 6)
+    assert 0 < table.num_rows < manifest["output_rows"] == full["sample"]["rows"]
+    sizes = pq.read_table(output / "data", columns=["prompt_id"]).column("prompt_id").value_counts()
+    whole = {s["values"]: s["counts"] for s in sizes.to_pylist()}
+    kept = table.column("prompt_id").value_counts().to_pylist()
+    assert all(whole[k["values"]] == k["counts"] for k in kept) and len(kept) == sampled["sample"]["groups"]
+    assert sampled["verifier_pass_rate_by_source"] == full["verifier_pass_rate_by_source"]
+    for c in ("correct", "incorrect", "unverified"):
+        exact = {k: v for k, v in full["rm_score_by_verifier_class"][c].items() if k != "median"}
+        assert {k: v for k, v in sampled["rm_score_by_verifier_class"][c].items() if k != "median"} == exact
+    assert sampled["rm_vs_verifier_auroc"]["mixed_groups"] < full["rm_vs_verifier_auroc"]["mixed_groups"]

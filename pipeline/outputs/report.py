@@ -12,9 +12,12 @@ distribution per verifier class, the fusion's reward per verifier class, difficu
 rates per data_source, the rule x data_source table and the refusals on labelled-correct rows.
 `herolabel report OUTPUT` rebuilds both from an existing output.
 
-Reads only the columns it needs from the shards (about 100 bytes a row with the prompt id, no Python object
-per row); plots are drawn from at most
-20,000 sampled points. The rule counts are tallied shard by shard and keep no rows but the listed refusals.
+Reads only the columns it needs, one shard at a time. Counts, pass rates and each score's rows, mean, std, min
+and max per class are exact at any size; medians, AUROCs, the signals' section and the plots come from every
+row up to 500,000 output rows and above that from a deterministic sample of whole prompt groups of about that
+many rows ("sample" in run_report.json; pipeline/outputs/report_stats.py), so memory stays flat as outputs
+grow. Scatter plots draw at most 20,000 points. The rule counts are tallied shard by shard and keep no rows
+but the listed refusals.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.outputs.agreement import rm_vs_verifier, signals_section, summary_stats
+from pipeline.outputs.agreement import rm_vs_verifier, signals_section
 from pipeline.outputs.judge_report import JudgeTally, judge_html
+from pipeline.outputs.report_stats import CLASSES, ExactTally, sample_fraction, sampled_groups, verifier_class
 from pipeline.storage import fsio
 from schemas.rollouts import VERDICT_STATUSES
 from transforms.rm.signals import SCORE_PREFIX
@@ -138,10 +142,10 @@ class RuleTally:
 
 
 def read_columns(output: str, tallies: tuple = (), reward_column: str = DEFAULT_REWARD,
-                 signal_columns: tuple[str, ...] = ()) -> pa.Table:
+                 signal_columns: tuple[str, ...] = (), fraction: float = 1.0) -> pa.Table:
     """COLUMNS of every shard ("reward" from `reward_column`) and `signal_columns` (each reward signal's
-    score, as float64), missing ones as nulls; each of `tallies` (RuleTally, judge_report.JudgeTally: columns(),
-    add()) counts on the way."""
+    score, as float64), missing ones as nulls; each of `tallies` (RuleTally, JudgeTally, ExactTally: columns(),
+    add()) counts every row on the way, and only the sampled groups' rows are kept (`fraction` < 1)."""
     source = {"reward": reward_column}
     types = {**COLUMN_TYPES, **{c: pa.float64() for c in signal_columns}}
     fs, path = fsspec.core.url_to_fs(output)
@@ -158,19 +162,10 @@ def read_columns(output: str, tallies: tuple = (), reward_column: str = DEFAULT_
                               for c, t in types.items()})
             for tally, columns in zip(tallies, wants):
                 tally.add(table, read.select(columns), parquet)
+            if fraction < 1:
+                table = table.filter(sampled_groups(table.column("prompt_id"), fraction))
         tables.append(table)
     return pa.concat_tables(tables) if tables else pa.table({c: pa.array([], t) for c, t in types.items()})
-
-
-def verifier_class(scores: np.ndarray, statuses) -> np.ndarray:
-    """correct / incorrect (a verified verdict: status ok or no_answer) / unverified, per row (`statuses`: an
-    Arrow string column, or anything numpy.isin takes)."""
-    if isinstance(statuses, (pa.Array, pa.ChunkedArray)):
-        verified = pc.fill_null(pc.is_in(statuses, pa.array(list(VERDICT_STATUSES))), False).to_numpy(
-            zero_copy_only=False)
-    else:
-        verified = np.isin(statuses, list(VERDICT_STATUSES))
-    return np.where(~verified | np.isnan(scores), "unverified", np.where(scores == 1.0, "correct", "incorrect"))
 
 
 def group_rows(prompt_ids) -> list[np.ndarray]:
@@ -186,35 +181,30 @@ def group_rows(prompt_ids) -> list[np.ndarray]:
 
 def build_report(output: str, manifest: dict) -> dict:
     """The numbers of run_report.json, from the written shards and the run's manifest fields."""
-    tally, judged = RuleTally(), JudgeTally()
+    tally, judged, exact = RuleTally(), JudgeTally(), ExactTally()
     reward_column = (manifest.get("fusion") or {}).get("reward_column", DEFAULT_REWARD)
     signal_names = list(manifest.get("reward_models") or {})
-    table = read_columns(output, (tally, judged), reward_column, tuple(SCORE_PREFIX + n for n in signal_names))
+    fraction = sample_fraction(manifest.get("output_rows"))  # 1 (every row) up to report_stats.SAMPLE_ROWS
+    table = read_columns(output, (tally, judged, exact), reward_column, tuple(SCORE_PREFIX + n for n in signal_names),
+                         fraction)
     scores = table.column("verifier_score").to_numpy(zero_copy_only=False).astype(float)
     rm = table.column("rm_score").to_numpy(zero_copy_only=False).astype(float)
+    reward = table.column("reward").to_numpy(zero_copy_only=False).astype(float)
     classes = verifier_class(scores, table.column("verifier_status")) if table.num_rows else np.array([], dtype=str)
-    sources = pc.dictionary_encode(pc.fill_null(table.column("data_source"), MISSING)).combine_chunks()
-    codes = sources.indices.to_numpy(zero_copy_only=False)
-
-    pass_rates = {}
-    for code, source in sorted(enumerate(sources.dictionary.to_pylist()), key=lambda item: item[1]):
-        rows = codes == code
-        mask = rows & (classes != "unverified")
-        pass_rates[source] = {"rows": int(rows.sum()), "verified": int(mask.sum()),
-                              "pass_rate": round(float((classes[mask] == "correct").mean()), 6) if mask.any() else None}
     groups = group_rows(table.column("prompt_id"))
     counters = manifest.get("engine", {}).get("counters", {})
     report = {
         "input_rows": manifest.get("input_rows"), "output_rows": manifest.get("output_rows"),
         "error_rows": manifest.get("error_rows"), "status_counts": manifest.get("status_counts"),
         "error_reasons": manifest.get("error_reasons"),
-        "verifier_pass_rate_by_source": pass_rates,
-        "rm_score_by_verifier_class": {c: summary_stats(rm[classes == c]) for c in ("correct", "incorrect", "unverified")},
+        "verifier_pass_rate_by_source": exact.pass_rates(),
+        "rm_score_by_verifier_class": {c: exact.summary("rm_score", c, rm[classes == c]) for c in CLASSES},
         "fusion": (manifest.get("fusion") or {}).get("name", "hero"),
         "reward_column": reward_column,
-        reward_column: summary_stats(reward := table.column("reward").to_numpy(zero_copy_only=False).astype(float)),
-        "reward_by_verifier_class": {c: summary_stats(reward[classes == c]) for c in ("correct", "incorrect",
-                                                                                      "unverified")},
+        reward_column: exact.summary("reward", None, reward),
+        "reward_by_verifier_class": {c: exact.summary("reward", c, reward[classes == c]) for c in CLASSES},
+        # Medians, AUROCs, the signals' section and the plots: over these rows (all of them up to SAMPLE_ROWS).
+        "sample": {"fraction": round(fraction, 6), "rows": table.num_rows, "groups": len(groups)},
         "sigma_bar": manifest.get("sigma_bar"),
         "rows_by_stage": {k: v for k, v in sorted(counters.items()) if not k.endswith("_ms")},
         "stage_seconds": {k[:-3]: round(v / 1000, 3) for k, v in sorted(counters.items()) if k.endswith("_ms")},
@@ -395,7 +385,9 @@ def render_html(report: dict, table: pa.Table, classes: np.ndarray) -> str:
                ("error rows", report["error_rows"]), ("σ̄", report["sigma_bar"]),
                ("RM vs verifier AUROC (pooled, mixed groups)", auc["pooled"]),
                ("RM vs verifier AUROC (mean per group)", auc["mean_per_group"]), ("mixed groups", auc["mixed_groups"]),
-               ("wall time (s)", report["wall_s"])]
+               ("wall time (s)", report["wall_s"]),
+               *([("medians, AUROCs and plots over a sample of", f"{report['sample']['rows']:,} rows in "
+                   f"{report['sample']['groups']:,} whole groups")] if report["sample"]["fraction"] < 1 else [])]
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
     images = "".join(f'<figure><img alt="{html.escape(name)}" src="{uri}"><figcaption>{html.escape(name)}</figcaption></figure>'
                      for name, uri in plots)
