@@ -16,9 +16,11 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import shared_file
 from pipeline.tools.demo import write_synthetic_rollouts
 from processes import dask_pipeline, dask_stream_index, dask_task_stream, free_ports, stop
 
@@ -74,6 +76,38 @@ def test_missing_resource_fails_before_submitting(cluster, tmp_path, tiny_rm_pat
     assert finished.returncode == 2
     assert "--dask-resource TPU=1: no worker of the cluster holds it" in finished.stderr
     assert dask_task_stream(client, before) == []  # nothing was submitted
+
+
+def test_the_fallback_judge_runs_beside_the_rm_on_the_gpu_worker(cluster, tmp_path, tiny_rm_path):
+    # The judge is a stage of its own that needs an accelerator: it joins the RM's task (fallback+score), which
+    # only the GPU worker may run, while verification stays on the CPU worker. A tiny random causal LM judges.
+    from pipeline.tools.demo import build_tiny_causal_lm
+
+    address, client, workers = cluster
+    judge = build_tiny_causal_lm(str(tmp_path / "judge"), seed=0)
+    source = pq.read_table(shared_file("qwen25_math_cot100.parquet")).slice(0, 40)
+    rows = source.slice(0, 2).to_pylist()
+    for i, row in enumerate(rows):  # text answers the rules reject: these reach the judge
+        row.update(prompt_id=f"text-{i}", reference="Tuesday", sample_index=0,
+                   response="It is \\boxed{\\text{" + ("tuesday" if i else "the day after Monday") + "}}")
+    pq.write_table(pa.concat_tables([source, pa.Table.from_pylist(rows, source.schema)]), tmp_path / "in.parquet",
+                   row_group_size=14)  # 42 rows: 3 units
+    (tmp_path / "judge.j2").write_text("Question: {{ question }}\nGold: {{ gold }}\nAnswer: {{ answer }}\n")
+    before = dask_stream_index(client)
+    run = subprocess.run(dask_pipeline(address, tmp_path / "in.parquet", tmp_path / "out", "--rm-model", tiny_rm_path,
+                                       "--fallback-verifier", judge, "--fallback-template", str(tmp_path / "judge.j2"),
+                                       "--fallback-max-new-tokens", "4",
+                                       "--fallback-parse", r"(?P<correct>[aeiou])|(?P<incorrect>[^aeiou\s])"),
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stream = dask_task_stream(client, before)
+    assert {w for name, w in stream if name == "fallback+score"} == {workers["gpu"][1]}
+    assert {w for name, w in stream if name == "verify"} == {workers["cpu"][1]}
+    assert sum(name == "fallback+score" for name, _ in stream) == sum(name == "verify" for name, _ in stream) == 3
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["fallback_verifier"]["rows"]["judged"] == manifest["fallback_verifier"]["rows"]["gated"] >= 2
+    verdicts = pq.read_table(tmp_path / "out" / "data").column("fallback_verdict").to_pylist()
+    assert sum(v is not None for v in verdicts) == manifest["fallback_verifier"]["rows"]["gated"]
 
 
 def test_rm_runs_on_the_gpu_worker_and_the_job_survives_losing_the_cpu_worker(cluster, tmp_path, tiny_rm_path):
