@@ -3,9 +3,10 @@
 
     python benchmarks/fallback_overhead.py [--rows 20000] [--repeats 3] [--engine beam] [--workers 2]
 
-1. Generates N synthetic rollouts (benchmarks/e2e_local.py's generator) whose rule rejections are all numeric
-   mismatches against a numeric gold, so the gate admits none of them (the run's fallback_gated counter says
-   how many it did admit; the benchmark stops if any was).
+1. Generates synthetic rollouts (benchmarks/e2e_local.py's generator), labels them once without a judge, and
+   keeps the first N rows the gate would not admit (transforms.judge.gated_rows on that output: the rules'
+   rejections left are numeric mismatches and rows without an answer), in 10,000-row files. The runs'
+   fallback_gated counter checks it: the benchmark stops if any row was gated.
 2. Builds a tiny random causal LM offline as the judge (transformers backend) and a FILE template.
 3. Runs, alternating, `--repeats` times each: the pipeline without a judge, and the same command with
    `--fallback-verifier` (precomputed RM scores both times), each in a child process.
@@ -32,6 +33,35 @@ from e2e_local import REPO, run_sampled, worker_flags, write_inputs  # noqa: E40
 sys.path.insert(0, REPO)
 
 
+def ungated_inputs(workdir: str, inputs: str, args) -> None:
+    """The first args.rows generated rows that the judge's gate would not admit, written under `inputs`."""
+    import pyarrow.parquet as pq
+
+    from schemas.rollouts import PROMPT_ID, SAMPLE_INDEX
+    from transforms.judge import gated_rows
+
+    generated, labelled = os.path.join(workdir, "generated"), os.path.join(workdir, "labelled")
+    write_inputs(generated, args.rows * 3 // 2, per_prompt=8)
+    command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", generated, "--output", labelled,
+               "--rm-backend", "precomputed", "--rm-score-column", "bench_rm_score", "--progress", "off",
+               "--engine", args.engine, *worker_flags(args.engine, args.workers)]
+    run_sampled(command, "labelling the generated rows once")
+    verified = pq.read_table(os.path.join(labelled, "data"))
+    gated = verified.filter(gated_rows(verified))
+    drop = set(zip(gated.column(PROMPT_ID).to_pylist(), gated.column(SAMPLE_INDEX).to_pylist()))
+    table = pq.read_table(generated)
+    keys = zip(table.column(PROMPT_ID).to_pylist(), table.column(SAMPLE_INDEX).to_pylist())
+    table = table.filter([key not in drop for key in keys]).slice(0, args.rows)
+    if table.num_rows < args.rows:
+        raise SystemExit(f"only {table.num_rows} ungated rows were generated; the benchmark needs {args.rows}")
+    os.makedirs(inputs)
+    for start in range(0, table.num_rows, 10_000):
+        pq.write_table(table.slice(start, 10_000), os.path.join(inputs, f"rollouts-{start // 10_000:05d}.parquet"),
+                       row_group_size=8192)
+    shutil.rmtree(generated)
+    shutil.rmtree(labelled)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=20_000)
@@ -43,7 +73,7 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp(prefix="herolabel-fallback-overhead-")
     inputs = os.path.join(workdir, "rollouts")
-    write_inputs(inputs, args.rows, per_prompt=8)
+    ungated_inputs(workdir, inputs, args)
     judge = build_tiny_causal_lm(os.path.join(workdir, "judge"), seed=0)
     template = os.path.join(workdir, "judge.j2")
     with open(template, "w") as handle:

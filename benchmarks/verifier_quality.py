@@ -22,6 +22,12 @@ is", in $...$, in \\(...\\)): `variant_disagreements` counts rows where a form c
 plain path decided are left out: plain read another expression than that final answer), and the variants
 join the differential. --table judges the table the same way (labels = its expected verdicts).
 
+--fallback-verifier MODEL (with --fallback-backend, --fallback-template, --fallback-parse as in the pipeline)
+also asks that judge about the rows its gate admits (pipeline/stages/fallback.py, addon mode) and adds a
+"fallback" object: rows gated, the judge's verdicts, its flips onto rows labelled correct (right) and wrong
+(wrong), and recall, precision and false-positive rate with its flips applied. This is how a judge's accuracy
+is measured on your own labelled rollouts.
+
 --check fails (exit 1) on any regression: the shared files' counts (gsm8k_gpt3_solutions: 0 disagreements;
 qwen25_math_cot100: at most 1; processbench_gsm8k_math: at most 2 misses and 3 false positives), any row
 below plain, any variant disagreement. CI runs `--shared --check` through tests/test_verifier_quality.py.
@@ -38,6 +44,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 
@@ -130,7 +137,35 @@ def variants(data: dict, rules: list) -> dict:
     return out
 
 
-def measure(data: dict, pool: VerifierPool, executor: ProcessPoolExecutor, show: int, with_variants: bool) -> dict:
+def judge_flips(data: dict, verdicts, judge) -> dict:
+    """The fallback judge (a set-up FallbackStage, addon mode) on the rows its gate admits: what it changes."""
+    import pyarrow as pa
+
+    scores, statuses, extracted, rules = verdicts
+    questions = data["questions"] or [None] * len(scores)
+    table = pa.table({"prompt": pa.array(questions, pa.string()), "reference": pa.array(data["references"], pa.string()),
+                      "verifier_score": pa.array(scores, pa.float32()), "verifier_status": pa.array(statuses, pa.string()),
+                      "extracted_answer": pa.array(extracted, pa.string()), "verifier_rule": pa.array(rules, pa.string())})
+    counts: Counter = Counter()
+    judged = judge.process(table, SimpleNamespace(count=lambda name, n: counts.update({name: n})))
+    verdict = judged.column("fallback_verdict").to_pylist()
+    after = [s == 1.0 for s in judged.column("verifier_score").to_pylist()]
+    flipped = [v == "correct" for v in verdict]
+    labels = data["labels"]
+    positives, negatives = sum(labels), len(labels) - sum(labels)
+    misses = sum(1 for a, label in zip(after, labels) if label and not a)
+    false_positives = sum(1 for a, label in zip(after, labels) if a and not label)
+    return {"gated": int(counts.get("fallback_gated", 0)),
+            "verdicts": dict(sorted(Counter(v for v in verdict if v is not None).items())),
+            "flips_right": sum(1 for f, label in zip(flipped, labels) if f and label),
+            "flips_wrong": sum(1 for f, label in zip(flipped, labels) if f and not label),
+            "recall": round((positives - misses) / max(positives, 1), 5),
+            "precision": round((sum(after) - false_positives) / max(sum(after), 1), 5),
+            "false_positive_rate": round(false_positives / max(negatives, 1), 5)}
+
+
+def measure(data: dict, pool: VerifierPool, executor: ProcessPoolExecutor, show: int, with_variants: bool,
+            judge=None) -> dict:
     references, responses, labels = data["references"], data["responses"], data["labels"]
     started = time.perf_counter()
     verdicts = pool.verify(references, responses, data["sources"], data["questions"])
@@ -157,6 +192,8 @@ def measure(data: dict, pool: VerifierPool, executor: ProcessPoolExecutor, show:
         "rules": dict(sorted(Counter(r or "(none)" for r in rules).items())),
         "statuses": dict(sorted(Counter(statuses).items())), "seconds": round(elapsed, 2),
     }
+    if judge is not None:
+        result["fallback"] = judge_flips(data, verdicts, judge)
     if with_variants:
         forms = variants(data, rules)
         forms_verdicts = pool.verify(forms["references"], forms["responses"], forms["sources"], forms["questions"])
@@ -203,6 +240,10 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=None, help="verifier processes (default: all cores)")
     parser.add_argument("--verifier-sources", default="", help="data_source -> verifier, as in the pipeline")
     parser.add_argument("--check", action="store_true", help="exit 1 on a regression (see above)")
+    parser.add_argument("--fallback-verifier", default=None, help="also measure this judge on the gated rows")
+    parser.add_argument("--fallback-backend", default="transformers")
+    parser.add_argument("--fallback-template", default="tinyv")
+    parser.add_argument("--fallback-parse", default=None)
     args = parser.parse_args(argv)
     files = list(args.files)
     if args.shared:
@@ -212,10 +253,23 @@ def main(argv=None) -> int:
         parser.error("name Parquet files, --shared or --table")
     failures = []
     config = VerifierConfig(num_workers=args.workers, sources=args.verifier_sources)
+    judge = None
+    if args.fallback_verifier:
+        from pipeline.stages.base import WorkerContext
+        from pipeline.stages.fallback import FallbackStage
+        from transforms.judge import JudgeConfig
+
+        judge = FallbackStage(JudgeConfig(model=args.fallback_verifier, backend=args.fallback_backend, mode="addon",
+                                          template=args.fallback_template, parse=args.fallback_parse))
+        judge.backend.identity()  # resolved (and checked) before any row is verified
+        judge.setup(WorkerContext())
     with VerifierPool(config) as pool, ProcessPoolExecutor(max(1, pool.num_workers)) as executor:
         datasets = ([load_table()] if args.table else []) + [load(path) for path in files]
         for data in datasets:
-            failures += regressions(measure(data, pool, executor, args.show, args.variants or data["file"].endswith(".py")))
+            failures += regressions(measure(data, pool, executor, args.show, args.variants or data["file"].endswith(".py"),
+                                            judge))
+    if judge is not None:
+        judge.close()
     for failure in failures:
         print(f"REGRESSION {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -225,3 +225,35 @@ def test_the_table_and_its_variants_are_never_below_plain_math_verify(in_process
     below = [(g, r, rule) for (_, g, r), score, rule in zip(rows, verdicts.scores, verdicts.rules)
              if score != 1.0 and not (rule or "").startswith("refused:") and plain_verdict(g, r)]
     assert len(rows) > 3000 and not below, below[:10]
+
+
+@pytest.mark.timeout(300)
+def test_the_quality_benchmark_measures_a_fallback_judge_on_labelled_rows(tmp_path, capsys):
+    # The command the README gives for a judge's accuracy, with the scripted judge (tests/fake_judge.py) on
+    # 120 labelled rows plus three text answers: "five" for 5 (the rules miss it, the judge flips it right),
+    # "Tuesday" (the rules accept it: never gated), "six" for 5 (labelled wrong, gated, judged incorrect).
+    import json
+
+    import pyarrow.parquet as pq
+
+    from conftest import shared_file
+
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import verifier_quality
+
+    source = pq.read_table(shared_file("qwen25_math_cot100.parquet")).slice(0, 120)
+    extra = source.slice(0, 3).to_pylist()
+    for row, (response, gold, label) in zip(extra, [("\\boxed{\\text{five}}", "5", True),
+                                                    ("\\boxed{\\text{Tuesday}}", "tuesday", True),
+                                                    ("\\boxed{\\text{six}}", "5", False)]):
+        row.update(response=response, reference=gold, label_correct=label)
+    pq.write_table(pa.concat_tables([source, pa.Table.from_pylist(extra, source.schema)]), tmp_path / "rows.parquet")
+    code = verifier_quality.main([str(tmp_path / "rows.parquet"), "--workers", "1", "--show", "0",
+                                  "--fallback-verifier", "scripted-judge", "--fallback-backend", "scripted"])
+    assert code == 0
+    result = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("{")))
+    fallback = result["fallback"]
+    assert fallback["gated"] == sum(fallback["verdicts"].values()) >= 3
+    assert fallback["flips_right"] + fallback["flips_wrong"] == fallback["verdicts"].get("correct", 0)
+    assert fallback["flips_right"] >= 1 and fallback["flips_wrong"] == 0
+    assert fallback["recall"] > result["recall"] and fallback["false_positive_rate"] == result["false_positive_rate"]

@@ -20,11 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def resolve_judge_model(config: JudgeConfig) -> dict:
-    """Driver-side, before any data moves: the judge's config and tokenizer load and it is a causal LM.
-    Returns its identity: name, revision, and the resolved hub commit or a local directory's full-content
+    """Driver-side, before any data moves: the judge's config.json names a causal LM and a tokenizer is there
+    (tokenizer.json parsed when present). Reads the files directly (huggingface_hub for a hub id, from its
+    cache when offline), not through transformers, whose import alone costs about 3.5 s: a run whose gate
+    admits no row never imports it. The tokenizer and weights load on a worker at the first gated row.
+    Returns the identity: name, revision, and the resolved hub commit or a local directory's full-content
     fingerprint. Raises ValueError naming fallback.model."""
-    from transformers import AutoConfig, AutoTokenizer
-    from transformers.utils import cached_file
+    import json
 
     from transforms.rm.hub import fingerprint_dir
 
@@ -32,22 +34,42 @@ def resolve_judge_model(config: JudgeConfig) -> dict:
     local = os.path.isdir(name)
     if not local and (name.startswith((".", "/", "~")) or os.path.exists(name)):
         raise ValueError(f"fallback.model {name!r} is not a directory (a local model is a directory with config.json)")
+
+    def model_file(filename: str) -> str | None:
+        if local:
+            path = os.path.join(name, filename)
+            return path if os.path.isfile(path) else None
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            return hf_hub_download(name, filename, revision=config.revision)
+        except EntryNotFoundError:
+            return None
+
     try:
-        model_config = AutoConfig.from_pretrained(name, revision=config.revision, local_files_only=local)
-        AutoTokenizer.from_pretrained(name, revision=config.revision, local_files_only=local)
-    except (OSError, ValueError, KeyError) as exc:
+        config_path = model_file("config.json")
+        if config_path is None:
+            raise FileNotFoundError("no config.json")
+        with open(config_path) as handle:
+            architectures = json.load(handle).get("architectures") or []
+        tokenizer_path = model_file("tokenizer.json")
+        if tokenizer_path is not None:
+            from tokenizers import Tokenizer
+
+            Tokenizer.from_file(tokenizer_path)
+        elif model_file("tokenizer_config.json") is None:
+            raise FileNotFoundError("no tokenizer (tokenizer.json or tokenizer_config.json)")
+    except Exception as exc:  # noqa: BLE001 - hub, file and parse errors all mean: this judge cannot be used
         raise ValueError(f"fallback.model {name!r} cannot be loaded ({type(exc).__name__}: {exc})") from exc
-    architectures = getattr(model_config, "architectures", None) or []
     if architectures and not any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in architectures):
         raise ValueError(f"fallback.model {name!r} is not a causal language model (architecture: "
                          f"{', '.join(architectures)}); a judge generates its verdict")
     identity = {"backend": config.backend, "name": name, "revision": config.revision}
     if local:
         identity["fingerprint"] = fingerprint_dir(name)
-    else:
-        resolved = cached_file(name, "config.json", revision=config.revision)
-        if os.path.basename(os.path.dirname(os.path.dirname(resolved))) == "snapshots":
-            identity["commit"] = os.path.basename(os.path.dirname(resolved))
+    elif os.path.basename(os.path.dirname(os.path.dirname(config_path))) == "snapshots":
+        identity["commit"] = os.path.basename(os.path.dirname(config_path))
     return identity
 
 
