@@ -138,19 +138,23 @@ def cache_main(argv: list[str]) -> int:
     into one (runs do it themselves past a few files per locality); safe while another run reads the cache."""
     import fsspec
 
-    from pipeline.storage.content_cache import compact
+    from pipeline.storage.content_cache import RETIRE_AFTER_S, compact
 
     parser = argparse.ArgumentParser(prog="herolabel cache", description=cache_main.__doc__, allow_abbrev=False)
     parser.add_argument("action", choices=["compact"])
     parser.add_argument("directory", metavar="DIR", help="the --cache-dir of earlier runs (local path or fsspec URL)")
+    parser.add_argument("--retire-after", type=float, default=RETIRE_AFTER_S, metavar="SECONDS",
+                        help="delete merged-away segments retired at least this long ago (default %(default)s; 0 "
+                             "deletes at once: only when no run is reading the cache)")
     args = parser.parse_args(argv)
     fs, path = fsspec.core.url_to_fs(args.directory)
     if not fs.exists(path) or not fs.glob(f"{path}/*/identity.json"):
         print(f"error: no cache under {args.directory} (no namespace with an identity.json)", file=sys.stderr)
         return 2
-    counts = compact(args.directory)
+    counts = compact(args.directory, retire_after_s=args.retire_after)
     print(f"compacted {counts['namespaces']} namespace(s), {counts['localities']} localities: "
-          f"{counts['files_before']} segment files -> {counts['files_after']}")
+          f"{counts['files_before']} segment files -> {counts['files_after']}; {counts['retired']} merged-away "
+          f"segment(s) retired, {counts['deleted']} retired ones deleted (after {args.retire_after:g} s retired)")
     return 0
 
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -134,15 +135,25 @@ def test_compaction_merges_each_locality_and_keeps_every_entry(tmp_path):
     cache.store(keys[:5], values(range(5)), Locality("v"))
     assert file_counts(str(tmp_path)) == {Path(cache.directory).name: {"segments": 11, "aliases": 0}}
     counts = compact(str(tmp_path), min_files=2)
-    assert counts == {"namespaces": 1, "localities": 2, "files_before": 11, "files_after": 2}
+    assert counts == {"namespaces": 1, "localities": 2, "files_before": 11, "files_after": 2, "retired": 10,
+                      "deleted": 0}
     hit, found = ContentCache(str(tmp_path), {"t": 1}, VALUES).lookup(keys, Locality("u"))
     assert hit.all() and found.column("value").to_pylist() == list(range(100))
-    assert compact(str(tmp_path))["files_after"] == 2  # idempotent
+    # The merged-away segments stay readable until a later compaction finds them retired long enough.
+    assert file_counts(str(tmp_path))[Path(cache.directory).name]["segments"] == 12  # 11 + the merged one
+    again = compact(str(tmp_path))
+    assert (again["files_after"], again["retired"], again["deleted"]) == (2, 0, 0)  # idempotent; still waiting
+    assert compact(str(tmp_path), retire_after_s=0)["deleted"] == 10
+    assert file_counts(str(tmp_path))[Path(cache.directory).name]["segments"] == 2
+    hit, found = ContentCache(str(tmp_path), {"t": 1}, VALUES).lookup(keys, Locality("u"))
+    assert hit.all() and found.column("value").to_pylist() == list(range(100))
 
 
 def test_compaction_is_safe_while_another_reader_reads(tmp_path):
-    # A writer adds segments and a compactor merges them while fresh readers (each reads the locality anew)
-    # look up every stored key: no reader ever misses a stored key or fails on a merged-away segment.
+    # A writer adds segments and a compactor merges them (deleting what it retired 0.2 s before) while fresh
+    # readers (each reads the locality anew) look up every stored key: no reader ever misses a stored key or
+    # fails on a merged-away segment. Deleting at once made a reader listing mid-merge miss both (readdir is
+    # not a snapshot): about 1 run in 8 here.
     keys = content_keys([str(i) for i in range(400)])
     writer = ContentCache(str(tmp_path), {"t": 1}, VALUES)
     writer.store(keys[:20], values(range(20)), Locality("u"))
@@ -154,7 +165,8 @@ def test_compaction_is_safe_while_another_reader_reads(tmp_path):
         for start in range(20, 400, 20):
             writer.store(keys[start:start + 20], values(range(start, start + 20)), Locality("u"))
             stored[0] = start + 20
-            compact(str(tmp_path))
+            compact(str(tmp_path), retire_after_s=0.2)
+            time.sleep(0.02)
         stop.set()
 
     def read():
@@ -175,6 +187,7 @@ def test_compaction_is_safe_while_another_reader_reads(tmp_path):
     for thread in threads:
         thread.join(timeout=120)
     assert problems == []
+    assert compact(str(tmp_path), retire_after_s=0)["deleted"] >= 1
     assert file_counts(str(tmp_path))[Path(writer.directory).name]["segments"] == 1
 
 
@@ -322,7 +335,11 @@ def test_cache_compact_command(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), "cache", "compact", str(tmp_path / "cache")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "3 segment files -> 1" in done.stdout
+    assert "3 segment files -> 1; 3 merged-away segment(s) retired, 0 retired ones deleted" in done.stdout
+    assert file_counts(str(tmp_path / "cache"))[Path(cache.directory).name]["segments"] == 4  # retired: still read
+    now = subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), "cache", "compact", str(tmp_path / "cache"),
+                          "--retire-after", "0"], capture_output=True, text=True, timeout=120)
+    assert now.returncode == 0 and "1 segment files -> 1; 0 merged-away segment(s) retired, 3 retired" in now.stdout
     assert file_counts(str(tmp_path / "cache"))[Path(cache.directory).name]["segments"] == 1
     missing = subprocess.run([sys.executable, str(REPO / "run_pipeline.py"), "cache", "compact",
                               str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)

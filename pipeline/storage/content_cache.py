@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -233,19 +234,31 @@ class ContentCache:
         self._aliases_written.add((locality.alias, locality.name))
 
 
-def compact(root: str, min_files: int = 2) -> dict:
+RETIRE_AFTER_S = 60.0  # how long a merged-away segment stays readable: far longer than a reader's listing
+
+
+def compact(root: str, min_files: int = 2, retire_after_s: float = RETIRE_AFTER_S) -> dict:
     """Merges, in every namespace under `root`, each locality's segments into one when it has at least
-    `min_files`; safe while other runs read (merged written first, then the merged-away deleted). Returns
-    {"namespaces", "localities", "files_before", "files_after"}."""
+    `min_files`. Returns {"namespaces", "localities", "files_before", "files_after", "retired", "deleted"}
+    (files counted are live segments; retired ones are not).
+
+    Safe while other runs read. A directory listing is not a snapshot: an entry added or removed while a
+    reader lists may or may not appear, so deleting the merged-away segments right after writing the merged
+    one could show a reader neither. So they are only retired: written down in `_retired-<merged>.json` and
+    deleted by a later compaction once retired for `retire_after_s` (readers list in milliseconds and read
+    both meanwhile: the same entries twice, which lookups tolerate). A reader that finds a listed segment
+    gone lists again (ContentCache._read_locality). `retire_after_s` 0 deletes at once (no concurrent reader).
+    Timestamps are the compacting machine's clock."""
     fs, path = fsspec.core.url_to_fs(root)
-    counts = {"namespaces": 0, "localities": 0, "files_before": 0, "files_after": 0}
+    counts = {"namespaces": 0, "localities": 0, "files_before": 0, "files_after": 0, "retired": 0, "deleted": 0}
     if not fs.exists(path):
         return counts
     for marker in sorted(fs.glob(f"{path}/*/identity.json")):
         namespace = marker.rsplit("/", 1)[0]
         counts["namespaces"] += 1
         for segment_dir in sorted(fs.glob(f"{namespace}/segments/*")):
-            files = sorted(fs.glob(f"{segment_dir}/*.parquet"))
+            retired = _delete_retired(fs, segment_dir, retire_after_s, counts)
+            files = [f for f in sorted(fs.glob(f"{segment_dir}/*.parquet")) if f.rsplit("/", 1)[-1] not in retired]
             counts["localities"] += 1
             counts["files_before"] += len(files)
             if len(files) < max(2, min_files):
@@ -257,13 +270,33 @@ def compact(root: str, min_files: int = 2) -> dict:
                     tables.append(pq.read_table(handle))
             _, merged = _sorted_entries(pa.concat_tables(tables))
             name = hashlib.sha256(b"".join(merged.column("key").to_pylist())).hexdigest()[:24]
-            url = fsio.as_url(fs, f"{segment_dir}/{name}.parquet", root)
-            fsio.write_parquet_atomic(merged, url)
-            for file in files:
-                if file.rsplit("/", 1)[-1] != f"{name}.parquet":
-                    fs.rm(file)
+            fsio.write_parquet_atomic(merged, fsio.as_url(fs, f"{segment_dir}/{name}.parquet", root))
+            gone = [f.rsplit("/", 1)[-1] for f in files if f.rsplit("/", 1)[-1] != f"{name}.parquet"]
+            with fsio.open_atomic(fsio.as_url(fs, f"{segment_dir}/_retired-{name}.json", root), "w") as handle:
+                json.dump({"retired_at": time.time(), "files": gone}, handle)
             counts["files_after"] += 1
+            counts["retired"] += len(gone)
+            if retire_after_s <= 0:
+                _delete_retired(fs, segment_dir, 0, counts)
     return counts
+
+
+def _delete_retired(fs, segment_dir: str, retire_after_s: float, counts: dict) -> set[str]:
+    """Deletes the segments retired at least `retire_after_s` ago (and their notes); returns the names of
+    those still waiting."""
+    waiting: set[str] = set()
+    for note in sorted(fs.glob(f"{segment_dir}/_retired-*.json")):
+        with fs.open(note, "r") as handle:
+            record = json.load(handle)
+        if time.time() - record["retired_at"] < retire_after_s:
+            waiting.update(record["files"])
+            continue
+        for name in record["files"]:
+            if fs.exists(f"{segment_dir}/{name}"):
+                fs.rm(f"{segment_dir}/{name}")
+                counts["deleted"] += 1
+        fs.rm(note)
+    return waiting
 
 
 def file_counts(root: str) -> dict:
