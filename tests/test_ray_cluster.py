@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import shared_file
 from pipeline.tools.demo import write_synthetic_rollouts
 from processes import free_ports, stop
 
@@ -92,6 +94,36 @@ def _tasks(url: str) -> list[tuple[str, str, str, str]]:
 def _pipeline(address: str, input_path, output, *extra) -> list[str]:
     return [sys.executable, "run_pipeline.py", "--engine", "ray", "--ray-address", address, "--input",
             str(input_path), "--output", str(output), "--progress", "off", "--verifier-workers", "1", *extra]
+
+
+def test_the_fallback_judge_runs_beside_the_rm_on_the_gpu_node(cluster, tmp_path, tiny_rm_path):
+    # The judge needs an accelerator: it shares the RM's task (fallback+score), placed on the GPU node, while
+    # verification stays on the CPU node. A tiny random causal LM judges two text answers the rules reject.
+    from pipeline.tools.demo import build_tiny_causal_lm
+
+    address, url, _ = cluster
+    judge = build_tiny_causal_lm(str(tmp_path / "judge"), seed=0)
+    source = pq.read_table(shared_file("qwen25_math_cot100.parquet")).slice(0, 40)
+    rows = source.slice(0, 2).to_pylist()
+    for i, row in enumerate(rows):
+        row.update(prompt_id=f"text-{i}", reference="Tuesday", sample_index=0,
+                   response="It is \\boxed{\\text{" + ("tuesday" if i else "the day after Monday") + "}}")
+    pq.write_table(pa.concat_tables([source, pa.Table.from_pylist(rows, source.schema)]), tmp_path / "in.parquet",
+                   row_group_size=14)  # 42 rows: 3 units
+    (tmp_path / "judge.j2").write_text("Question: {{ question }}\nGold: {{ gold }}\nAnswer: {{ answer }}\n")
+    before = {t[3] for t in _tasks(url)}
+    run = subprocess.run(_pipeline(address, tmp_path / "in.parquet", tmp_path / "out", "--rm-model", tiny_rm_path,
+                                   "--fallback-verifier", judge, "--fallback-template", str(tmp_path / "judge.j2"),
+                                   "--fallback-max-new-tokens", "4",
+                                   "--fallback-parse", r"(?P<correct>[aeiou])|(?P<incorrect>[^aeiou\s])"),
+                         cwd=REPO, capture_output=True, text=True, timeout=400, env={**os.environ, **RAY_ENV})
+    assert run.returncode == 0, run.stderr[-3000:]
+    tasks = [t for t in _tasks(url) if t[3] not in before and t[2] == "FINISHED"]
+    judged = [ip for name, ip, *_ in tasks if name.startswith("fallback+score")]
+    assert len(judged) == 3 and set(judged) == {GPU}
+    assert {ip for name, ip, *_ in tasks if name == "verify"} == {CPU}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["fallback_verifier"]["rows"]["judged"] == manifest["fallback_verifier"]["rows"]["gated"] >= 2
 
 
 def test_rm_runs_on_the_gpu_node_and_the_job_survives_losing_the_cpu_node(cluster, tmp_path, tiny_rm_path):
