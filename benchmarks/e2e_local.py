@@ -84,6 +84,7 @@ def _process_label(member: psutil.Process) -> str:
         return f"{member.pid}"
     if len(command) > 2 and command[1] in ("-c", "-m"):  # a pool worker (-c) or a module
         return f"{member.pid} python {command[1]} {command[2][:60]}"
+    command = [w for w in command if w]  # a renamed process (Ray's "ray::verify") pads its title with empty words
     words = [w for w in command[1:] if not w.startswith("-")][:1] or command[:1] or ["?"]
     return f"{member.pid} {os.path.basename(words[0])}"
 
