@@ -28,7 +28,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from e2e_local import REPO, run_sampled, worker_flags, write_inputs  # noqa: E402
+from e2e_local import REPO, run_pipeline, write_inputs  # noqa: E402
 
 sys.path.insert(0, REPO)
 
@@ -42,10 +42,7 @@ def ungated_inputs(workdir: str, inputs: str, args) -> None:
 
     generated, labelled = os.path.join(workdir, "generated"), os.path.join(workdir, "labelled")
     write_inputs(generated, args.rows * 3 // 2, per_prompt=8)
-    command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", generated, "--output", labelled,
-               "--rm-backend", "precomputed", "--rm-score-column", "bench_rm_score", "--progress", "off",
-               "--engine", args.engine, *worker_flags(args.engine, args.workers)]
-    run_sampled(command, "labelling the generated rows once")
+    run_pipeline(generated, labelled, args.engine, args.workers, [])
     verified = pq.read_table(os.path.join(labelled, "data"))
     gated = verified.filter(gated_rows(verified))
     drop = set(zip(gated.column(PROMPT_ID).to_pylist(), gated.column(SAMPLE_INDEX).to_pylist()))
@@ -84,16 +81,11 @@ def main() -> None:
     gated = []
     for repeat in range(args.repeats):
         for side, extra in (("without", []), ("with", judge_flags)):
-            output = os.path.join(workdir, f"out-{side}")
-            command = [sys.executable, os.path.join(REPO, "run_pipeline.py"), "--input", inputs, "--output", output,
-                       "--rm-backend", "precomputed", "--rm-score-column", "bench_rm_score", "--progress", "off",
-                       "--engine", args.engine, *worker_flags(args.engine, args.workers), "--overwrite", *extra]
-            wall, _ = run_sampled(command, f"{side} judge, run {repeat + 1}")
+            wall, _, manifest = run_pipeline(inputs, os.path.join(workdir, f"out-{side}"), args.engine, args.workers,
+                                             extra)
             walls[side].append(round(wall, 2))
             if side == "with":
-                with open(os.path.join(output, "manifest.json")) as handle:
-                    counters = json.load(handle)["engine"]["counters"]
-                gated.append(int(counters.get("fallback_gated", 0)))
+                gated.append(int(manifest["engine"]["counters"].get("fallback_gated", 0)))
                 if gated[-1]:
                     raise SystemExit(f"{gated[-1]} rows were gated: this benchmark measures a run with none")
     medians = {side: statistics.median(values) for side, values in walls.items()}

@@ -19,12 +19,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.outputs.report_stats import MISSING
 from schemas.rollouts import VERDICT_STATUSES, FallbackVerdict
 from transforms.judge import MODEL_RULE
+from transforms.verify import question_texts
 
 VERDICT = "fallback_verdict"
 RULE = "verifier_rule"
-MISSING = "(none)"
 SAMPLES_PER_VERDICT = 5
 SAMPLE_CHARS = 300
 
@@ -76,11 +77,12 @@ class JudgeTally:
         texts = texts.take(pa.array([i for _, i in picks], pa.int64()))
         columns = {c: texts.column(c).to_pylist() if c in texts.column_names else [None] * len(picks)
                    for c in ("prompt", "extracted_answer", "reference")}
+        questions = question_texts(columns["prompt"])  # what the judge was shown of each prompt
         for n, (verdict, row) in enumerate(picks):
             self.samples[verdict].append({
                 "prompt_id": table.column("prompt_id")[row].as_py(),
                 "data_source": table.column("data_source")[row].as_py(),
-                "question": _clip(_question(columns["prompt"][n])),
+                "question": _clip(questions[n]),
                 "extracted_answer": _clip(columns["extracted_answer"][n]),
                 "reference": _clip(columns["reference"][n])})
 
@@ -106,14 +108,6 @@ class JudgeTally:
 def _counts(table: pa.Table, keys: list[str]):
     counts = table.group_by(keys).aggregate([([], "count_all")])
     return zip(*(counts.column(c).to_pylist() for c in (*keys, "count_all")))
-
-
-def _question(prompt) -> str | None:
-    """A prompt's text: the string, or its last user message."""
-    if prompt is None or isinstance(prompt, str):
-        return prompt
-    users = [m.get("content") for m in prompt if m.get("role") == "user"]
-    return users[-1] if users else None
 
 
 def _clip(text: str | None) -> str | None:

@@ -36,7 +36,8 @@ import pyarrow.parquet as pq
 
 from pipeline.outputs.agreement import rm_vs_verifier, signals_section
 from pipeline.outputs.judge_report import JudgeTally, judge_html
-from pipeline.outputs.report_stats import CLASSES, ExactTally, sample_fraction, sampled_groups, verifier_class
+from pipeline.outputs.report_stats import (CLASSES, MISSING, ExactTally, sample_fraction, sampled_groups,
+                                           verifier_class)
 from pipeline.storage import fsio
 from schemas.rollouts import VERDICT_STATUSES
 from transforms.rm.signals import SCORE_PREFIX
@@ -56,7 +57,6 @@ REFUSED = "refused:"  # prefix of the rules that rejected an answer the comparis
 LABEL = "label_correct"  # the input's own correctness label, when it has one (the shared labelled files do)
 REFUSALS_LISTED = 1_000  # refusal rows kept in run_report.json (all of them are counted)
 REFUSALS_SHOWN = 100  # of those, rows shown in report.html
-MISSING = "(none)"  # a null data_source or rule, as a key
 
 
 class RuleTally:

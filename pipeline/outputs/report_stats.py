@@ -23,7 +23,7 @@ from schemas.rollouts import VERDICT_STATUSES
 
 SAMPLE_ROWS = 500_000
 CLASSES = ("correct", "incorrect", "unverified")
-MISSING = "(none)"  # a null data_source, as a key
+MISSING = "(none)"  # a null data_source or rule, as a key (every section of the report)
 
 
 def verifier_class(scores: np.ndarray, statuses) -> np.ndarray:
