@@ -91,10 +91,12 @@ def _process_label(member: psutil.Process) -> str:
 
 def sample_peak_memory(process: psutil.Process, stop: threading.Event, result: dict) -> None:
     """Samples every 0.2 s until `stop`: the driver's RSS, the tree's RSS and PSS (PSS counts shared pages
-    once), and each process's own peak PSS (the six largest go in result["peak_pss_by_process_mb"]: what
-    grows when the total does)."""
+    once), each process's own peak PSS (the six largest go in result["peak_pss_by_process_mb"]), and every
+    process's PSS at the moment the tree's PSS peaked (result["pss_at_peak_by_process_mb"]: what adds up to
+    the peak, so what grows when the total does)."""
     peak_tree = peak_driver = peak_pss = 0
     per_process: dict[str, int] = {}
+    at_peak: dict[str, int] = {}
     while not stop.is_set():
         try:
             tree = [process, *process.children(recursive=True)]
@@ -102,6 +104,7 @@ def sample_peak_memory(process: psutil.Process, stop: threading.Event, result: d
         except psutil.Error:
             break
         rss = pss = 0
+        now: dict[str, int] = {}
         for member in tree:
             try:
                 rss += member.memory_info().rss
@@ -110,13 +113,18 @@ def sample_peak_memory(process: psutil.Process, stop: threading.Event, result: d
             own = proportional_set_size(member.pid)
             pss += own
             label = _process_label(member)
+            now[label] = own
             per_process[label] = max(per_process.get(label, 0), own)
+        if pss > peak_pss:
+            at_peak = now
         peak_driver, peak_tree, peak_pss = max(peak_driver, driver), max(peak_tree, rss), max(peak_pss, pss)
         stop.wait(0.2)
     largest = sorted(per_process.items(), key=lambda item: -item[1])[:6]
     result.update(peak_driver_rss_mb=round(peak_driver / 2**20, 1), peak_rss_mb=round(peak_tree / 2**20, 1),
                   peak_pss_mb=round(peak_pss / 2**20, 1),
-                  peak_pss_by_process_mb={label: round(value / 2**20, 1) for label, value in largest})
+                  peak_pss_by_process_mb={label: round(value / 2**20, 1) for label, value in largest},
+                  pss_at_peak_by_process_mb={label: round(value / 2**20, 1) for label, value in
+                                             sorted(at_peak.items(), key=lambda item: -item[1]) if value})
 
 
 def worker_flags(engine: str, workers: int, ray_task_per_cpu: bool = False) -> list[str]:

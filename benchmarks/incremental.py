@@ -69,7 +69,8 @@ def run(input_dir: str, output_dir: str, args, rm_flags: list[str], cache: str |
         manifest = json.load(handle)
     counters = manifest["engine"]["counters"]
     return {"wall_s": round(wall, 2), "peak_pss_mb": memory["peak_pss_mb"],
-            "peak_pss_by_process_mb": memory["peak_pss_by_process_mb"], "rows": manifest["input_rows"],
+            "peak_pss_by_process_mb": memory["peak_pss_by_process_mb"],
+            "pss_at_peak_by_process_mb": memory["pss_at_peak_by_process_mb"], "rows": manifest["input_rows"],
             "verifier_rows": manifest["verifier_rows"], "rm_rows": manifest["rm_rows"],
             "cache_objects_read": int(counters.get("cache_objects_read", 0)),
             "cache_compaction": manifest["engine"].get("cache_compaction"), "data_sha256": data_digest(output_dir)}

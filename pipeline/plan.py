@@ -48,7 +48,7 @@ class RunPlan:
     @property
     def units(self) -> list[WorkUnit]:
         """Every unit of work (pipeline/stages/unit.py), in input order."""
-        return units_of(self.files, self.config.batch_rows)
+        return units_of(self.files, self.config.batch_rows, self.num_shards, self.config.min_part_rows)
 
     @property
     def spill_dir(self) -> str:
@@ -76,6 +76,7 @@ class RunPlan:
             "inputs": [[f.url, f.num_rows, list(f.row_group_rows), f.footer_sha256] for f in self.files],
             "num_shards": self.num_shards,
             "batch_rows": config.batch_rows,
+            "min_part_rows": config.min_part_rows,
             "shuffle": config.shuffle,
         }
 

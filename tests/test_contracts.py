@@ -195,6 +195,39 @@ def test_units_cover_every_row_once_in_whole_batches_under_deterministic_names(g
     assert units.units_of([file], batch_rows) == made  # the same names on every run
 
 
+@pytest.mark.parametrize("group_rows,num_shards,expected", [
+    # 1,000-row row groups at 10 buckets: joined while under 2,560 rows, so by three (the rest: two)
+    ((1000,) * 5, 10, [(0, 3), (3, 2)]),
+    # the 10M-row benchmark's 5,000-row row groups at 200 buckets: 11 (55,000 rows) a unit
+    ((5000,) * 25, 200, [(0, 11), (11, 11), (22, 3)]),
+    # one bucket: every row group of 5,000 rows already holds 256 rows a bucket, none joined
+    ((5000,) * 3, 1, [(0, 1), (1, 1), (2, 1)]),
+    # tiny row groups join up to the 256 rows a bucket; an empty one inside a run is read (it yields nothing)
+    ((100, 0, 100, 100, 100), 1, [(0, 4), (4, 1)]),
+    # never past UNIT_ROWS (65,536): 40,000 + 40,000 would be, so each stays alone at 1,000 buckets
+    ((40_000, 40_000), 1000, [(0, 1), (1, 1)]),
+    # a row group split into sub-units ends the run before it; the run after it starts anew
+    ((1000, 1000, 70_000, 1000), 100, [(0, 2), (2, 1), (2, 1), (3, 1)]),
+])
+def test_small_row_groups_of_a_file_join_into_units_of_a_few_hundred_rows_a_bucket(group_rows, num_shards,
+                                                                                   expected):
+    from types import SimpleNamespace
+
+    from pipeline.stages import unit as units
+
+    starts = tuple(int(sum(group_rows[:i])) for i in range(len(group_rows)))
+    file = SimpleNamespace(index=0, url="f.parquet", row_group_starts=starts, row_group_rows=group_rows,
+                           row_group_parts=None)
+    made = units.units_of([file], 4096, num_shards, min_part_rows=256)
+    assert [(u.row_group, u.row_groups) for u in made] == expected
+    covered = [r for u in made for r in range(u.first_row, u.first_row + u.rows)]
+    assert covered == list(range(sum(group_rows)))  # every row once, in file order
+    assert all(u.rows <= units.UNIT_ROWS for u in made)
+    assert len({u.name for u in made}) == len(made) and units.units_of([file], 4096, num_shards, 256) == made
+    # --min-part-rows 0: a unit per row group
+    assert all(u.row_groups == 1 for u in units.units_of([file], 4096, num_shards, 0))
+
+
 def test_a_sub_unit_reads_its_own_rows_numbered_as_in_the_file(tmp_path):
     from pipeline.stages.unit import WorkUnit
 
@@ -205,9 +238,24 @@ def test_a_sub_unit_reads_its_own_rows_numbered_as_in_the_file(tmp_path):
         rows = min(128, 300 - skip)
         unit = WorkUnit(0, str(tmp_path / "one.parquet"), 0, skip, rows, skip, skip // 128, rows)
         batches = list(unit.read(64))
-        assert [offset for offset, _ in batches] == list(range(skip, skip + unit.rows, 64))  # file row numbers
-        read += [t for _, t in batches]
+        assert [offset for _, offset, _ in batches] == list(range(skip, skip + unit.rows, 64))  # file row numbers
+        assert {group for group, _, _ in batches} == {0}
+        read += [t for _, _, t in batches]
     assert pa.concat_tables(read).equals(table)
+
+
+def test_small_row_groups_read_as_one_unit_number_rows_as_in_the_file(tmp_path):
+    from pipeline.stages.unit import WorkUnit
+
+    table = synthetic_rollouts(250, seed=9)
+    pq.write_table(table, tmp_path / "small.parquet", row_group_size=50)  # five row groups of 50 rows
+    unit = WorkUnit(0, str(tmp_path / "small.parquet"), 1, 50, 150, row_groups=3)  # row groups 1 to 3
+    batches = list(unit.read(32))
+    assert unit.name == "file-00000-rg-00001-00003"
+    # Batches never cross a row group (each carries its own row group's cache locality).
+    assert [(group, offset) for group, offset, _ in batches] == [
+        (g, 50 * g + o) for g in (1, 2, 3) for o in (0, 32)]
+    assert pa.concat_tables([t for _, _, t in batches]).equals(table.slice(50, 150))
 
 
 @pytest.mark.slow

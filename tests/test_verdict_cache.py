@@ -345,3 +345,28 @@ def test_cache_compact_command(tmp_path):
                               str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "no cache" in missing.stderr
 
+
+
+@pytest.mark.slow
+def test_a_cache_filled_by_joined_row_groups_serves_them_read_apart_with_the_same_bytes(tmp_path):
+    from pipeline.plan import make_plan
+
+    source = tmp_path / "in"
+    source.mkdir()
+    pq.write_table(with_scores(synthetic_rollouts(400, seed=35)), source / "a.parquet", row_group_size=40)
+    cache = str(tmp_path / "cache")
+    # 4 buckets: units of at least 1,024 rows by default, so the file's ten row groups of 40 are one unit.
+    options = dict(rm_score_column="score", batch_rows=32, rows_per_shard=100)
+
+    def unit_sizes(output, **more) -> list[int]:
+        plan = make_plan(build_config({"input": str(source), "output": str(output), **options, **more}), "test")
+        return [u.rows for u in plan.units]
+
+    assert unit_sizes(tmp_path / "joined") == [400]
+    joined = label(source, tmp_path / "joined", cache_dir=cache, **options)
+    assert joined["verifier_rows"] == {"verified": 400, "cached": 0}
+    assert unit_sizes(tmp_path / "apart", min_part_rows=0) == [40] * 10  # each row group a unit of its own
+    apart = label(source, tmp_path / "apart", cache_dir=cache, min_part_rows=0, **options)
+    # Entries are filed by row group, whatever the unit: all of them are found.
+    assert apart["verifier_rows"] == {"verified": 0, "cached": 400}
+    assert data_bytes(tmp_path / "apart") == data_bytes(tmp_path / "joined")

@@ -75,7 +75,13 @@ def _run_group(plan: RunPlan, unit: WorkUnit | None, carried, group: int, host_c
     counts.update(sink.counts)
     nodes = {**(carried["nodes"] if carried else {}), "+".join(spec.name for spec in specs): _node_address()}
     carried = {"tables": tables, "counts": dict(counts), "nodes": nodes}
-    return _spill(plan, carried) if spill else carried
+    if not spill:
+        return carried
+    try:
+        return _spill(plan, carried)
+    finally:
+        del carried, tables
+        _release_memory()
 
 
 def _spill(plan: RunPlan, carried: dict) -> tuple[CompletedUnit, dict, dict]:
@@ -95,7 +101,10 @@ def _node_address() -> str:
 
 def _partial(plan: RunPlan, parts: list[str], earlier):
     sink = CounterSink()
-    return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index, earlier), sink.counts
+    try:
+        return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index, earlier), sink.counts
+    finally:
+        _release_memory()
 
 
 def _fuse(plan: RunPlan, bucket: int, parts: list[str], statistic):
@@ -107,9 +116,9 @@ def _fuse(plan: RunPlan, bucket: int, parts: list[str], statistic):
 
 
 def _release_memory() -> None:
-    """Hands a finished shard's memory back to the system: Ray reuses worker processes across tasks, and
-    each would otherwise keep the largest shard it fused in Arrow's pool and the C heap (the job's memory
-    then grows with the number of shards, a shard's worth per worker that fused one)."""
+    """Hands a finished task's memory back to the system: Ray reuses worker processes across tasks, and
+    each would otherwise keep the largest unit or shard it held in Arrow's pool and the C heap (the job's
+    memory then grows with the number of shards, a shard's worth per worker that fused one)."""
     import ctypes
     import ctypes.util
 
@@ -318,7 +327,7 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
                 plan_ref, unit if index == 0 else None, carried, index, nodes.host_cpus(), run_id, spill)
             if spill:
                 return carried
-        return remote["spill"].options(name="spill", num_cpus=1, **nodes.prefer_cpu()).remote(plan_ref, carried)
+        return remote["spill"].options(name="spill", num_cpus=cpu_task_cpus, **nodes.prefer_cpu()).remote(plan_ref, carried)
 
     for done in resumed:  # finished before a crash: its spill files are complete
         collect(done, {}, {})
@@ -336,21 +345,21 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
                 if following is not None:
                     in_flight.append(submit(following))
         def partials_of(earlier):
-            partials = ray.get([remote["sigma"].options(name="sigma", num_cpus=1, **nodes.prefer_cpu()).remote(
+            partials = ray.get([remote["sigma"].options(name="sigma", num_cpus=cpu_task_cpus, **nodes.prefer_cpu()).remote(
                 plan_ref, parts, earlier) for _, parts in sorted(bucket_parts.items())])
             for _, partial_counts in partials:
                 counts.update(partial_counts)
             return [p for p, _ in partials]
 
         statistic = job_statistic(plan.fusion, partials_of)
-        errors = [remote["errors"].options(name="errors", num_cpus=1).remote(plan_ref, f, parts)
+        errors = [remote["errors"].options(name="errors", num_cpus=cpu_task_cpus).remote(plan_ref, f, parts)
                   for f, parts in sorted(error_parts.items())]
         # A fuse task holds a whole shard (up to --rows-per-shard rows): one in flight per verifying node
         # keeps each node's memory at one shard whatever the input size (Dask: one per CPU worker).
         slots = max(1, len(nodes.cpu or [node for node, cpus in nodes.cpus.items() if cpus > 0]))
 
         def fuse(bucket: int, parts: list[str]):
-            return remote["fuse"].options(name="fuse", num_cpus=1, **nodes.prefer_cpu()).remote(
+            return remote["fuse"].options(name="fuse", num_cpus=cpu_task_cpus, **nodes.prefer_cpu()).remote(
                 plan_ref, bucket, parts, statistic)
 
         buckets = iter(sorted(bucket_parts.items()))

@@ -1,9 +1,10 @@
 """A unit of work, the element every engine distributes, and its completion protocol, written once.
 
-A unit is an input row group, or a slice of one: a row group of more than UNIT_ROWS rows (rounded down
-to whole batches) is split into sub-units with deterministic names, `file-FFFFF-rg-GGGGG` or
-`file-FFFFF-rg-GGGGG-part-PPPP`; the names are the completion markers' names, so a resumed run finds
-them again. Every engine runs, per unit:
+A unit is an input row group, a slice of one, or a run of small consecutive row groups of one file: a row
+group of more than UNIT_ROWS rows (rounded down to whole batches) is split into sub-units, and row groups
+smaller than the job's unit size (below) are read together, with deterministic names,
+`file-FFFFF-rg-GGGGG`, `file-FFFFF-rg-GGGGG-part-PPPP` or `file-FFFFF-rg-GGGGG-HHHHH` (row groups G to H);
+the names are the completion markers' names, so a resumed run finds them again. Every engine runs, per unit:
 
     tables = read_unit(plan, unit, sink)              read, apply the layout, validate, spill error records
     tables = run_stages(plan.stages[i:j], tables, ...) the row stages, placed by their resources
@@ -12,6 +13,14 @@ them again. Every engine runs, per unit:
 and groups the spill files of every completed unit by bucket. A unit's tables travel whole between
 stages (at most UNIT_ROWS rows, in batches of --batch-rows), so engines need no in-band end-of-unit
 markers and every runner, local or remote, writes the same markers.
+
+Why small row groups are joined: a unit spills one part per bucket it has rows of, and a bucket's fusion
+reads one part per unit, so a job reads units x buckets parts; with units the size of the input's row groups
+that grows with the square of the job (5,000-row row groups at 10M rows: 2,000 units x 200 buckets, 400k
+parts of 25 rows). Units of at least --min-part-rows (256) rows per bucket (up to UNIT_ROWS) keep it
+about input rows / 256 parts whatever the job size, until units reach UNIT_ROWS (past 256 buckets:
+12.8M rows at the default --rows-per-shard); the cache still files each row group's entries apart
+(content_cache.unit_locality), so a cache filled by units of another size serves them the same.
 
 Costs of the split: Parquet decodes a row group's pages in order, so a sub-unit decodes the rows before it
 and drops them (a 400k-row row group in 7 sub-units: 0.15 s more than one read, 0.4 us per row, against
@@ -52,25 +61,46 @@ class WorkUnit:
     skip: int = 0  # raw rows of the row group before this unit
     part: int | None = None  # None: the whole row group
     read_rows: int | None = None  # raw rows to read (None: to the row group's end)
+    row_groups: int = 1  # whole row groups from `row_group` on (more than one: small ones read together)
 
     @property
     def name(self) -> str:
         """Deterministic name of this unit's spill files and completion marker."""
         whole = f"file-{self.file_index:05d}-rg-{self.row_group:05d}"
+        if self.row_groups > 1:
+            return f"{whole}-{self.row_group + self.row_groups - 1:05d}"
         return whole if self.part is None else f"{whole}-part-{self.part:04d}"
 
-    def read(self, batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
-        """Yields (file row of the batch's first raw row, table) batches of at most `batch_rows` raw rows."""
-        for offset, table in fsio.iter_row_group(self.url, self.row_group, batch_rows, self.skip, self.read_rows):
-            yield self.first_row + offset - self.skip, table
+    def read(self, batch_rows: int) -> Iterator[tuple[int, int, pa.Table]]:
+        """Yields (row group, file row of the batch's first raw row, table) batches of at most `batch_rows`
+        raw rows, row group by row group."""
+        first = self.first_row - self.skip
+        for group in range(self.row_group, self.row_group + self.row_groups):
+            end = 0
+            for offset, table in fsio.iter_row_group(self.url, group, batch_rows, self.skip, self.read_rows):
+                end = offset + table.num_rows
+                yield group, first + offset, table
+            first += end
 
 
-def units_of(files: Iterable, batch_rows: int) -> list[WorkUnit]:
+def units_of(files: Iterable, batch_rows: int, num_shards: int = 1, min_part_rows: int = 0) -> list[WorkUnit]:
     """The units of `files` (fsio.InputFile): one per non-empty row group, split into sub-units of at most
-    UNIT_ROWS rows in whole batches (by the file's row_group_parts when a layout explodes rows)."""
+    UNIT_ROWS rows in whole batches (by the file's row_group_parts when a layout explodes rows), and
+    consecutive whole row groups of a file joined while the unit is under `min_part_rows` x `num_shards`
+    rows (never past UNIT_ROWS; --min-part-rows)."""
     size = max(1, UNIT_ROWS // batch_rows) * batch_rows
+    least = min(UNIT_ROWS, min_part_rows * num_shards)
     units = []
     for f in files:
+        joined: list[tuple[int, int, int]] = []  # (row group, first row, rows) of the unit being joined
+
+        def close_joined() -> None:
+            if joined:
+                (group, start, _), rows = joined[0], sum(r for _, _, r in joined)
+                span = joined[-1][0] - group + 1  # empty row groups between them read nothing
+                units.append(WorkUnit(f.index, f.url, group, start, rows, row_groups=span))
+                joined.clear()
+
         for group, start in enumerate(f.row_group_starts):
             rows = f.row_group_rows[group]
             if not rows:
@@ -80,12 +110,17 @@ def units_of(files: Iterable, batch_rows: int) -> list[WorkUnit]:
             else:
                 parts = [(skip, min(size, rows - skip), min(size, rows - skip)) for skip in range(0, rows, size)]
             if len(parts) == 1:
-                units.append(WorkUnit(f.index, f.url, group, start, rows))
+                held = sum(r for _, _, r in joined)
+                if joined and (held >= least or held + rows > UNIT_ROWS):
+                    close_joined()
+                joined.append((group, start, rows))
                 continue
+            close_joined()
             first = start
             for part, (skip, raw_rows, long_rows) in enumerate(parts):
                 units.append(WorkUnit(f.index, f.url, group, first, long_rows, skip, part, raw_rows))
                 first += long_rows
+        close_joined()
     return units
 
 
@@ -114,18 +149,20 @@ def read_unit(plan: PlanView, unit: WorkUnit, sink: MetricsSink) -> UnitTables:
     batches = unit.read(plan.config.batch_rows)
     exploded = unit.first_row  # with a layout, rows are numbered in the long form
     valid, errors = [], []
-    # Where the caches file this unit's entries (schema metadata, stripped before spilling).
-    locality = unit_locality(plan.files[unit.file_index].footer_sha256, unit.url, unit.row_group, unit.part)
+    footer = plan.files[unit.file_index].footer_sha256
     while True:
         with timed(sink, "read"):
             batch = next(batches, None)
             if batch is not None and plan.layout is not None:
-                table = plan.layout.apply(batch[1])
-                batch = (exploded, table)
+                table = plan.layout.apply(batch[2])
+                batch = (batch[0], exploded, table)
                 exploded += table.num_rows
         if batch is None:
             break
-        offset, table = batch
+        group, offset, table = batch
+        # Where the caches file the batch's entries: its row group's locality, whatever else the unit reads
+        # (schema metadata, stripped before spilling).
+        locality = unit_locality(footer, unit.url, group, unit.part)
         sink.count("read", table.num_rows)
         with timed(sink, "validate"):
             good, bad = validate_batch(table, plan.contract, source_file=unit.url, file_index=unit.file_index,
