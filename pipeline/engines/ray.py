@@ -38,7 +38,7 @@ from itertools import islice
 
 from pipeline.config import ConfigError, parse_resource
 from pipeline.plan import RunPlan
-from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext
+from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext, release_memory
 from pipeline.stages.group import bucket_partial
 from transforms.fuse import job_statistic
 from pipeline.stages.unit import CompletedUnit, WorkUnit, complete_unit, read_unit, run_stages
@@ -81,7 +81,7 @@ def _run_group(plan: RunPlan, unit: WorkUnit | None, carried, group: int, host_c
         return _spill(plan, carried)
     finally:
         del carried, tables
-        _release_memory()
+        release_memory()
 
 
 def _spill(plan: RunPlan, carried: dict) -> tuple[CompletedUnit, dict, dict]:
@@ -101,34 +101,12 @@ def _node_address() -> str:
 
 def _partial(plan: RunPlan, parts: list[str], earlier):
     sink = CounterSink()
-    try:
-        return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index, earlier), sink.counts
-    finally:
-        _release_memory()
+    return bucket_partial(plan.fusion, parts, sink, plan.has_sample_index, earlier), sink.counts
 
 
 def _fuse(plan: RunPlan, bucket: int, parts: list[str], statistic):
     sink = CounterSink()
-    try:
-        return fuse_and_write(plan, bucket, parts, statistic, sink), sink.counts
-    finally:
-        _release_memory()
-
-
-def _release_memory() -> None:
-    """Hands a finished task's memory back to the system: Ray reuses worker processes across tasks, and
-    each would otherwise keep the largest unit or shard it held in Arrow's pool and the C heap (the job's
-    memory then grows with the number of shards, a shard's worth per worker that fused one)."""
-    import ctypes
-    import ctypes.util
-
-    import pyarrow as pa
-
-    pa.default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
-    if trim is not None:  # glibc; other C libraries return freed memory by their own rules
-        trim(0)
+    return fuse_and_write(plan, bucket, parts, statistic, sink), sink.counts
 
 
 def _errors(plan: RunPlan, file_index: int, parts: list[str]):

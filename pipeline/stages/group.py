@@ -18,7 +18,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from pipeline.storage import fsio
-from pipeline.stages.base import MetricsSink, timed
+from pipeline.stages.base import MetricsSink, release_memory, timed
 from schemas.rollouts import ORDER, PROMPT_ID, SAMPLE_INDEX, bucket_of, split_duplicates
 
 
@@ -163,5 +163,8 @@ def bucket_partial(fusion, parts: Iterable, sink: MetricsSink, has_sample_index:
     columns = list(dict.fromkeys(list(fusion.partial_columns) + [PROMPT_ID, ORDER]
                                  + ([SAMPLE_INDEX] if has_sample_index else [])))
     with timed(sink, "sigma"):
-        kept, _, _ = split_duplicates(load_parts(parts, columns))
-        return fusion.partial(kept, earlier)
+        try:
+            kept, _, _ = split_duplicates(load_parts(parts, columns))
+            return fusion.partial(kept, earlier)
+        finally:
+            release_memory()

@@ -16,7 +16,7 @@ import pyarrow as pa
 from pipeline.storage import checkpoints, fsio
 from pipeline.storage.faults import fault_point
 from pipeline.stages.group import load_parts
-from pipeline.stages.base import MetricsSink, PlanView, timed
+from pipeline.stages.base import MetricsSink, PlanView, release_memory, timed
 from schemas.rollouts import ORDER, error_records, split_duplicates
 from transforms.pairs import make_pairs
 
@@ -41,6 +41,14 @@ def fuse_and_write(plan: PlanView, bucket: int, parts: Iterable, statistic,
     if checkpoints.shard_done(url):  # written before a crash (atomically, so complete); same bytes again
         sink.count("shards_kept", 1)
         return url, 0
+    try:
+        return _fuse_and_write(plan, bucket, parts, statistic, sink, url)
+    finally:
+        release_memory()
+
+
+def _fuse_and_write(plan: PlanView, bucket: int, parts: Iterable, statistic, sink: MetricsSink,
+                    url: str) -> tuple[str, int]:
     schema = plan.output_schema
     with timed(sink, "group"):
         table = load_parts(parts)
