@@ -44,9 +44,9 @@ class PipelineConfig:
     batch_rows: rows per Arrow batch flowing through verify and score (memory ~ batch_rows x row size).
     rows_per_shard: target rows per output shard; the number of shards (and of group buckets) is
     ceil(input rows / rows_per_shard), so memory in the group stage stays flat as inputs grow.
-    min_part_rows: small row groups of a file are joined into units of at least min_part_rows x shards
-    rows (up to 65,536), so the units x buckets spill parts do not grow with the square of the job
-    (pipeline/stages/unit.py); 0: a unit per row group (finer resume and distribution, smaller parts).
+    min_part_rows: in a job of over 100,000 spill parts (units x shards), small row groups of a file are
+    joined into units of at least min_part_rows x shards rows (up to 65,536), so the parts do not grow
+    with the square of the job (pipeline/stages/unit.py); 0: a unit per row group always.
     shuffle: "files" spills labelled rows to Parquet under OUTPUT/_shuffle and groups file references
     (flat memory on every engine); "engine" sends the Arrow batches through Beam's own shuffle (the
     better choice on Dataflow/Flink/Spark, whose shuffle spills to disk itself; Dask always spills).
@@ -84,9 +84,9 @@ class PipelineConfig:
         "target rows per output shard; shards = ⌈rows / this⌉",
         group="input and output", default=50_000, stored=NEVER)
     min_part_rows: int = option(
-        "rows per shard a unit of work holds at least: small consecutive row groups of a file are read as one "
-        "unit while it has fewer than this × shards rows (never past 65,536), so spill parts stay this large; "
-        "0 makes every row group a unit",
+        "rows per shard a unit of work holds at least in a job of over 100,000 spill parts (units × shards): "
+        "small consecutive row groups of a file are then read as one unit while it has fewer than this × "
+        "shards rows (never past 65,536); 0 makes every row group a unit",
         group="input and output", default=256, stored=NEVER)
     shuffle: str = option(
         "`files`: group via spill files under OUTPUT/_shuffle (flat memory); `engine`: Beam's own shuffle (use on"

@@ -218,14 +218,31 @@ def test_small_row_groups_of_a_file_join_into_units_of_a_few_hundred_rows_a_buck
     starts = tuple(int(sum(group_rows[:i])) for i in range(len(group_rows)))
     file = SimpleNamespace(index=0, url="f.parquet", row_group_starts=starts, row_group_rows=group_rows,
                            row_group_parts=None)
-    made = units.units_of([file], 4096, num_shards, min_part_rows=256)
+    made = units.units_of([file], 4096, num_shards, min_part_rows=256, join_above_parts=0)
     assert [(u.row_group, u.row_groups) for u in made] == expected
     covered = [r for u in made for r in range(u.first_row, u.first_row + u.rows)]
     assert covered == list(range(sum(group_rows)))  # every row once, in file order
     assert all(u.rows <= units.UNIT_ROWS for u in made)
-    assert len({u.name for u in made}) == len(made) and units.units_of([file], 4096, num_shards, 256) == made
+    assert len({u.name for u in made}) == len(made) and units.units_of([file], 4096, num_shards, 256, 0) == made
     # --min-part-rows 0: a unit per row group
-    assert all(u.row_groups == 1 for u in units.units_of([file], 4096, num_shards, 0))
+    assert all(u.row_groups == 1 for u in units.units_of([file], 4096, num_shards, 0, 0))
+
+
+@pytest.mark.parametrize("row_groups,num_shards,joined", [
+    (2000, 200, True),  # the 10M benchmark's shape: 2,000 row groups x 200 buckets = 400k parts
+    (200, 20, False),  # 1M rows of it: 4,000 parts, a unit per row group
+    (400, 250, False),  # exactly 100,000 parts: not over the limit
+])
+def test_row_groups_join_only_in_a_job_of_over_100k_spill_parts(row_groups, num_shards, joined):
+    from types import SimpleNamespace
+
+    from pipeline.stages import unit as units
+
+    sizes = (5000,) * row_groups
+    file = SimpleNamespace(index=0, url="f.parquet", row_group_starts=tuple(range(0, 5000 * row_groups, 5000)),
+                           row_group_rows=sizes, row_group_parts=None)
+    made = units.units_of([file], 4096, num_shards, min_part_rows=256)
+    assert (len(made) < row_groups) is joined
 
 
 def test_a_sub_unit_reads_its_own_rows_numbered_as_in_the_file(tmp_path):

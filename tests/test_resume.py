@@ -36,7 +36,7 @@ def rollouts(tmp_path_factory) -> Path:
 def command(input_path, output, tiny_rm_path, engine: str) -> list[str]:
     return [sys.executable, "run_pipeline.py", "--input", str(input_path), "--output", str(output), "--rm-model",
             tiny_rm_path, "--engine", engine, "--rows-per-shard", "500", "--verifier-workers", "1",
-            "--progress", "off", "--min-part-rows", "0"]  # a unit per row group: 8 units, not 2 joined ones
+            "--progress", "off"]
 
 
 def launch(args: list[str], fault: str | None = None) -> subprocess.Popen:

@@ -1,8 +1,8 @@
 """A unit of work, the element every engine distributes, and its completion protocol, written once.
 
 A unit is an input row group, a slice of one, or a run of small consecutive row groups of one file: a row
-group of more than UNIT_ROWS rows (rounded down to whole batches) is split into sub-units, and row groups
-smaller than the job's unit size (below) are read together, with deterministic names,
+group of more than UNIT_ROWS rows (rounded down to whole batches) is split into sub-units, and in a job
+of many parts (below) row groups smaller than its unit size are read together, with deterministic names,
 `file-FFFFF-rg-GGGGG`, `file-FFFFF-rg-GGGGG-part-PPPP` or `file-FFFFF-rg-GGGGG-HHHHH` (row groups G to H);
 the names are the completion markers' names, so a resumed run finds them again. Every engine runs, per unit:
 
@@ -17,9 +17,9 @@ markers and every runner, local or remote, writes the same markers.
 Why small row groups are joined: a unit spills one part per bucket it has rows of, and a bucket's fusion
 reads one part per unit, so a job reads units x buckets parts; with units the size of the input's row groups
 that grows with the square of the job (5,000-row row groups at 10M rows: 2,000 units x 200 buckets, 400k
-parts of 25 rows). Units of at least --min-part-rows (256) rows per bucket (up to UNIT_ROWS) keep it
-about input rows / 256 parts whatever the job size, until units reach UNIT_ROWS (past 256 buckets:
-12.8M rows at the default --rows-per-shard); the cache still files each row group's entries apart
+parts of 25 rows). So past JOIN_ABOVE_PARTS parts, units of at least --min-part-rows (256) rows per
+bucket (up to UNIT_ROWS) keep it about input rows / 256 parts whatever the job size, until units reach
+UNIT_ROWS (past 256 buckets: 12.8M rows at the default --rows-per-shard); the cache still files each row group's entries apart
 (content_cache.unit_locality), so a cache filled by units of another size serves them the same.
 
 Costs of the split: Parquet decodes a row group's pages in order, so a sub-unit decodes the rows before it
@@ -46,6 +46,9 @@ from schemas.rollouts import validate_batch
 
 # Rows of one unit at most (~65k rows of ~4 KB: ~256 MB held by a unit in flight).
 UNIT_ROWS = 65_536
+# Spill parts (units x buckets) a job may have before small row groups are joined: below it parts are too few
+# to cost much, and a unit per row group keeps resume and distribution fine-grained.
+JOIN_ABOVE_PARTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -83,13 +86,23 @@ class WorkUnit:
             first += end
 
 
-def units_of(files: Iterable, batch_rows: int, num_shards: int = 1, min_part_rows: int = 0) -> list[WorkUnit]:
+def units_of(files: Iterable, batch_rows: int, num_shards: int = 1, min_part_rows: int = 0,
+             join_above_parts: int | None = None) -> list[WorkUnit]:
     """The units of `files` (fsio.InputFile): one per non-empty row group, split into sub-units of at most
-    UNIT_ROWS rows in whole batches (by the file's row_group_parts when a layout explodes rows), and
-    consecutive whole row groups of a file joined while the unit is under `min_part_rows` x `num_shards`
-    rows (never past UNIT_ROWS; --min-part-rows)."""
+    UNIT_ROWS rows in whole batches (by the file's row_group_parts when a layout explodes rows). When that
+    makes more than `join_above_parts` (default JOIN_ABOVE_PARTS) units x `num_shards` spill parts,
+    consecutive whole row groups of a file are joined while the unit is under `min_part_rows` x
+    `num_shards` rows (never past UNIT_ROWS; --min-part-rows, 0: never)."""
+    files = list(files)
+    units = _units(files, batch_rows, 0)
+    threshold = JOIN_ABOVE_PARTS if join_above_parts is None else join_above_parts
+    if min_part_rows and len(units) * num_shards > threshold:
+        units = _units(files, batch_rows, min(UNIT_ROWS, min_part_rows * num_shards))
+    return units
+
+
+def _units(files: list, batch_rows: int, least: int) -> list[WorkUnit]:
     size = max(1, UNIT_ROWS // batch_rows) * batch_rows
-    least = min(UNIT_ROWS, min_part_rows * num_shards)
     units = []
     for f in files:
         joined: list[tuple[int, int, int]] = []  # (row group, first row, rows) of the unit being joined
