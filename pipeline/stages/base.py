@@ -18,6 +18,7 @@ steps (read, validate, bucket, fuse, write) have no set-up and are plain functio
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from contextlib import contextmanager
@@ -43,17 +44,24 @@ def timed(sink: MetricsSink, stage: str):
         sink.count(f"{stage}_ms", int(1000 * (time.perf_counter() - started)))
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, or None (other C libraries return freed memory by their own rules). Looked up
+    once per process: ctypes.util.find_library runs `ldconfig -p` in a subprocess."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+
+
 def release_memory() -> None:
     """Hands a finished bucket's or unit's freed memory back to the system: worker processes (and Beam's
     in-process runner) run task after task, and would otherwise keep the largest one's high-water mark in
     Arrow's pool and the C heap (at 10M rows the local driver held 530 MB after fusion instead of 360 MB)."""
-    import ctypes
-    import ctypes.util
-
     pa.default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
-    if trim is not None:  # glibc; other C libraries return freed memory by their own rules
+    trim = _malloc_trim()
+    if trim is not None:
         trim(0)
 
 
