@@ -176,12 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.rollouts import SchemaError
 
     try:
-        from pipeline.engines.beam import check_beam_args
+        if beam_args:  # only then: importing Beam costs about 1.4 s, which a Dask or Ray run need not pay
+            from pipeline.engines.beam import check_beam_args
 
-        try:
-            check_beam_args(tuple(beam_args))  # an unknown flag (ours mistyped, or not Beam's) stops here
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+            try:
+                check_beam_args(tuple(beam_args))  # an unknown flag (ours mistyped, or not Beam's) stops here
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
         options = _options_from_yaml(args.config) if args.config else {}
         options.update({name: getattr(args, name) for name in OPTIONS_BY_NAME if getattr(args, name, None) is not None})
         if args.demo:

@@ -2,12 +2,14 @@
 """End-to-end local benchmark: the whole pipeline on each engine vs plain single-process math-verify.
 
     python benchmarks/e2e_local.py [--engine beam,ray] [--rows 50000,200000] [--per-prompt 8]
-                                   [--workers 1,2] [--baseline-rows 20000] [--ray-task-per-cpu]
+                                   [--workers 1,2] [--repeat 1] [--baseline-rows 20000] [--ray-task-per-cpu]
 
 1. Generates N synthetic rollouts (8 per prompt; GSM8K "A: N", \\boxed{}, \\(..\\) and answer-free forms like
    ../shared/data) with a precomputed RM score column, written as 10,000-row Parquet files (once per N).
-2. For each N in --rows, each engine in --engine and each W in --workers, runs `run_pipeline.py --engine E
-   --rm-backend precomputed` in a child process with W verifier workers, while sampling the memory of the
+2. For each N in --rows, each W in --workers and each engine in --engine (engines alternate), runs
+   `run_pipeline.py --engine E --rm-backend precomputed` in a child process with W verifier workers
+   (--repeat R times, the engines' order reversed each time; the median run by wall time is reported,
+   every try's rows/s beside it), while sampling the memory of the
    child and all its descendants (verifier processes; Dask's workers; Ray's raylet, object store and worker
    processes) every 0.2 s: RSS, and PSS (proportional set size, which counts a shared page once across
    processes: Ray's object store is shared memory that appears in every process's RSS).
@@ -202,11 +204,15 @@ def main() -> None:
                         help="judge only the first N rows in the baseline (default 20000; 0 = all rows)")
     parser.add_argument("--ray-task-per-cpu", action="store_true",
                         help="on Ray, W tasks with a one-process pool each instead of one task with a pool of W")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per (engine, W), alternating engines; the median by wall time counts (default 1)")
     parser.add_argument("--workdir", default=None, help="keep inputs/outputs here (default: a temporary directory)")
     args, extra = parser.parse_known_args()  # anything else goes to run_pipeline.py (e.g. --batch-rows 4096)
     engines, sizes = comma_list(args.engine), comma_list(args.rows, int)
     worker_counts = comma_list(args.workers, int)
     unknown = [e for e in engines if e not in ENGINES]
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     if unknown or not engines:
         parser.error(f"--engine: {unknown or engines} not among {tuple(ENGINES)}")
 
@@ -216,22 +222,35 @@ def main() -> None:
         for rows in sizes:
             input_dir = os.path.join(workdir, f"input-{rows}")
             write_inputs(input_dir, rows, args.per_prompt)
+            # Engines alternate within each worker count (beam 1w, ray 1w, beam 2w, ray 2w), so a machine
+            # that drifts over the invocation skews every engine's scaling alike, not the last engine's most.
+            runs: dict[str, list[dict]] = {engine: [] for engine in engines}
+            for workers in worker_counts:
+                tries: dict[str, list[dict]] = {engine: [] for engine in engines}
+                for attempt in range(args.repeat):  # the first engine first, then last, ... (drift cancels)
+                    for engine in (engines if attempt % 2 == 0 else engines[::-1]):
+                        output_dir = os.path.join(workdir, f"output-{engine}-{rows}")
+                        wall, memory, manifest = run_pipeline(input_dir, output_dir, engine, workers, extra,
+                                                              args.ray_task_per_cpu)
+                        counters = manifest["engine"]["counters"]
+                        tries[engine].append({"verifier_workers": workers, "wall_s": round(wall, 2),
+                                              "rows_per_s": round(rows / wall, 1),
+                                              "stage_s": {k[:-3]: round(v / 1000, 2) for k, v in counters.items()
+                                                          if k.endswith("_ms")},
+                                              **memory, "output_rows": manifest["output_rows"],
+                                              "error_rows": manifest["error_rows"]})
+                        print(json.dumps({"engine": engine, "rows": rows, **tries[engine][-1]}), file=sys.stderr,
+                              flush=True)
+                for engine in engines:  # the median try by wall time (with --repeat 1, the only one)
+                    ranked = sorted(tries[engine], key=lambda run: run["wall_s"])
+                    median = dict(ranked[(len(ranked) - 1) // 2])
+                    if args.repeat > 1:
+                        median["tries_rows_per_s"] = [run["rows_per_s"] for run in tries[engine]]
+                    runs[engine].append(median)
             for engine in engines:
-                output_dir = os.path.join(workdir, f"output-{engine}-{rows}")
-                runs = []
-                for workers in worker_counts:
-                    wall, memory, manifest = run_pipeline(input_dir, output_dir, engine, workers, extra,
-                                                          args.ray_task_per_cpu)
-                    counters = manifest["engine"]["counters"]
-                    runs.append({"verifier_workers": workers, "wall_s": round(wall, 2),
-                                 "rows_per_s": round(rows / wall, 1),
-                                 "stage_s": {k[:-3]: round(v / 1000, 2) for k, v in counters.items()
-                                             if k.endswith("_ms")},
-                                 **memory, "output_rows": manifest["output_rows"],
-                                 "error_rows": manifest["error_rows"]})
-                    print(json.dumps({"engine": engine, "rows": rows, **runs[-1]}), file=sys.stderr, flush=True)
-                results.append({"engine": engine, "rows": rows, "runs": runs,
-                                "scaling": round(runs[-1]["rows_per_s"] / runs[0]["rows_per_s"], 3)})
+                mine = runs[engine]
+                results.append({"engine": engine, "rows": rows, "runs": mine,
+                                "scaling": round(mine[-1]["rows_per_s"] / mine[0]["rows_per_s"], 3)})
         first_input = os.path.join(workdir, f"input-{sizes[0]}")
         baseline_rate, baseline_rows, verdicts = run_baseline(first_input, args.baseline_rows or None)
         labelled = pq.read_table(os.path.join(workdir, f"output-{engines[0]}-{sizes[0]}", "data"),

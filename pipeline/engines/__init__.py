@@ -23,8 +23,9 @@ def run_engine(plan, show_progress: bool) -> dict:
         raise ValueError(f"unknown engine {name!r}; choose one of {tuple(ENGINES)}")
     # Markers exist only with spill files (shuffle=files); engine shuffles cannot resume a unit.
     completed = checkpoints.completed_units(plan.spill_dir) if plan.config.shuffle == "files" else {}
-    pending = [unit for unit in plan.units if unit.name not in completed]
+    units = plan.units  # computed from the files on each access
+    pending = [unit for unit in units if unit.name not in completed]
     resumed = [resumed_unit(unit.name, unit.file_index, completed[unit.name])
-               for unit in plan.units if unit.name in completed]
+               for unit in units if unit.name in completed]
     report = importlib.import_module(ENGINES[name]).run(plan, pending, resumed, show_progress)
     return {**report, "resumed_units": len(resumed)}

@@ -22,15 +22,23 @@ from pipeline.stages.base import MetricsSink, release_memory, timed
 from schemas.rollouts import ORDER, PROMPT_ID, SAMPLE_INDEX, bucket_of, split_duplicates
 
 
-def split_by_bucket(table: pa.Table, num_shards: int) -> Iterator[tuple[int, pa.Table]]:
-    """Yields (bucket, rows of that bucket) for the buckets present in `table`, in bucket order."""
+def split_by_bucket(table: pa.Table, num_shards: int, views: bool = False) -> Iterator[tuple[int, pa.Table]]:
+    """Yields (bucket, rows of that bucket) for the buckets present in `table`, in bucket order.
+
+    views=True: zero-copy slices of one copy of `table` in bucket order, for a writer that encodes only the
+    slice (Arrow IPC does); a take per bucket cost 0.24 ms each here, 48 ms for a 10k-row unit over 200
+    buckets, three times the rest of its spill. Otherwise a compact table per bucket: pickling a slice
+    carries its whole parent's buffers (pyarrow 25), and engine shuffles pickle what they move.
+    """
     buckets = bucket_of(table.column(PROMPT_ID), num_shards)
     order = np.argsort(buckets, kind="stable")
     sorted_buckets = buckets[order]
     bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
+    in_order = table.take(pa.array(order)) if views and len(order) else None
     for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(order)]):
         if stop > start:
-            yield int(sorted_buckets[start]), table.take(pa.array(order[start:stop]))
+            rows = in_order.slice(start, stop - start) if views else table.take(pa.array(order[start:stop]))
+            yield int(sorted_buckets[start]), rows
 
 
 def spill_url(spill_dir: str, name: str, digest: str) -> str:
@@ -78,7 +86,7 @@ class SpillWriter:
 
     def add(self, table: pa.Table) -> None:
         """Buffers `table`'s rows by bucket (encoding them every `flush_rows` rows)."""
-        for bucket, rows in split_by_bucket(table, self.num_shards):
+        for bucket, rows in split_by_bucket(table, self.num_shards, views=True):  # encoded as IPC: slices do
             self._pending.setdefault(bucket, []).append(rows)
         self._pending_rows += table.num_rows
         if self._pending_rows >= self.flush_rows:
@@ -127,21 +135,27 @@ def load_parts(parts: Iterable, columns: list[str] | None = None) -> pa.Table:
     Arrow tables (the runner's shuffle). A bucket's parts are fetched together (fsspec's cat_ranges: a
     ranged read each, concurrent on object stores). A part is an IPC stream, or a Parquet file where an
     earlier version spilled it (a resumed run reads those too); a whole file is a unit's error records, or
-    a unit spilled by an earlier version still (an object per bucket)."""
+    a unit spilled by an earlier version still (an object per bucket).
+
+    The table comes back as one chunk per column: a bucket reads a part per unit (1,000 parts of 50 rows
+    at 10M rows), and Arrow's multi-key sort over a table of 1,000 chunks took 238 ms for 50k rows here
+    against 5 ms over one (the duplicate check and the fusion sort), while combining costs 16 ms and a
+    copy of the bucket's rows, held only while the parts are freed."""
     parts = list(parts)
     if not parts or not isinstance(parts[0], str):
-        return pa.concat_tables([t.select(columns) if columns else t for t in parts])
+        return pa.concat_tables([t.select(columns) if columns else t for t in parts]).combine_chunks()
     parts = sorted(parts)
     located = [(part, match) for part in parts if (match := SPILL_PART.match(part))]
     fetched: dict[str, bytes] = {}
     if located:
         fs, _ = fsspec.core.url_to_fs(located[0][1]["url"])  # one run's spill objects share a filesystem
-        paths = [fsspec.core.url_to_fs(match["url"])[1] for _, match in located]
+        paths = [fs._strip_protocol(match["url"]) for _, match in located]  # url_to_fs: 10x the time
         chunks = fs.cat_ranges(paths, [int(match["start"]) for _, match in located],
                                [int(match["end"]) for _, match in located], on_error="raise")
         fetched = {part: chunk for (part, _), chunk in zip(located, chunks)}
-    return pa.concat_tables([_read_part(fetched[part], columns) if part in fetched else _read_whole(part, columns)
-                             for part in parts])
+    tables = [_read_part(fetched[part], columns) if part in fetched else _read_whole(part, columns)
+              for part in parts]
+    return pa.concat_tables(tables).combine_chunks()
 
 
 def _read_part(data: bytes, columns: list[str] | None) -> pa.Table:
