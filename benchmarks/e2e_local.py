@@ -205,7 +205,8 @@ def main() -> None:
     parser.add_argument("--ray-task-per-cpu", action="store_true",
                         help="on Ray, W tasks with a one-process pool each instead of one task with a pool of W")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per (engine, W), alternating engines; the median by wall time counts (default 1)")
+                        help="runs per (engine, W), the engines' order reversed each time; the median by wall time "
+                        "counts (of an even number, the faster middle one; default 1)")
     parser.add_argument("--workdir", default=None, help="keep inputs/outputs here (default: a temporary directory)")
     args, extra = parser.parse_known_args()  # anything else goes to run_pipeline.py (e.g. --batch-rows 4096)
     engines, sizes = comma_list(args.engine), comma_list(args.rows, int)
