@@ -29,6 +29,7 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from itertools import islice
 
@@ -42,6 +43,7 @@ from pipeline.stages.write import fuse_and_write, write_errors
 from pipeline.tools import progress
 
 log = logging.getLogger(__name__)
+MAX_UNIT_ATTEMPTS = 4  # placements of a unit whose tasks the scheduler cancelled
 
 
 def _merge(*counters: dict) -> dict:
@@ -289,12 +291,35 @@ class _Job:
         units = iter(pending)
         chains = [self.submit_unit(u) for u in islice(units, window)]
         pending_chains = {chain["futures"][-1]: chain for chain in chains}
+        def place_again(future) -> None:
+            chain = pending_chains.pop(future)
+            self.client.cancel(list(chain["futures"]))
+            chain = self.submit_unit(chain["unit"])
+            pending_chains[chain["futures"][-1]] = chain
+
+        def place_cancelled_again(future) -> None:
+            # After a worker loss the scheduler may forget a unit's tasks ("already forgotten"; seen once in
+            # the killed-worker test under load): the unit is placed again, a few times at most.
+            unit = pending_chains[future]["unit"]
+            if self.attempts[unit.name] >= MAX_UNIT_ATTEMPTS:
+                raise RuntimeError(f"unit {unit.name}: its tasks were cancelled by the Dask scheduler "
+                                   f"{self.attempts[unit.name]} times")
+            log.warning("unit %s: its tasks were cancelled by the Dask scheduler; placing it again", unit.name)
+            place_again(future)
+
         while pending_chains:
             try:
                 finished = wait(list(pending_chains), timeout=self.where.refresh_s, return_when="FIRST_COMPLETED").done
             except TimeoutError:
                 finished = set()
+            except CancelledError:
+                finished = set()
+                for future in [f for f in pending_chains if f.cancelled()]:
+                    place_cancelled_again(future)
             for future in finished:
+                if future.cancelled():
+                    place_cancelled_again(future)
+                    continue
                 pending_chains.pop(future)
                 result = future.result()
                 self.collect(result["done"], result["counts"], result["workers"])
@@ -308,10 +333,7 @@ class _Job:
                                    "left the cluster; the remaining reward-model tasks cannot run anywhere")
             for future, chain in list(pending_chains.items()):
                 if self.where.stranded(chain["restrictions"]):  # its CPU workers died: place it again
-                    self.client.cancel(list(chain["futures"]))
-                    del pending_chains[future]
-                    chain = self.submit_unit(chain["unit"])
-                    pending_chains[chain["futures"][-1]] = chain
+                    place_again(future)
 
     def statistic(self):
         """The fusion's job statistic (HERO: sigma_bar): per pass, one partial task per bucket, combined here."""
