@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from schemas.rollouts import SchemaError
 
     try:
-        if beam_args:  # only then: importing Beam costs about 1.4 s, which a Dask or Ray run need not pay
+        if beam_args:  # only then: importing Beam costs about 0.7 s, which a Dask or Ray run need not pay
             from pipeline.engines.beam import check_beam_args
 
             try:

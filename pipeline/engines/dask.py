@@ -291,6 +291,7 @@ class _Job:
         units = iter(pending)
         chains = [self.submit_unit(u) for u in islice(units, window)]
         pending_chains = {chain["futures"][-1]: chain for chain in chains}
+
         def place_again(future) -> None:
             chain = pending_chains.pop(future)
             self.client.cancel(list(chain["futures"]))
@@ -302,8 +303,8 @@ class _Job:
             # the killed-worker test under load): the unit is placed again, a few times at most.
             unit = pending_chains[future]["unit"]
             if self.attempts[unit.name] >= MAX_UNIT_ATTEMPTS:
-                raise RuntimeError(f"unit {unit.name}: its tasks were cancelled by the Dask scheduler "
-                                   f"{self.attempts[unit.name]} times")
+                raise RuntimeError(f"unit {unit.name}: placed {self.attempts[unit.name]} times, the last one's "
+                                   "tasks cancelled by the Dask scheduler")
             log.warning("unit %s: its tasks were cancelled by the Dask scheduler; placing it again", unit.name)
             place_again(future)
 

@@ -34,7 +34,7 @@ def split_by_bucket(table: pa.Table, num_shards: int, views: bool = False) -> It
     order = np.argsort(buckets, kind="stable")
     sorted_buckets = buckets[order]
     bounds = np.flatnonzero(np.diff(sorted_buckets)) + 1
-    in_order = table.take(pa.array(order)) if views and len(order) else None
+    in_order = table.take(pa.array(order)) if views else None
     for start, stop in zip(np.r_[0, bounds], np.r_[bounds, len(order)]):
         if stop > start:
             rows = in_order.slice(start, stop - start) if views else table.take(pa.array(order[start:stop]))
