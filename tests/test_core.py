@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.stages.group import SpillWriter, load_parts, split_by_bucket
+from pipeline.stages.group import PartIndex, SpillWriter, UnitParts, load_parts, split_by_bucket
 from pipeline.config import EngineConfig, build_config
 from pipeline.stages.write import fuse_and_write, write_errors
 from pipeline.plan import make_plan
@@ -55,8 +58,6 @@ def test_split_by_bucket_keeps_groups_whole_and_rows_once(views):
 
 
 def test_split_by_bucket_views_hold_the_same_rows_and_compact_pieces_pickle_alone():
-    import pickle
-
     big = pa.concat_tables([scored_rows()] * 2000).combine_chunks()  # 6,000 rows, 2 prompt ids
     compact, views = list(split_by_bucket(big, 50)), list(split_by_bucket(big, 50, views=True))
     assert [(b, t.to_pylist()) for b, t in compact] == [(b, t.to_pylist()) for b, t in views]
@@ -124,6 +125,48 @@ def test_parquet_byte_ranges_from_an_earlier_version_still_read_beside_ipc_ones(
     assert load_parts(old, ["prompt_id", "rm_score"]).equals(table.select(["prompt_id", "rm_score"]))
     order = [("prompt_id", "ascending"), (ORDER, "ascending")]
     assert load_parts([old[0], *new]).sort_by(order).equals(table.sort_by(order))  # both formats in one bucket
+
+
+# Parts as completion markers name them, one dict per unit: each case says what a resumed or fresh unit holds.
+UNIT_PART_CASES = [
+    # a unit of this version: one object, its buckets' byte ranges back to back
+    {0: "/s/spill/file-00000-rg-00000-ab.arrows#0-100", 3: "/s/spill/file-00000-rg-00000-ab.arrows#100-250"},
+    # an earlier version's unit: a whole Parquet file per bucket
+    {1: "/s/file-00001-rg-00000/bucket-00001.parquet", 2: "/s/file-00001-rg-00000/bucket-00002.parquet"},
+    # a URL that holds '#' and digits (an object store key): only the last '#START-END' is the range
+    {5: "s3://b/run#7/spill/u-1-2.arrows#0-9"},
+    # a unit with no valid rows spills nothing
+    {},
+]
+
+
+@pytest.mark.parametrize("parts", UNIT_PART_CASES)
+def test_unit_parts_keep_every_part_as_its_marker_names_it(parts):
+    compact = UnitParts.of(parts)
+    assert dict(compact.items()) == parts and len(compact) == len(parts)
+    assert [b for b, _ in compact.items()] == sorted(parts)  # bucket order
+    again = pickle.loads(pickle.dumps(compact))  # what a runner or a cluster moves
+    assert again == compact and dict(again.items()) == parts
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.dictionaries(st.integers(0, 40), st.integers(1, 10_000), max_size=12), max_size=30))
+def test_the_part_index_gives_each_bucket_the_parts_a_list_per_bucket_would(units):
+    """Property: looking a bucket up in the index gives exactly the parts that grouping every unit's parts
+    by bucket gives, in unit order, and lists exactly the buckets that have parts."""
+    expected: dict[int, list[str]] = {}
+    compact = []
+    for u, sizes in enumerate(units):
+        parts, start = {}, 0
+        for bucket, size in sorted(sizes.items()):
+            parts[bucket] = f"/spill/unit-{u}.arrows#{start}-{start + size}" if u % 3 else f"/old/{u}/{bucket}.parquet"
+            start += size
+            expected.setdefault(bucket, []).append(parts[bucket])
+        compact.append(UnitParts.of(parts))
+    index = pickle.loads(pickle.dumps(PartIndex(compact)))
+    assert dict(index.items()) == dict(sorted(expected.items()))
+    assert index.buckets.tolist() == sorted(expected) and len(index) == len(expected)
+    assert index.parts(41) == []  # a bucket no unit has rows of
 
 
 def test_sigma_bar_does_not_depend_on_partial_order():

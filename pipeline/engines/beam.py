@@ -1,13 +1,18 @@
 """The Apache Beam adapter: the plan's units of work and stage list as a Beam DAG. It computes nothing itself.
 
-    units -> read + validate -> [stage group] -> ... -> spill + marker -+-> GroupByKey(bucket) -> fuse, write
+    units -> read + validate -> [stage group] -> ... -> spill + marker -+-> part index (one element) -> buckets
                                                                         +-> errors -> GroupByKey(file) -> write
     resumed units (markers found by the driver) -----------------------^
-          fusion partials -> CombineGlobally -> job statistic (side input: HERO's sigma_bar) -> fuse, write
+    buckets -> fusion partials -> CombineGlobally -> job statistic (side input: HERO's sigma_bar)
+    buckets -> fuse, write (side inputs: the job statistic, the part index)
 
 Elements are units of work (pipeline/stages/unit.py: a row group's Arrow batches, carried whole), never
 one Python object per row; each unit is spilled and marked complete by the step that completes it, so
-every runner, local or remote, writes the same completion markers and a killed job resumes. Locally the
+every runner, local or remote, writes the same completion markers and a killed job resumes. Completed
+units, not their units x buckets spill parts, are what the runner collects: their parts go into one
+compact index (group.PartIndex, a side input) that the bucket steps look their parts up in, since a
+GroupByKey of one part reference per unit and bucket (200,000 at 10M rows) held +121 MB in the local
+runner's driver. With shuffle=engine the rows themselves go through a GroupByKey on the bucket. Locally the
 in-process FnApiRunner runs it (optionally multi-process: --direct_num_workers N --direct_running_mode
 multi_processing), with every stage of a unit in one step (the first runs --verify-ahead batches ahead
 of the next); any other runner takes the same DAG through --runner. On a remote runner the stage list
@@ -32,7 +37,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipeline.plan import RunPlan
 from pipeline.stages.base import WORKER_STAGES, WorkerContext, timed
-from pipeline.stages.group import bucket_partial, split_by_bucket
+from pipeline.stages.group import PartIndex, bucket_partial, split_by_bucket
 from pipeline.stages.unit import CompletedUnit, UnitTables, complete_unit, read_unit, run_stages
 from pipeline.stages.write import fuse_and_write, write_errors
 from pipeline.tools import progress
@@ -87,13 +92,13 @@ class RunStages(beam.DoFn):
 
 
 class SpillUnit(beam.DoFn):
-    """shuffle=files: the unit's spill files and completion marker; only (bucket, path) goes on."""
+    """shuffle=files: the unit's spill object and completion marker; only the CompletedUnit goes on."""
 
     def __init__(self, plan: RunPlan):
         self.plan = plan
 
     def process(self, tables: UnitTables):
-        yield from _spilled(complete_unit(self.plan, tables, SINK))
+        yield complete_unit(self.plan, tables, SINK)
 
 
 class BucketUnit(beam.DoFn):
@@ -110,11 +115,36 @@ class BucketUnit(beam.DoFn):
         yield from pairs
 
 
-def _spilled(done: CompletedUnit):
-    """A completed unit (now or before a crash): its spill files (main) and error records (tagged)."""
-    yield from done.buckets.items()
+def _errors_of(done: CompletedUnit):
+    """A completed unit's error records (now or before a crash), keyed by input file."""
     if done.errors_url:
-        yield beam.pvalue.TaggedOutput("errors", (done.file_index, done.errors_url))
+        yield done.file_index, done.errors_url
+
+
+class IndexParts(beam.CombineFn):
+    """Every completed unit's spill parts, laid out by bucket once (group.PartIndex)."""
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, accumulator, done: CompletedUnit):
+        accumulator.append(done.parts)
+        return accumulator
+
+    def merge_accumulators(self, accumulators):
+        return [parts for accumulator in accumulators for parts in accumulator]
+
+    def extract_output(self, accumulator):
+        return PartIndex(accumulator)
+
+
+def _buckets_of(index: PartIndex) -> list[int]:
+    return index.buckets.tolist()
+
+
+def _bucket_parts(element, index: PartIndex | None):
+    """(bucket, parts): a bucket number looked up in the part index, or a GroupByKey's (bucket, tables)."""
+    return (element, index.parts(element)) if index is not None else element
 
 
 class FusionStatistic(beam.CombineFn):
@@ -145,16 +175,18 @@ class FusionPartial(beam.DoFn):
         self.fusion = plan.fusion
         self.has_sample_index = plan.has_sample_index
 
-    def process(self, element, earlier):
-        yield bucket_partial(self.fusion, element[1], SINK, self.has_sample_index, earlier), earlier
+    def process(self, element, earlier, index=None):
+        parts = _bucket_parts(element, index)[1]
+        yield bucket_partial(self.fusion, parts, SINK, self.has_sample_index, earlier), earlier
 
 
 class FuseAndWrite(beam.DoFn):
     def __init__(self, plan: RunPlan):
         self.plan = plan
 
-    def process(self, element, statistic):
-        yield fuse_and_write(self.plan, element[0], element[1], statistic, SINK)
+    def process(self, element, statistic, index=None):
+        bucket, parts = _bucket_parts(element, index)
+        yield fuse_and_write(self.plan, bucket, parts, statistic, SINK)
 
 
 class WriteErrors(beam.DoFn):
@@ -211,23 +243,30 @@ def build(pipeline: beam.Pipeline, plan: RunPlan, options: PipelineOptions, pend
             step = step.with_resource_hints(accelerator=config.engine.rm_accelerator)
         elements = elements | _title(group) >> step
     if config.shuffle == "files":
-        keyed = elements | "Spill" >> beam.ParDo(SpillUnit(plan)).with_outputs("errors", main="rows")
-    else:
+        done = ((elements | "Spill" >> beam.ParDo(SpillUnit(plan)),
+                 pipeline | "ResumedUnits" >> beam.Create(list(resumed))) | "AllUnits" >> beam.Flatten())
+        unit_errors = done | "UnitErrors" >> beam.FlatMap(_errors_of)
+        index = done | "IndexParts" >> beam.CombineGlobally(IndexParts())
+        # The Reshuffle spreads the buckets over workers (the steps after it would otherwise run fused with
+        # the one element they come from).
+        groups = (index | "Buckets" >> beam.FlatMap(_buckets_of)
+                  | "DistributeBuckets" >> beam.Reshuffle())
+        look_up = {"index": beam.pvalue.AsSingleton(index)}
+    else:  # no markers, so nothing is resumed
         keyed = elements | "Bucket" >> beam.ParDo(BucketUnit(plan)).with_outputs("errors", main="rows")
-    earlier = (pipeline | "ResumedUnits" >> beam.Create(list(resumed))
-               | "ResumedSpills" >> beam.FlatMap(_spilled).with_outputs("errors", main="rows"))
-    groups = (keyed.rows, earlier.rows) | "AllRows" >> beam.Flatten() | "GroupByPrompt" >> beam.GroupByKey()
+        groups = keyed.rows | "GroupByPrompt" >> beam.GroupByKey()
+        unit_errors, look_up = keyed.errors, {}
 
     statistic = pipeline | "KnownStatistic" >> beam.Create([plan.fusion.known_statistic()])
     for pass_ in range(plan.fusion.rounds):  # each pass sees the statistic of the one before
         suffix = str(pass_ + 1) if pass_ else ""
-        statistic = (groups | f"FusionPartials{suffix}" >> beam.ParDo(FusionPartial(plan),
-                                                                      earlier=beam.pvalue.AsSingleton(statistic))
+        statistic = (groups | f"FusionPartials{suffix}" >> beam.ParDo(
+                         FusionPartial(plan), earlier=beam.pvalue.AsSingleton(statistic), **look_up)
                      | f"FusionStatistic{suffix}" >> beam.CombineGlobally(FusionStatistic(plan)))
-    written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), statistic=beam.pvalue.AsSingleton(statistic))
+    written = groups | "FuseAndWrite" >> beam.ParDo(FuseAndWrite(plan), statistic=beam.pvalue.AsSingleton(statistic),
+                                                   **look_up)
     errors = (
-        (keyed.errors, earlier.errors)
-        | "AllErrors" >> beam.Flatten()
+        unit_errors
         | "GroupErrorsByFile" >> beam.GroupByKey()
         | "WriteErrors" >> beam.ParDo(WriteErrors(plan))
     )

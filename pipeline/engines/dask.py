@@ -36,7 +36,7 @@ from itertools import islice
 from pipeline.config import ConfigError
 from pipeline.plan import RunPlan
 from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext
-from pipeline.stages.group import bucket_partial
+from pipeline.stages.group import PartIndex, UnitParts, bucket_partial
 from transforms.fuse import job_statistic
 from pipeline.stages.unit import CompletedUnit, WorkUnit, complete_unit, read_unit, run_stages
 from pipeline.stages.write import fuse_and_write, write_errors
@@ -247,7 +247,8 @@ class _Job:
         self.attempts: Counter = Counter()
         self.counts: Counter = Counter()
         self.placement: dict[str, Counter] = defaultdict(Counter)
-        self.bucket_parts: dict[int, list[str]] = defaultdict(list)
+        self.unit_parts: list[UnitParts] = []  # laid out by bucket once every unit is in
+        self._index: PartIndex | None = None
         self.error_parts: dict[int, list[str]] = defaultdict(list)
 
     def submit_unit(self, unit: WorkUnit) -> dict:
@@ -271,8 +272,7 @@ class _Job:
 
     def collect(self, done: CompletedUnit, counts: dict, workers: dict) -> None:
         """Records a finished unit: its spill files, error file, counters and where each stage ran."""
-        for bucket, url in done.buckets.items():
-            self.bucket_parts[bucket].append(url)
+        self.unit_parts.append(done.parts)
         if done.errors_url:
             self.error_parts[done.file_index].append(done.errors_url)
         self.counts.update(counts)
@@ -336,6 +336,12 @@ class _Job:
                 if self.where.stranded(chain["restrictions"]):  # its CPU workers died: place it again
                     place_again(future)
 
+    def part_index(self) -> PartIndex:
+        """Every unit's parts by bucket; built once, after the last unit is collected."""
+        if self._index is None:
+            self._index = PartIndex(self.unit_parts)
+        return self._index
+
     def statistic(self):
         """The fusion's job statistic (HERO: sigma_bar): per pass, one partial task per bucket, combined here."""
         passes = iter(range(self.plan.fusion.rounds))
@@ -346,7 +352,7 @@ class _Job:
                 self.client.submit(partial_task, self.plan_future, parts, earlier, pure=False,
                                    key=f"sigma-{b:05d}-{self.run_id}" + (f"-{round_}" if round_ else ""),
                                    **self.where.prefer_cpu())
-                for b, parts in sorted(self.bucket_parts.items())])
+                for b, parts in self.part_index().items()])
             for _, partial_counts in partials:
                 self.counts.update(partial_counts)
             return [p for p, _ in partials]
@@ -368,7 +374,7 @@ class _Job:
             return submit(fuse_task, self.plan_future, bucket, parts, statistic, key=f"fuse-{bucket:05d}-{self.run_id}",
                           pure=False, **prefer)
 
-        buckets = iter(sorted(self.bucket_parts.items()))
+        buckets = self.part_index().items()
         in_flight = as_completed([fuse(item) for item in islice(buckets, len(self.where.cpu or self.where.workers))])
         for future in in_flight:
             (_, rows), written_counts = future.result()

@@ -39,7 +39,7 @@ from itertools import islice
 from pipeline.config import ConfigError, parse_resource
 from pipeline.plan import RunPlan
 from pipeline.stages.base import WORKER_STAGES, CounterSink, WorkerContext, release_memory
-from pipeline.stages.group import bucket_partial
+from pipeline.stages.group import PartIndex, UnitParts, bucket_partial
 from transforms.fuse import job_statistic
 from pipeline.stages.unit import CompletedUnit, WorkUnit, complete_unit, read_unit, run_stages
 from pipeline.stages.write import fuse_and_write, write_errors
@@ -272,7 +272,7 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
     run_id = uuid.uuid4().hex
     groups = plan.stage_groups(separate=True)
     counts: Counter = Counter()
-    bucket_parts: dict[int, list[str]] = defaultdict(list)
+    unit_parts: list[UnitParts] = []  # laid out by bucket once every unit is in
     error_parts: dict[int, list[str]] = defaultdict(list)
 
     placement: dict[str, Counter] = defaultdict(Counter)
@@ -280,8 +280,7 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
     def collect(done: CompletedUnit, unit_counts: dict, unit_nodes: dict) -> None:
         for stage, address in unit_nodes.items():
             placement[stage][address] += 1
-        for bucket, url in done.buckets.items():
-            bucket_parts[bucket].append(url)
+        unit_parts.append(done.parts)
         if done.errors_url:
             error_parts[done.file_index].append(done.errors_url)
         counts.update(unit_counts)
@@ -322,9 +321,11 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
                 following = next(units, None)
                 if following is not None:
                     in_flight.append(submit(following))
+        index = PartIndex(unit_parts)
+
         def partials_of(earlier):
             partials = ray.get([remote["sigma"].options(name="sigma", num_cpus=cpu_task_cpus, **nodes.prefer_cpu()).remote(
-                plan_ref, parts, earlier) for _, parts in sorted(bucket_parts.items())])
+                plan_ref, parts, earlier) for _, parts in index.items()])
             for _, partial_counts in partials:
                 counts.update(partial_counts)
             return [p for p, _ in partials]
@@ -340,7 +341,7 @@ def run(plan: RunPlan, pending: list[WorkUnit], resumed: list[CompletedUnit], sh
             return remote["fuse"].options(name="fuse", num_cpus=cpu_task_cpus, **nodes.prefer_cpu()).remote(
                 plan_ref, bucket, parts, statistic)
 
-        buckets = iter(sorted(bucket_parts.items()))
+        buckets = index.items()
         shards = [fuse(*item) for item in islice(buckets, slots)]
         while shards:
             finished, shards = ray.wait(shards, num_returns=1)

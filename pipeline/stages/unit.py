@@ -38,7 +38,7 @@ from typing import Iterable, Iterator, Sequence
 import pyarrow as pa
 
 from pipeline.stages.base import CounterSink, MetricsSink, PlanView, Stage, timed
-from pipeline.stages.group import SpillWriter
+from pipeline.stages.group import SpillWriter, UnitParts
 from pipeline.storage import checkpoints, fsio
 from pipeline.storage.content_cache import unit_locality, with_locality
 from pipeline.storage.faults import fault_point
@@ -148,11 +148,12 @@ class UnitTables:
 
 @dataclass(frozen=True)
 class CompletedUnit:
-    """A unit whose spill files and marker are written: bucket -> spill file, and its error records."""
+    """A unit whose spill files and marker are written: its spill parts by bucket (compact: engines collect
+    one of these per unit, and a job has units x buckets parts), and its error records."""
 
     name: str
     file_index: int
-    buckets: dict[int, str]
+    parts: UnitParts
     errors_url: str | None
 
 
@@ -223,12 +224,12 @@ def complete_unit(plan: PlanView, tables: UnitTables, sink: MetricsSink) -> Comp
         buckets = writer.close()
         fault_point("group")
         checkpoints.write_marker(plan.spill_dir, unit.name, buckets, tables.errors_url)
-    return CompletedUnit(unit.name, unit.file_index, buckets, tables.errors_url)
+    return CompletedUnit(unit.name, unit.file_index, UnitParts.of(buckets), tables.errors_url)
 
 
 def resumed_unit(name: str, file_index: int, marker: dict) -> CompletedUnit:
     """A unit completed before a crash, from its marker (checkpoints.completed_units)."""
-    return CompletedUnit(name, file_index, marker["buckets"], marker["errors_url"])
+    return CompletedUnit(name, file_index, UnitParts.of(marker["buckets"]), marker["errors_url"])
 
 
 class Ahead:
