@@ -129,9 +129,9 @@ class UnitParts:
     """One unit's spill parts, compactly: its objects' URLs once and an int64 row per part (bucket, URL
     index, start, end; -1, -1 for a whole object, as an earlier version spilled a bucket).
 
-    As text a part is "URL#START-END", about 100 bytes and a Python object: a job has units x buckets of them
-    (200,000 at 10M rows), and Beam's GroupByKey of them held +121 MB in the driver at that size (+15 MB at
-    1M). Here a part costs 32 bytes, and engines move one of these per unit, never one element per part."""
+    As text a part is "URL#START-END", about 100 bytes and a Python object, and a job has units x buckets of
+    them (200,000 at 10M rows, about 3M at 100M). Here a part costs 32 bytes, and engines move one of these
+    per unit, never one element per part (Beam's local driver at 10M rows: peak 648 -> 632 MB)."""
 
     __slots__ = ("urls", "rows")
 
