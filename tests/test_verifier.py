@@ -52,20 +52,27 @@ CASES = [
     ("  ", "The answer is 3", None, "no_reference", None),
     # A reference math-verify cannot parse at all.
     ("\\text{}", "The answer is $\\boxed{3}$.", None, "bad_reference", None),
-    # 9^(9^9) cannot be compared within the 1 s timeout: status timeout, never a silent 0.
+    # 9^(9^9) cannot be compared within any timeout: status timeout, never a silent 0.
     ("5", "$\\boxed{9^{9^{9}}}$", None, "timeout", "9^{9^{9}}"),
 ]
 
 
+# math-verify's timeout for the cases that expect a verdict: well above their cost (tens of ms) so that a loaded
+# CI machine cannot turn a verdict into a timeout (a polynomial comparison once took over 1 s under load);
+# a case that expects a timeout keeps 1 s, since it would exceed any limit.
+VERDICT_TIMEOUT_S = 5
+
+
 @pytest.fixture(scope="module")
 def pool():
-    with VerifierPool(VerifierConfig(num_workers=2, timeout_s=1, hard_timeout_s=20)) as running:
+    with VerifierPool(VerifierConfig(num_workers=2, timeout_s=VERDICT_TIMEOUT_S, hard_timeout_s=20)) as running:
         yield running
 
 
 @pytest.mark.parametrize("reference,response,score,status,extracted", CASES)
 def test_judgement_in_process(reference, response, score, status, extracted):
-    in_process = VerifierPool(VerifierConfig(num_workers=0, timeout_s=1, hard_timeout_s=5))
+    timeout_s = 1 if status == "timeout" else VERDICT_TIMEOUT_S
+    in_process = VerifierPool(VerifierConfig(num_workers=0, timeout_s=timeout_s, hard_timeout_s=20))
     in_process.start()
     scores, statuses, answers, _ = in_process.verify([reference], [response])
     assert (scores[0], statuses[0], answers[0]) == (score, status, extracted)
