@@ -125,6 +125,11 @@ class SpillWriter:
         return parts
 
 
+def _part_text(url: str, start: int, end: int) -> str:
+    """A part as load_parts reads it: "URL#START-END", or the URL alone for a whole object (start < 0)."""
+    return url if start < 0 else f"{url}#{start}-{end}"
+
+
 class UnitParts:
     """One unit's spill parts, compactly: its objects' URLs once and an int64 row per part (bucket, URL
     index, start, end; -1, -1 for a whole object, as an earlier version spilled a bucket).
@@ -154,7 +159,7 @@ class UnitParts:
     def items(self) -> Iterator[tuple[int, str]]:
         """(bucket, part as text) in bucket order: what load_parts reads."""
         for bucket, url, start, end in self.rows.tolist():
-            yield bucket, self.urls[url] if start < 0 else f"{self.urls[url]}#{start}-{end}"
+            yield bucket, _part_text(self.urls[url], start, end)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -190,8 +195,7 @@ class PartIndex:
     def parts(self, bucket: int) -> list[str]:
         """The bucket's parts as text ([] for a bucket no unit has rows of)."""
         start, stop = self._bounds.get(bucket, (0, 0))
-        return [self.urls[url] if begin < 0 else f"{self.urls[url]}#{begin}-{end}"
-                for _, url, begin, end in self.rows[start:stop].tolist()]
+        return [_part_text(self.urls[url], begin, end) for _, url, begin, end in self.rows[start:stop].tolist()]
 
     def items(self) -> Iterator[tuple[int, list[str]]]:
         """(bucket, its parts) for every bucket with rows, in bucket order; each list made when reached."""
