@@ -37,6 +37,7 @@ import pytest
 
 from conftest import OFFLINE_ENV
 from processes import free_ports, with_fault
+from shards import assert_same_files, shard_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = 320  # 40 prompts x 8 responses in 4 files of 80 rows, row groups of 40: 8 units of work
@@ -292,10 +293,6 @@ def run_cli(args: list[str], log: Path, services: PortableServices | None = None
     assert process.returncode == 0, f"exit {process.returncode}:\n{_tail(log, 4000)}"
 
 
-def data_files(output: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((output / "data").glob("*.parquet"))}
-
-
 def read_sorted(output: Path) -> pa.Table:
     tables = [pq.read_table(p) for p in sorted((output / "data").glob("*.parquet"))]
     return pa.concat_tables(tables).sort_by(SORT_KEYS)
@@ -335,10 +332,7 @@ def test_portable_runner_writes_the_in_process_runners_data_files(services, port
     assert a.num_rows == b.num_rows == ROWS
     assert a.schema == b.schema, f"schemas differ:\n{a.schema}\n---\n{b.schema}"
     assert not differing_columns(a, b), f"columns with other values: {differing_columns(a, b)}"
-    local_files, portable_files = data_files(local), data_files(portable_clean)
-    assert sorted(local_files) == sorted(portable_files)
-    assert local_files == portable_files, (
-        f"same values but other bytes in {[n for n in local_files if local_files[n] != portable_files[n]]}")
+    assert_same_files(shard_bytes(portable_clean), shard_bytes(local))
     assert not services.non_loopback, f"listening beyond loopback: {sorted(services.non_loopback)}"
 
 
@@ -391,6 +385,6 @@ def test_a_portable_run_killed_with_its_services_resumes_to_the_clean_output(ser
     assert engine["resumed_units"] == len(markers) >= 1, f"markers at the kill: {markers}; engine: {engine}"
     if "read" in engine["counters"]:
         assert engine["counters"]["read"] == ROWS - ROW_GROUP_SIZE * len(markers), engine["counters"]
-    assert data_files(output) == data_files(portable_clean)
+    assert_same_files(shard_bytes(output), shard_bytes(portable_clean))
     assert not (output / "_shuffle").exists()
     assert not services.non_loopback, f"listening beyond loopback: {sorted(services.non_loopback)}"

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ENGINE_NAMES, label
+from shards import assert_same_files, shard_bytes
 from fakes import FakeRewardModel, fake_score
 from pipeline.config import build_config
 from pipeline.stages.base import CounterSink, WorkerContext
@@ -292,9 +293,7 @@ def test_row_groups_split_into_sub_units_give_the_same_files(tmp_path, engine, m
     assert [u.rows for u in plan.units] == [64, 64, 64, 64, 44]
     label(tmp_path / "one.parquet", tmp_path / "split", **common)
     for kind in ("data", "pairs"):
-        whole = {p.name: p.read_bytes() for p in sorted((tmp_path / "whole" / kind).glob("*.parquet"))}
-        split = {p.name: p.read_bytes() for p in sorted((tmp_path / "split" / kind).glob("*.parquet"))}
-        assert whole and split == whole
+        assert_same_files(shard_bytes(tmp_path / "split", kind), shard_bytes(tmp_path / "whole", kind))
 
 
 @pytest.mark.slow
@@ -314,5 +313,4 @@ def test_a_wide_row_group_is_cut_by_exploded_rows_and_gives_the_same_files(tmp_p
     assert [(u.first_row, u.rows, u.skip, u.read_rows) for u in plan.units] == [
         (64 * i, 64, 8 * i, 8) for i in range(5)]  # long-form rows, raw rows read
     label(tmp_path / "wide.parquet", tmp_path / "split", **common)
-    whole = {p.name: p.read_bytes() for p in sorted((tmp_path / "whole" / "data").glob("*.parquet"))}
-    assert whole and {p.name: p.read_bytes() for p in sorted((tmp_path / "split" / "data").glob("*.parquet"))} == whole
+    assert_same_files(shard_bytes(tmp_path / "split"), shard_bytes(tmp_path / "whole"))

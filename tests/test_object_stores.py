@@ -20,6 +20,7 @@ from conftest import ENGINE_NAMES
 from object_stores import BUCKET, Store, gcs_server, s3_env, s3_server, seaweedfs  # noqa: F401 - fixtures
 from pipeline.tools.demo import write_synthetic_rollouts
 from processes import with_fault
+from shards import assert_same_files, shard_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS, ROWS_PER_UNIT = 240, 40  # 2 files x 3 row groups: 6 units of work
@@ -95,10 +96,6 @@ def download(store: Store, url: str, local: Path) -> Path:
     return local
 
 
-def files(output: Path, directory: str) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((output / directory).glob("*.parquet"))}
-
-
 def counts(output: Path) -> dict:
     """What a run counted, from its manifest and run report (paths and timings left out)."""
     manifest = json.loads((output / "manifest.json").read_text())
@@ -124,8 +121,9 @@ def test_a_run_from_and_to_an_object_store_writes_the_local_runs_bytes(store, en
     run_ok(["--input", upload_input(store, rollouts), "--output", output, "--engine", engine, *RUN_ARGS], store.env)
     got = download(store, output, tmp_path / "got")
     assert sorted(p.name for p in got.iterdir()) == sorted(p.name for p in local_run.iterdir())  # no _shuffle left
-    assert files(got, "data") == files(local_run, "data") and len(files(got, "data")) == 3
-    assert files(got, "pairs") == files(local_run, "pairs") and files(got, "pairs")
+    assert len(shard_bytes(got)) == 3
+    assert_same_files(shard_bytes(got), shard_bytes(local_run))
+    assert_same_files(shard_bytes(got, "pairs"), shard_bytes(local_run, "pairs"))
     # errors/ name the file each bad row came from: the store's URL here, the local path there.
     remote_errors, local_errors = pq.read_table(got / "errors"), pq.read_table(local_run / "errors")
     assert remote_errors.num_rows == 2
@@ -148,7 +146,7 @@ def test_a_score_cache_on_s3_serves_the_second_run(s3_server, engine, rollouts, 
     assert first["rm_rows"] == {"scored": ROWS - 2, "cached": 0}
     assert second["rm_rows"] == {"scored": 0, "cached": ROWS - 2}
     assert second["verifier_rows"] == {"verified": 0, "cached": ROWS - 2}  # verdicts too
-    assert files(tmp_path / "second", "data") == files(tmp_path / "first", "data")
+    assert_same_files(shard_bytes(tmp_path / "second"), shard_bytes(tmp_path / "first"))
     assert s3_server.filesystem().glob(f"{BUCKET}/cache-{engine}/*/segments/*/*.parquet")  # the caches are on the store
 
 
@@ -168,7 +166,7 @@ def test_a_run_on_s3_killed_mid_run_resumes_to_the_same_bytes(s3_server, engine,
 
     run_ok(args, s3_server.env)  # the same command again
     got = download(s3_server, output, tmp_path / "got")
-    assert files(got, "data") == files(local_run, "data")
+    assert_same_files(shard_bytes(got), shard_bytes(local_run))
     manifest = json.loads((got / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["engine"]["resumed"] is True
     assert manifest["engine"]["resumed_units"] == marked, "completed units were redone"

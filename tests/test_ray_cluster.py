@@ -24,6 +24,7 @@ import pytest
 from conftest import shared_file
 from pipeline.tools.demo import write_synthetic_rollouts
 from processes import free_ports, stop
+from shards import assert_same_files, shard_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -160,9 +161,7 @@ def test_rm_runs_on_the_gpu_node_and_the_job_survives_losing_the_cpu_node(cluste
     assert job.returncode == 0, err[-3000:]
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
     assert manifest["accounted"] and manifest["output_rows"] + manifest["error_rows"] == 1600  # no row lost
-    clean_files = {p.name: p.read_bytes() for p in sorted((tmp_path / "clean" / "data").glob("*.parquet"))}
-    killed_files = {p.name: p.read_bytes() for p in sorted((tmp_path / "killed" / "data").glob("*.parquet"))}
-    assert clean_files and killed_files == clean_files
+    assert_same_files(shard_bytes(tmp_path / "killed"), shard_bytes(tmp_path / "clean"))
 
 
 def test_a_cluster_without_the_rm_resource_is_refused_before_submitting(cluster, tmp_path, tiny_rm_path):

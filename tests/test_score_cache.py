@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -11,14 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ENGINE_NAMES, label
+from shards import assert_same_files, shard_bytes
 from pipeline.tools.demo import synthetic_rollouts, write_synthetic_rollouts
 from pipeline.storage.score_cache import SCORE_VALUES, cacheable_scores, rollout_keys, score_cache
 
 pytestmark = pytest.mark.slow
-
-
-def data_bytes(output) -> dict:
-    return {p.name: p.read_bytes() for p in sorted((Path(output) / "data").glob("*.parquet"))}
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
@@ -31,10 +27,10 @@ def test_a_second_run_scores_nothing_and_writes_the_same_output(tmp_path, tiny_r
     second = label(tmp_path / "in.parquet", tmp_path / "second", rm_model=tiny_rm_path, cache_dir=cache,
                    engine=engine, batch_rows=40)
     assert second["rm_rows"] == {"scored": 0, "cached": 96}
-    assert data_bytes(tmp_path / "second") == data_bytes(tmp_path / "first")
+    assert_same_files(shard_bytes(tmp_path / "second"), shard_bytes(tmp_path / "first"))
     label(tmp_path / "in.parquet", tmp_path / "uncached", rm_model=tiny_rm_path, engine=engine,
           batch_rows=40)
-    assert data_bytes(tmp_path / "uncached") == data_bytes(tmp_path / "first")  # the cache changes no byte
+    assert_same_files(shard_bytes(tmp_path / "uncached"), shard_bytes(tmp_path / "first"))  # the cache changes no byte
 
 
 def test_grown_input_scores_only_the_new_rows(tmp_path, tiny_rm_path):

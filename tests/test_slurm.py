@@ -26,6 +26,7 @@ import pytest
 
 from pipeline.tools.demo import write_synthetic_rollouts
 from processes import dask_pipeline, dask_stream_index, dask_task_stream
+from shards import assert_same_files, shard_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel")
@@ -202,9 +203,7 @@ def test_slurm_jobs_run_the_workers_and_the_run_survives_scancel(slurm, tmp_path
         _wait(lambda: f"JobId={cpu_job} " in completed.read_text(), "the cancelled job's record", completed)
         record = next(line for line in completed.read_text().splitlines() if f"JobId={cpu_job} " in line)
         assert "JobState=CANCELLED" in record, record
-        clean_files = {p.name: p.read_bytes() for p in sorted((tmp_path / "clean" / "data").glob("*.parquet"))}
-        cancelled = {p.name: p.read_bytes() for p in sorted((tmp_path / "cancelled" / "data").glob("*.parquet"))}
-        assert clean_files and cancelled == clean_files
+        assert_same_files(shard_bytes(tmp_path / "cancelled"), shard_bytes(tmp_path / "clean"))
         client.close()
     finally:
         cluster.close()

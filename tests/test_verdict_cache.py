@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ENGINE_NAMES, label, shared_file
+from shards import assert_same_files, shard_bytes
 from pipeline.config import ConfigError, build_config
 from pipeline.storage.content_cache import (ContentCache, Locality, compact, content_keys, file_counts,
                                             unit_locality)
@@ -197,10 +198,6 @@ def with_scores(table: pa.Table) -> pa.Table:
     return table.append_column("score", pa.array([float((i * 7) % 11) for i in range(table.num_rows)]))
 
 
-def data_bytes(output) -> dict:
-    return {p.name: p.read_bytes() for p in sorted((Path(output) / "data").glob("*.parquet"))}
-
-
 def renamed_prompts(table: pa.Table, prefix: str) -> pa.Table:
     ids = [f"{prefix}{p}" for p in table.column("prompt_id").to_pylist()]
     return table.set_column(table.schema.get_field_index("prompt_id"), "prompt_id", pa.array(ids))
@@ -220,7 +217,7 @@ def test_an_incremental_run_verifies_only_new_rows_and_writes_a_full_runs_bytes(
     rerun = label(night1, tmp_path / "rerun", cache_dir=cache, **options)
     assert rerun["verifier_rows"] == {"verified": 0, "cached": 480}  # unchanged rows: nothing verified
     assert rerun["engine"]["counters"].get("verified", 0) == 0
-    assert data_bytes(tmp_path / "rerun") == data_bytes(tmp_path / "out1")
+    assert_same_files(shard_bytes(tmp_path / "rerun"), shard_bytes(tmp_path / "out1"))
     # Night 2: yesterday's file under another directory (its content locality still holds its entries) and a
     # new file that sorts first (file positions shift: keys do not depend on them).
     night2.mkdir()
@@ -229,7 +226,7 @@ def test_an_incremental_run_verifies_only_new_rows_and_writes_a_full_runs_bytes(
     grown = label(night2, tmp_path / "out2", cache_dir=cache, **options)
     assert grown["verifier_rows"] == {"verified": 40, "cached": 480}
     label(night2, tmp_path / "full2", **options)
-    assert data_bytes(tmp_path / "out2") == data_bytes(tmp_path / "full2")
+    assert_same_files(shard_bytes(tmp_path / "out2"), shard_bytes(tmp_path / "full2"))
     # Night 3: one row of yesterday's file edited in place (an edited row is a new row; the file's other rows
     # are served through the location's alias), and the full run of that input without a cache as reference.
     table = pq.read_table(night2 / "a.parquet")
@@ -241,7 +238,7 @@ def test_an_incremental_run_verifies_only_new_rows_and_writes_a_full_runs_bytes(
     assert edited["verifier_rows"] == {"verified": 1, "cached": 519}
     reference = label(night2, tmp_path / "full", **options)
     assert reference["verifier_rows"] == {"verified": 520, "cached": 0}
-    assert data_bytes(tmp_path / "out3") == data_bytes(tmp_path / "full")
+    assert_same_files(shard_bytes(tmp_path / "out3"), shard_bytes(tmp_path / "full"))
     assert edited["engine"]["cache_compaction"]["files_after"] <= edited["engine"]["cache_compaction"]["files_before"]
 
 
@@ -272,7 +269,7 @@ def test_cached_verdicts_of_real_rollouts_equal_fresh_ones(tmp_path):
     cached = label(shared_file("qwen25_math_cot100.parquet"), tmp_path / "cached", cache_dir=cache, **options)
     assert cached["verifier_rows"]["verified"] == 0
     assert cached["verifier_rows"]["cached"] == fresh["verifier_rows"]["verified"] == fresh["input_rows"]
-    assert data_bytes(tmp_path / "cached") == data_bytes(tmp_path / "fresh")
+    assert_same_files(shard_bytes(tmp_path / "cached"), shard_bytes(tmp_path / "fresh"))
     columns = ["verifier_score", "verifier_status", "extracted_answer", "verifier_rule"]
     read = [pq.read_table(tmp_path / name / "data", columns=columns + ["response"]).sort_by("response")
             for name in ("fresh", "cached")]
@@ -372,4 +369,4 @@ def test_a_cache_filled_by_joined_row_groups_serves_them_read_apart_with_the_sam
     apart = label(source, tmp_path / "apart", cache_dir=cache, min_part_rows=0, **options)
     # Entries are filed by row group, whatever the unit: all of them are found.
     assert apart["verifier_rows"] == {"verified": 0, "cached": 400}
-    assert data_bytes(tmp_path / "apart") == data_bytes(tmp_path / "joined")
+    assert_same_files(shard_bytes(tmp_path / "apart"), shard_bytes(tmp_path / "joined"))
