@@ -207,6 +207,29 @@ def test_write_errors_sorts_by_source_row(tmp_path):
     assert pq.read_table(url).column("source_row").to_pylist() == [0, 1, 2]
 
 
+def test_a_verify_stage_with_a_cache_starts_its_processes_at_the_first_miss_only(tmp_path):
+    # A night whose rows are all cached starts no verifier process (about 85 MB each); a miss starts them.
+    config = VerifierConfig(num_workers=1, timeout_s=5, hard_timeout_s=20, cache_dir=str(tmp_path / "cache"))
+    valid, _ = validate_batch(THREE_ROWS, contract(), source_file="f", file_index=0, row_offset=0)
+    verdicts = ["verifier_score", "verifier_status", "extracted_answer", "verifier_rule"]
+    labelled = []
+    for night in ("first", "second"):
+        stage, sink = VerifyStage(config), CounterSink()
+        stage.setup(WorkerContext())
+        try:
+            assert not stage.pool._workers  # nothing started before a row is looked up
+            labelled.append(stage.process(valid, sink).select(verdicts))
+            started = len(stage.pool._workers)
+        finally:
+            stage.close()
+        if night == "first":  # every row missed: verified by the one process
+            assert (started, sink.counts["verified"]) == (1, 3)
+        else:  # every row served by the cache: no process, nothing verified
+            assert (started, sink.counts.get("verified", 0), sink.counts["verifier_cached"]) == (0, 0, 3)
+    assert labelled[0].column("verifier_score").to_pylist() == [1.0, 0.0, 1.0]
+    assert labelled[1].equals(labelled[0])
+
+
 def test_stages_run_ahead_in_order_and_within_the_bound():
     verify = VerifyStage(VerifierConfig(num_workers=1, timeout_s=1, hard_timeout_s=20))
     verify.setup(WorkerContext())

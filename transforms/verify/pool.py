@@ -184,7 +184,8 @@ class Verdicts(NamedTuple):
 
 
 class VerifierPool:
-    """Worker processes running the verifiers; use as a context manager or call start()/close().
+    """Worker processes running the verifiers; use as a context manager or call start()/close() (verify()
+    starts them itself if start() was not called: a caller that may need none defers their start-up).
 
     verify(references, responses) blocks until every row has a result. Each worker holds at most two
     tasks (one running, one queued) so a killed worker loses little and load stays balanced. verify() may
@@ -282,6 +283,8 @@ class VerifierPool:
             distinct: dict = {}
             questions = [distinct.setdefault(q, q) for q in questions]
         if self.num_workers == 0:
+            if self._reference_cache is None:  # start() not called: in-process verifiers load at first use
+                self._reference_cache = _start_cache(self.config)
             for (verifier, reference), rows in by_reference.items():
                 results = judge_task(self._reference_cache, verifier, reference, [responses[i] for i in rows],
                                      [questions[i] for i in rows] if questions is not None else None)
