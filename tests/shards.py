@@ -49,7 +49,10 @@ def assert_same_files(actual: dict[str, bytes], expected: dict[str, bytes]) -> N
 def describe_difference(actual: bytes, expected: bytes) -> str:
     """What differs between two Parquet files: schema, shard metadata keys, row counts, and per column the
     number of differing rows and the first ones (repr: floats at full precision)."""
-    got, want = pq.read_table(io.BytesIO(actual)), pq.read_table(io.BytesIO(expected))
+    try:
+        got, want = pq.read_table(io.BytesIO(actual)), pq.read_table(io.BytesIO(expected))
+    except pa.ArrowException as exc:  # a truncated or foreign file: say so rather than fail here
+        return f"  not both readable as Parquet: {exc}"
     lines = []
     if got.schema.remove_metadata() != want.schema.remove_metadata():
         lines.append(f"  schema: {got.schema.remove_metadata()} != {want.schema.remove_metadata()}")
@@ -62,7 +65,8 @@ def describe_difference(actual: bytes, expected: bytes) -> str:
     else:
         for column in [c for c in got.column_names if c in want.column_names]:
             left, right = got.column(column).to_pylist(), want.column(column).to_pylist()
-            rows = [i for i, (a, b) in enumerate(zip(left, right)) if a != b and not (a != a and b != b)]  # NaN
+            # repr: exact for floats, NaN equal to NaN (nested in lists and structs too), -0.0 unlike 0.0
+            rows = [i for i, (a, b) in enumerate(zip(left, right)) if repr(a) != repr(b)]
             if rows:
                 shown = ", ".join(f"row {i}: {left[i]!r} != {right[i]!r}" for i in rows[:ROWS_SHOWN])
                 lines.append(f"  column {column}: {len(rows)} rows differ ({shown})")

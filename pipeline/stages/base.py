@@ -3,7 +3,7 @@
 A stage is set up once per worker process, processes one Arrow table at a time, and is closed when the
 worker is done:
 
-    stage.setup(context)                 # start verifier processes, load the reward model, ...
+    stage.setup(context)                 # make the verifier pool, load the reward model, ...
     table = stage.process(table, sink)   # one batch in, the same rows with columns added out
     stage.close()
 
