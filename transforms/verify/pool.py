@@ -285,7 +285,7 @@ class VerifierPool:
         if self.num_workers == 0:
             with self._lock:  # start() not called: in-process verifiers load at first use, once
                 if self._reference_cache is None:
-                    self._reference_cache = _start_cache(self.config)
+                    self.start()
             for (verifier, reference), rows in by_reference.items():
                 results = judge_task(self._reference_cache, verifier, reference, [responses[i] for i in rows],
                                      [questions[i] for i in rows] if questions is not None else None)
